@@ -1,0 +1,172 @@
+//! The one place where errors become HTTP answers.
+//!
+//! Every failure a request can meet is an [`ApiError`]; each variant has a status and a
+//! stable snake_case code, written as `{"error":{"code":...,"message":...}}`.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::embed::EmbedError;
+use crate::llm::LlmError;
+use crate::worker::QueueError;
+
+/// Seconds a client is asked to wait after a 429.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not well-formed JSON.
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
+    /// The body is JSON but not the expected shape (missing field, wrong type).
+    #[error("{0}")]
+    InvalidBody(String),
+    /// A field holds a value outside its rules.
+    #[error("`{field}`: {message}")]
+    InvalidValue {
+        /// The offending field, as named in the request.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// Prompt and requested tokens do not fit the model's context window.
+    #[error("{0}")]
+    ContextLengthExceeded(String),
+    /// The body is not JSON (wrong or missing content type).
+    #[error("expected a JSON body with `content-type: application/json`")]
+    UnsupportedMediaType,
+    /// The body is larger than the configured limit.
+    #[error("the request body is larger than the server accepts")]
+    PayloadTooLarge,
+    /// The request took longer than the configured timeout.
+    #[error("the request took longer than the server allows")]
+    Timeout,
+    /// No route matches the path.
+    #[error("no such endpoint: {0}")]
+    UnknownRoute(String),
+    /// The model queue is full.
+    #[error("the server is busy: the model queue is full, retry shortly")]
+    Overloaded,
+    /// The models are still loading.
+    #[error("the models are still loading; poll GET /ready")]
+    NotReady,
+    /// A failure inside the service; details go to the log, not to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 422 for `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidValue {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status and the stable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Self::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+            Self::InvalidValue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
+            Self::ContextLengthExceeded(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "context_length_exceeded")
+            }
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            Self::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(%cause, "request failed");
+        }
+        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        let mut response = (status, body).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge
+            }
+            other => Self::MalformedJson(other.body_text()),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::Full => Self::Overloaded,
+            QueueError::Stopped => Self::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<LlmError> for ApiError {
+    fn from(error: LlmError) -> Self {
+        match error {
+            LlmError::Queue(queue) => queue.into(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(error: EmbedError) -> Self {
+        match error {
+            EmbedError::Queue(queue) => queue.into(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+/// Gives the envelope to bare errors that layers answer on their own (the body limit's
+/// 413 and the timeout's 408), so every error a client sees has the same shape.
+pub async fn envelope_layer_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge.into_response(),
+        StatusCode::REQUEST_TIMEOUT => ApiError::Timeout.into_response(),
+        _ => response,
+    }
+}

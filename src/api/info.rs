@@ -1,0 +1,36 @@
+//! `GET /v1/info`: which models run where.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+
+/// Routes of this resource.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/info", get(info))
+}
+
+async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let models = state.models()?;
+    let settings = state.settings();
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "device": format!("{:?}", settings.device).to_lowercase(),
+        "model": {
+            "name": models.llm.name(),
+            "context_length": models.llm.context_length(),
+            "vocab_size": models.llm.tokenizer().vocab_size(),
+            "weights": format!("{:?}", settings.weights).to_lowercase(),
+        },
+        "embedder": {
+            "name": models.embedder.name(),
+            "dimension": models.embedder.dimension(),
+        },
+        "limits": {
+            "max_tokens": settings.max_tokens_cap,
+            "embedding_inputs": super::MAX_EMBEDDING_INPUTS,
+        },
+    })))
+}

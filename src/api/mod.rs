@@ -1,0 +1,106 @@
+//! The HTTP API: one file per resource, each adding its routes to the router.
+//!
+//! Handlers extract and validate the request, call the model handles, and shape the
+//! answer. Every failure is an [`ApiError`], turned into HTTP in `error.rs`.
+
+mod completions;
+mod embeddings;
+mod error;
+mod health;
+mod info;
+mod json;
+mod tokenize;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::{StatusCode, Uri};
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use json::ApiJson;
+
+use crate::config::{Config, DeviceKind, WeightFormat};
+use crate::embed::EmbedderHandle;
+use crate::llm::LlmHandle;
+
+/// The most texts one embeddings request may carry.
+pub const MAX_EMBEDDING_INPUTS: usize = 256;
+
+/// The loaded models, present once start-up has finished loading them.
+#[derive(Clone)]
+pub struct Models {
+    /// The LLM worker.
+    pub llm: LlmHandle,
+    /// The sentence embedder worker.
+    pub embedder: EmbedderHandle,
+}
+
+/// Limits and facts that validation and `/v1/info` need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The largest `max_tokens` a completion may ask for.
+    pub max_tokens_cap: usize,
+    /// Where the models run.
+    pub device: DeviceKind,
+    /// How the LLM weights are held.
+    pub weights: WeightFormat,
+}
+
+/// What every handler can reach; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    models: Arc<OnceLock<Models>>,
+    settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// A state whose models are not loaded yet.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            models: Arc::new(OnceLock::new()),
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// Makes the models available; the service becomes ready.
+    pub fn set_models(&self, models: Models) {
+        // Loading happens once at start-up, so a second call cannot occur.
+        let _ = self.models.set(models);
+    }
+
+    /// The models, or [`ApiError::NotReady`] while they load.
+    ///
+    /// # Errors
+    /// While start-up is still loading the models.
+    pub fn models(&self) -> Result<&Models, ApiError> {
+        self.models.get().ok_or(ApiError::NotReady)
+    }
+
+    /// The configured limits.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// The full router with its layers: tracing, a body limit and a request timeout.
+pub fn router(state: AppState, config: &Config) -> Router {
+    Router::new()
+        .merge(health::routes())
+        .merge(info::routes())
+        .merge(tokenize::routes())
+        .merge(embeddings::routes())
+        .merge(completions::routes())
+        .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
+        .with_state(state)
+        .layer(axum::middleware::map_response(error::envelope_layer_errors))
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.request_timeout_secs),
+        ))
+        .layer(TraceLayer::new_for_http())
+}

@@ -1,0 +1,37 @@
+//! `POST /v1/tokenize`: the LLM tokenizer's view of a text.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, AppState};
+
+/// Routes of this resource.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/tokenize", post(tokenize))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeRequest {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct TokenizeResponse {
+    ids: Vec<u32>,
+    tokens: Vec<String>,
+}
+
+async fn tokenize(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let llm = state.models()?.llm.clone();
+    let (ids, tokens) = tokio::task::spawn_blocking(move || {
+        llm.tokenizer().encode_with_pieces(&request.text)
+    })
+    .await??;
+    Ok(Json(TokenizeResponse { ids, tokens }))
+}

@@ -1,0 +1,140 @@
+//! Service configuration: command-line flags first, then `EXEMPLAR_*` environment
+//! variables, then the defaults named here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Address the server listens on when none is given.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+/// Database used when none is given: an embedded SQLite file.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://exemplar.db";
+/// Folder that `scripts/fetch-models.sh` fills.
+pub const DEFAULT_MODELS_DIR: &str = "models";
+/// The default LLM, relative to the models folder.
+pub const DEFAULT_MODEL_FILE: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The default sentence embedder folder, relative to the models folder.
+pub const DEFAULT_EMBEDDER_DIR: &str = "all-minilm-l6-v2";
+/// Requests waiting for a model beyond this many are refused with 429.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+/// The largest `max_tokens` a completion may ask for.
+pub const DEFAULT_MAX_TOKENS_CAP: usize = 512;
+/// The largest request body accepted, in bytes.
+pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Seconds a request may take before it is answered 408.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+
+/// Where the models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    /// The CPU, with candle's SIMD kernels.
+    Cpu,
+    /// An NVIDIA GPU; needs a build with the `cuda` feature.
+    Cuda,
+}
+
+/// How the LLM's weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightFormat {
+    /// The file's own quantisation (Q4_1 for the default model).
+    AsShipped,
+    /// Re-quantised to Q8_0 at load: candle has fast kernels for it.
+    Q8_0,
+    /// Dequantised to f32 at load: fastest prompt processing, most memory.
+    F32,
+}
+
+/// Everything `exemplar serve` needs to start.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "EXEMPLAR_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+
+    /// Database URL: `sqlite://FILE` (embedded) or `postgres://...`.
+    #[arg(long, env = "EXEMPLAR_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub models: ModelConfig,
+
+    /// Requests that may wait for each model before new ones get 429.
+    #[arg(long, env = "EXEMPLAR_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY)]
+    pub queue_capacity: usize,
+
+    /// The largest `max_tokens` a completion may ask for.
+    #[arg(long, env = "EXEMPLAR_MAX_TOKENS_CAP", default_value_t = DEFAULT_MAX_TOKENS_CAP)]
+    pub max_tokens_cap: usize,
+
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "EXEMPLAR_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+
+    /// Seconds a request may run before it is cut off.
+    #[arg(long, env = "EXEMPLAR_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout_secs: u64,
+}
+
+/// Which models to load, and where they run.
+#[derive(Debug, Clone, Args)]
+pub struct ModelConfig {
+    /// Folder holding the default models (filled by `scripts/fetch-models.sh`).
+    #[arg(long, env = "EXEMPLAR_MODELS_DIR", default_value = DEFAULT_MODELS_DIR)]
+    pub models_dir: PathBuf,
+
+    /// The LLM: a GGUF file, or `owner/name:file.gguf` on the Hugging Face hub.
+    #[arg(long, env = "EXEMPLAR_MODEL")]
+    pub model: Option<String>,
+
+    /// The sentence embedder: a folder with config.json, tokenizer.json and
+    /// model.safetensors, or `owner/name` on the Hugging Face hub.
+    #[arg(long, env = "EXEMPLAR_EMBEDDER")]
+    pub embedder: Option<String>,
+
+    /// Where the models run.
+    #[arg(long, env = "EXEMPLAR_DEVICE", value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+
+    /// How the LLM weights are held: as shipped, Q8_0 or f32.
+    #[arg(long, env = "EXEMPLAR_WEIGHTS", value_enum, default_value_t = WeightFormat::F32)]
+    pub weights: WeightFormat,
+
+    /// Threads for the models' matrix kernels (default: one per physical core).
+    #[arg(long, env = "EXEMPLAR_THREADS")]
+    pub threads: Option<usize>,
+}
+
+impl ModelConfig {
+    /// The LLM reference: the flag's value or the default file under the models folder.
+    pub fn model_ref(&self) -> String {
+        self.model.clone().unwrap_or_else(|| {
+            self.models_dir
+                .join(DEFAULT_MODEL_FILE)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
+    /// The embedder reference: the flag's value or the default folder under the models folder.
+    pub fn embedder_ref(&self) -> String {
+        self.embedder.clone().unwrap_or_else(|| {
+            self.models_dir
+                .join(DEFAULT_EMBEDDER_DIR)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
+    /// Sizes candle's two thread pools (rayon and its own) before either starts.
+    ///
+    /// On small machines the pools compete for the same cores, so both get the same
+    /// deliberate count rather than their own guesses.
+    pub fn apply_thread_count(&self) {
+        if let Some(threads) = self.threads.filter(|&t| t > 0) {
+            // Safe to set here: called from main before any other thread exists.
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+            std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Exemplar: an HTTP service for in-context learning.
+//!
+//! A request enters through [`api`], is validated there, and reaches the models, which
+//! each live on their own thread behind a bounded queue ([`worker`]).
+//!
+//! - [`config`]: one `Config`, from flags, then `EXEMPLAR_*` variables, then defaults.
+//! - [`model_source`]: turns `--model` / `--embedder` into local files (path or hub repo).
+//! - [`llm`]: the candle quantized llama, its GGUF tokenizer, and generation.
+//! - [`embed`]: the candle BERT sentence embedder (mean pooling, L2 normalisation).
+//! - [`worker`]: a model owned by one OS thread behind a bounded queue.
+//! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
+//! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
+//! - [`bench`]: the speed measurements behind `exemplar bench`.
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod embed;
+pub mod llm;
+pub mod model_source;
+pub mod server;
+pub mod worker;
+
+pub use server::serve;

@@ -1,0 +1,126 @@
+//! The async face of the LLM: jobs go to its worker thread, answers come back on
+//! channels.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer};
+use crate::worker::{QueueError, Worker};
+
+enum LlmJob {
+    Generate {
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        deltas: Option<mpsc::UnboundedSender<Delta>>,
+        reply: oneshot::Sender<Result<Generation, LlmError>>,
+    },
+}
+
+/// A cloneable handle on the LLM worker thread.
+#[derive(Clone)]
+pub struct LlmHandle {
+    worker: Worker<LlmJob>,
+    tokenizer: Arc<LlmTokenizer>,
+    context_length: usize,
+    name: Arc<str>,
+}
+
+impl LlmHandle {
+    /// Moves `llm` onto its own thread with a queue of `capacity` jobs.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn spawn(llm: Llm, capacity: usize) -> std::io::Result<Self> {
+        let tokenizer = llm.tokenizer();
+        let context_length = llm.context_length();
+        let name: Arc<str> = llm.name().into();
+        let worker = Worker::spawn("exemplar-llm", capacity, llm, run_job)?;
+        Ok(Self {
+            worker,
+            tokenizer,
+            context_length,
+            name,
+        })
+    }
+
+    /// The tokenizer, for validating requests before they queue.
+    pub fn tokenizer(&self) -> &LlmTokenizer {
+        &self.tokenizer
+    }
+
+    /// The most tokens one sequence may hold.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Jobs waiting for the model.
+    pub fn waiting(&self) -> usize {
+        self.worker.waiting()
+    }
+
+    /// Generates a continuation of `prompt`.
+    ///
+    /// # Errors
+    /// [`LlmError::Queue`] when the queue is full, or the model's own error.
+    pub async fn generate(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        deltas: Option<mpsc::UnboundedSender<Delta>>,
+    ) -> Result<Generation, LlmError> {
+        self.start_generate(prompt, params, deltas)?
+            .await
+            .map_err(|_| LlmError::Queue(QueueError::Stopped))?
+    }
+
+    /// Queues a generation and returns where its result will arrive.
+    ///
+    /// With `deltas`, settled text is sent there as it is produced; dropping its
+    /// receiver cancels the generation. Queueing is decided before this returns, so a
+    /// full queue is known before a stream is opened.
+    ///
+    /// # Errors
+    /// [`LlmError::Queue`] when the queue is full or the worker has stopped.
+    pub fn start_generate(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        deltas: Option<mpsc::UnboundedSender<Delta>>,
+    ) -> Result<oneshot::Receiver<Result<Generation, LlmError>>, LlmError> {
+        let (reply, answer) = oneshot::channel();
+        self.worker.submit(LlmJob::Generate {
+            prompt,
+            params,
+            deltas,
+            reply,
+        })?;
+        Ok(answer)
+    }
+}
+
+fn run_job(llm: &mut Llm, job: LlmJob) {
+    match job {
+        LlmJob::Generate {
+            prompt,
+            params,
+            deltas,
+            reply,
+        } => {
+            if reply.is_closed() {
+                return;
+            }
+            let mut on_delta = |delta: Delta| match &deltas {
+                Some(tx) => tx.send(delta).is_ok(),
+                None => !reply.is_closed(),
+            };
+            let result = llm.generate(&prompt, &params, &mut on_delta);
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The `exemplar` command line: `serve` runs the HTTP service, `bench` measures speed.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use exemplar::bench::BenchArgs;
+use exemplar::config::Config;
+
+/// An HTTP service for in-context learning.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve(Config),
+    /// Measure prompt, generation and embedding speed on this machine.
+    Bench(BenchArgs),
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Command::Serve(config) => {
+            config.models.apply_thread_count();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listener = TcpListener::bind(config.addr)
+                    .await
+                    .with_context(|| format!("binding {}", config.addr))?;
+                exemplar::serve(listener, config, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Bench(args) => {
+            args.models.apply_thread_count();
+            exemplar::bench::run(&args)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Starts the service: binds the router at once, loads the models in the background
+//! (`/ready` answers 503 until they are in), and shuts down when told.
+
+use std::future::Future;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Models, Settings};
+use crate::config::{Config, DeviceKind, ModelConfig};
+use crate::embed::{EmbedError, Embedder, EmbedderHandle};
+use crate::llm::{Llm, LlmError, LlmHandle};
+use crate::model_source::{self, SourceError};
+
+/// Why the service could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A model reference could not be resolved to files.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The LLM failed to load.
+    #[error("loading the LLM: {0}")]
+    Llm(#[from] LlmError),
+    /// The embedder failed to load.
+    #[error("loading the embedder: {0}")]
+    Embed(#[from] EmbedError),
+    /// The requested device is not available in this build or on this machine.
+    #[error("device {device:?} is not available: {reason}")]
+    Device {
+        /// The device asked for.
+        device: DeviceKind,
+        /// What candle said.
+        reason: String,
+    },
+    /// Listening or a worker thread failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The loading task died.
+    #[error("model loading was aborted: {0}")]
+    Aborted(String),
+}
+
+/// Opens the candle device for `kind`.
+///
+/// # Errors
+/// When CUDA is asked for in a build without the `cuda` feature or without a GPU.
+pub fn open_device(kind: DeviceKind) -> Result<candle_core::Device, ServerError> {
+    match kind {
+        DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceKind::Cuda => {
+            candle_core::Device::new_cuda(0).map_err(|e| ServerError::Device {
+                device: kind,
+                reason: if cfg!(feature = "cuda") {
+                    e.to_string()
+                } else {
+                    "this build has no CUDA support; rebuild with `--features cuda`".to_owned()
+                },
+            })
+        }
+    }
+}
+
+/// Loads both models and starts their worker threads.
+///
+/// # Errors
+/// When a model cannot be found, read, or placed on the device.
+pub fn load_models(config: &ModelConfig, queue_capacity: usize) -> Result<Models, ServerError> {
+    let device = open_device(config.device)?;
+
+    let started = Instant::now();
+    let model_path = model_source::resolve_gguf(&config.model_ref())?;
+    let llm = Llm::load(&model_path, &device, config.weights)?;
+    tracing::info!(
+        model = llm.name(),
+        path = %model_path.display(),
+        weights = ?config.weights,
+        seconds = started.elapsed().as_secs_f32(),
+        "LLM loaded"
+    );
+
+    let started = Instant::now();
+    let embedder_ref = config.embedder_ref();
+    let files = model_source::resolve_embedder(&embedder_ref)?;
+    let embedder = Embedder::load(&files, &device)?;
+    let embedder_name = std::path::Path::new(&embedder_ref)
+        .file_name()
+        .map_or_else(|| embedder_ref.clone(), |n| n.to_string_lossy().into_owned());
+    tracing::info!(
+        embedder = %embedder_name,
+        seconds = started.elapsed().as_secs_f32(),
+        "embedder loaded"
+    );
+
+    Ok(Models {
+        llm: LlmHandle::spawn(llm, queue_capacity)?,
+        embedder: EmbedderHandle::spawn(embedder, &embedder_name, queue_capacity)?,
+    })
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains open requests.
+///
+/// # Errors
+/// When the models fail to load or the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = AppState::new(Settings {
+        max_tokens_cap: config.max_tokens_cap,
+        device: config.models.device,
+        weights: config.models.weights,
+    });
+    let app = api::router(state.clone(), &config);
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+
+    let models = config.models.clone();
+    let capacity = config.queue_capacity;
+    let loading = tokio::task::spawn_blocking(move || load_models(&models, capacity));
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+
+    tokio::select! {
+        finished = &mut server => return Ok(finished?),
+        loaded = loading => {
+            let models = loaded.map_err(|e| ServerError::Aborted(e.to_string()))??;
+            state.set_models(models);
+            tracing::info!("ready");
+        }
+    }
+    Ok(server.await?)
+}
