@@ -47,7 +47,10 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-fn timed<T>(repeats: usize, mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<Duration> {
+fn timed<T>(
+    repeats: usize,
+    mut run: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Duration> {
     run()?;
     let mut samples = Vec::with_capacity(repeats);
     for _ in 0..repeats.max(1) {
@@ -59,7 +62,8 @@ fn timed<T>(repeats: usize, mut run: impl FnMut() -> anyhow::Result<T>) -> anyho
 }
 
 fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {

@@ -97,7 +97,7 @@ pub struct ModelConfig {
     pub device: DeviceKind,
 
     /// How the LLM weights are held: as shipped, Q8_0 or f32.
-    #[arg(long, env = "EXEMPLAR_WEIGHTS", value_enum, default_value_t = WeightFormat::F32)]
+    #[arg(long, env = "EXEMPLAR_WEIGHTS", value_enum, default_value_t = WeightFormat::Q8_0)]
     pub weights: WeightFormat,
 
     /// Threads for the models' matrix kernels (default: one per physical core).

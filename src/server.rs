@@ -47,16 +47,14 @@ pub enum ServerError {
 pub fn open_device(kind: DeviceKind) -> Result<candle_core::Device, ServerError> {
     match kind {
         DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
-        DeviceKind::Cuda => {
-            candle_core::Device::new_cuda(0).map_err(|e| ServerError::Device {
-                device: kind,
-                reason: if cfg!(feature = "cuda") {
-                    e.to_string()
-                } else {
-                    "this build has no CUDA support; rebuild with `--features cuda`".to_owned()
-                },
-            })
-        }
+        DeviceKind::Cuda => candle_core::Device::new_cuda(0).map_err(|e| ServerError::Device {
+            device: kind,
+            reason: if cfg!(feature = "cuda") {
+                e.to_string()
+            } else {
+                "this build has no CUDA support; rebuild with `--features cuda`".to_owned()
+            },
+        }),
     }
 }
 
@@ -82,9 +80,10 @@ pub fn load_models(config: &ModelConfig, queue_capacity: usize) -> Result<Models
     let embedder_ref = config.embedder_ref();
     let files = model_source::resolve_embedder(&embedder_ref)?;
     let embedder = Embedder::load(&files, &device)?;
-    let embedder_name = std::path::Path::new(&embedder_ref)
-        .file_name()
-        .map_or_else(|| embedder_ref.clone(), |n| n.to_string_lossy().into_owned());
+    let embedder_name = std::path::Path::new(&embedder_ref).file_name().map_or_else(
+        || embedder_ref.clone(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     tracing::info!(
         embedder = %embedder_name,
         seconds = started.elapsed().as_secs_f32(),

@@ -41,7 +41,12 @@ impl<J: Send + 'static> Worker<J> {
     ///
     /// # Errors
     /// When the operating system refuses a new thread.
-    pub fn spawn<S, F>(name: &str, capacity: usize, mut state: S, mut handle: F) -> std::io::Result<Self>
+    pub fn spawn<S, F>(
+        name: &str,
+        capacity: usize,
+        mut state: S,
+        mut handle: F,
+    ) -> std::io::Result<Self>
     where
         S: Send + 'static,
         F: FnMut(&mut S, J) + Send + 'static,

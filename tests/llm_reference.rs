@@ -33,7 +33,11 @@ fn token_ids_equal_llama_cpp_and_decode_back() {
         let expected = ids(&row["ids"]);
         let got = tokenizer.encode(text).expect("encodes");
         assert_eq!(got, expected, "ids differ for {text:?}");
-        assert_eq!(tokenizer.decode(&got).expect("decodes"), text, "round trip of {text:?}");
+        assert_eq!(
+            tokenizer.decode(&got).expect("decodes"),
+            text,
+            "round trip of {text:?}"
+        );
     }
 }
 
@@ -41,7 +45,10 @@ fn token_ids_equal_llama_cpp_and_decode_back() {
 fn special_tokens_in_user_text_stay_plain_text() {
     let tokenizer = tokenizer();
     let ids = tokenizer.encode("<|im_start|>user").expect("encodes");
-    assert!(ids.len() > 2, "the marker is split into ordinary tokens: {ids:?}");
+    assert!(
+        ids.len() > 2,
+        "the marker is split into ordinary tokens: {ids:?}"
+    );
     assert!(ids.iter().all(|&id| !tokenizer.is_special(id)));
 }
 
@@ -58,7 +65,11 @@ fn check_against_reference(format: WeightFormat, near_ties_may_flip: bool) -> f3
     for row in rows {
         let prompt = row["prompt"].as_str().expect("prompt");
         let prompt_ids = llm.tokenizer().encode(prompt).expect("encodes");
-        assert_eq!(prompt_ids, ids(&row["prompt_ids"]), "prompt ids for {prompt:?}");
+        assert_eq!(
+            prompt_ids,
+            ids(&row["prompt_ids"]),
+            "prompt ids for {prompt:?}"
+        );
 
         let mut session = llm.session();
         let logits = session.feed(&prompt_ids).expect("forward");
@@ -86,7 +97,11 @@ fn check_against_reference(format: WeightFormat, near_ties_may_flip: bool) -> f3
             next = argmax(&session.feed(&[next]).expect("step"));
             greedy.push(next);
         }
-        assert_eq!(greedy, expected[..4], "{format:?}: greedy continuation of {prompt:?}");
+        assert_eq!(
+            greedy,
+            expected[..4],
+            "{format:?}: greedy continuation of {prompt:?}"
+        );
     }
     eprintln!("{format:?}: largest top-5 log-probability gap to llama.cpp: {largest_gap:.4}");
     largest_gap

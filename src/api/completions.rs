@@ -275,7 +275,9 @@ async fn completions(
         std::future::ready(event)
     })
     .chain(stream::once(std::future::ready(Ok(
-        Event::default().data("[DONE]"),
+        Event::default().data("[DONE]")
     ))));
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -57,10 +57,7 @@ fn validate(input: EmbeddingInput) -> Result<Vec<String>, ApiError> {
         ));
     }
     if let Some(index) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            "input",
-            format!("text {index} is empty"),
-        ));
+        return Err(ApiError::invalid("input", format!("text {index} is empty")));
     }
     Ok(texts)
 }

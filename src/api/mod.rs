@@ -14,6 +14,7 @@ mod tokenize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -96,11 +97,13 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(completions::routes())
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
         .with_state(state)
-        .layer(axum::middleware::map_response(error::envelope_layer_errors))
+        // The configured limit below is the only one, not axum's 2 MB default.
+        .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
         ))
+        .layer(axum::middleware::map_response(error::envelope_layer_errors))
         .layer(TraceLayer::new_for_http())
 }

@@ -29,9 +29,8 @@ async fn tokenize(
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let llm = state.models()?.llm.clone();
-    let (ids, tokens) = tokio::task::spawn_blocking(move || {
-        llm.tokenizer().encode_with_pieces(&request.text)
-    })
-    .await??;
+    let (ids, tokens) =
+        tokio::task::spawn_blocking(move || llm.tokenizer().encode_with_pieces(&request.text))
+            .await??;
     Ok(Json(TokenizeResponse { ids, tokens }))
 }

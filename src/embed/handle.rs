@@ -27,11 +27,16 @@ impl EmbedderHandle {
     /// When the thread cannot be started.
     pub fn spawn(embedder: Embedder, name: &str, capacity: usize) -> std::io::Result<Self> {
         let dimension = embedder.dimension();
-        let worker = Worker::spawn("exemplar-embed", capacity, embedder, |embedder, job: EmbedJob| {
-            if !job.reply.is_closed() {
-                let _ = job.reply.send(embedder.embed(&job.texts));
-            }
-        })?;
+        let worker = Worker::spawn(
+            "exemplar-embed",
+            capacity,
+            embedder,
+            |embedder, job: EmbedJob| {
+                if !job.reply.is_closed() {
+                    let _ = job.reply.send(embedder.embed(&job.texts));
+                }
+            },
+        )?;
         Ok(Self {
             worker,
             dimension,
@@ -56,6 +61,8 @@ impl EmbedderHandle {
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (reply, answer) = oneshot::channel();
         self.worker.submit(EmbedJob { texts, reply })?;
-        answer.await.map_err(|_| EmbedError::Queue(QueueError::Stopped))?
+        answer
+            .await
+            .map_err(|_| EmbedError::Queue(QueueError::Stopped))?
     }
 }

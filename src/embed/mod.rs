@@ -66,9 +66,8 @@ impl Embedder {
             }))
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         // SAFETY: the weights file is not modified while the process runs.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device)?
-        };
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device)? };
         let model = BertModel::load(vb, &config)?;
         Ok(Self {
             model,

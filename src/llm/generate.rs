@@ -196,7 +196,10 @@ fn describe_token(
         .collect::<Result<_, LlmError>>()?;
     Ok(TokenLogprob {
         token: tokenizer.decode(&[chosen])?,
-        logprob: lp.get(chosen as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        logprob: lp
+            .get(chosen as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY),
         top,
     })
 }

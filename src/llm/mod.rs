@@ -126,12 +126,17 @@ impl Session {
     /// When `ids` is empty or a candle operation fails.
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>, LlmError> {
         if ids.is_empty() {
-            return Err(LlmError::Tokenizer("cannot run an empty token sequence".into()));
+            return Err(LlmError::Tokenizer(
+                "cannot run an empty token sequence".into(),
+            ));
         }
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let logits = self.model.forward(&input, self.position)?;
         self.position += ids.len();
-        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+        Ok(logits
+            .squeeze(0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?)
     }
 
     /// How many tokens the session has seen.

@@ -129,7 +129,11 @@ impl LlmTokenizer {
     /// # Errors
     /// When the tokenizer fails on the text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
-        Ok(self.encode_with_pieces(text)?.0)
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// Token ids of `text` together with each token's vocabulary string.
@@ -137,11 +141,12 @@ impl LlmTokenizer {
     /// # Errors
     /// When the tokenizer fails on the text.
     pub fn encode_with_pieces(&self, text: &str) -> Result<(Vec<u32>, Vec<String>), LlmError> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| LlmError::Tokenizer(e.to_string()))?;
-        Ok((encoding.get_ids().to_vec(), encoding.get_tokens().to_vec()))
+        let ids = self.encode(text)?;
+        let pieces = ids
+            .iter()
+            .map(|&id| self.inner.id_to_token(id).unwrap_or_default())
+            .collect();
+        Ok((ids, pieces))
     }
 
     /// The text of `ids`, with special tokens left out.

@@ -72,7 +72,7 @@ impl TestServer {
 
     /// Like [`TestServer::start`] with extra environment variables.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let server = Self::spawn(args, env);
+        let mut server = Self::spawn(args, env);
         server.wait_ready().await;
         server
     }
@@ -85,9 +85,8 @@ impl TestServer {
         let mut command = exemplar();
         command
             .args(["serve", "--addr", &addr, "--threads", "2"])
-            .arg("--models-dir")
-            .arg(&models)
             .args(args)
+            .env("EXEMPLAR_MODELS_DIR", &models)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -103,9 +102,12 @@ impl TestServer {
     }
 
     /// Polls `/ready` until it answers 200; panics if the process exits first.
-    pub async fn wait_ready(&self) {
+    pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server exited before it was ready: {status}");
+            }
             if let Ok(response) = self.client.get(self.url("/ready")).send().await {
                 if response.status() == 200 {
                     return;

@@ -1,0 +1,323 @@
+//! The model endpoints over HTTP against a real server: health, readiness, info,
+//! tokenize, embeddings and completions, and how each treats bad input.
+
+mod common;
+
+use common::TestServer;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+#[tokio::test]
+async fn model_endpoints_answer_and_reject_bad_input() {
+    let server = TestServer::start(&["--max-tokens-cap", "64", "--body-limit", "100000"]).await;
+
+    let (status, body) = server.get("/health").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+
+    let (status, info) = server.get("/v1/info").await;
+    assert_eq!(status, 200);
+    assert_eq!(info["device"], "cpu");
+    assert_eq!(info["model"]["weights"], "q8_0");
+    assert_eq!(info["embedder"]["dimension"], 384);
+    let context = info["model"]["context_length"]
+        .as_u64()
+        .expect("context length");
+    assert!(context >= 2048, "context {context}");
+
+    // Tokenize: the fixture's ids, and special-token text stays plain.
+    let (status, body) = server
+        .post("/v1/tokenize", json!({"text": "Hello world"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ids"], json!([19556, 905]));
+    assert_eq!(body["tokens"], json!(["Hello", "Ġworld"]));
+
+    // Embeddings: OpenAI shape, unit vectors, one string or a list.
+    let (status, body) = server
+        .post(
+            "/v1/embeddings",
+            json!({"input": ["a good film", "a bad film"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["data"][1]["index"], 1);
+    let vector: Vec<f64> =
+        serde_json::from_value(body["data"][0]["embedding"].clone()).expect("floats");
+    assert_eq!(vector.len(), 384);
+    let norm = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+    let (status, _) = server
+        .post("/v1/embeddings", json!({"input": "one text"}))
+        .await;
+    assert_eq!(status, 200);
+
+    // Greedy completion: llama.cpp's continuation of the fixture prompt.
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let choice = &body["choices"][0];
+    assert!(
+        choice["text"]
+            .as_str()
+            .expect("text")
+            .starts_with(" Paris."),
+        "{body}"
+    );
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+    assert_eq!(body["usage"]["completion_tokens"], 4);
+    assert_eq!(
+        choice["logprobs"]["tokens"].as_array().map(Vec::len),
+        Some(4)
+    );
+    assert_eq!(
+        choice["logprobs"]["top_logprobs"][0]
+            .as_object()
+            .map(|m| m.len()),
+        Some(3)
+    );
+    let first_logprob = choice["logprobs"]["token_logprobs"][0]
+        .as_f64()
+        .expect("logprob");
+    assert!(
+        (first_logprob - (-0.248)).abs() < 0.2,
+        "logprob {first_logprob}"
+    );
+
+    // Stop strings end the text before them.
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": "The capital of France is", "max_tokens": 8, "stop": ["\n"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["choices"][0]["text"], " Paris.");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+
+    // Sampling with a seed repeats itself.
+    let sampled =
+        json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0, "seed": 7});
+    let (_, first) = server.post("/v1/completions", sampled.clone()).await;
+    let (_, second) = server.post("/v1/completions", sampled).await;
+    assert_eq!(first["choices"][0]["text"], second["choices"][0]["text"]);
+
+    // Streaming: server-sent events whose text adds up to the whole completion.
+    let response = server
+        .client
+        .post(server.url("/v1/completions"))
+        .json(&json!({"prompt": "The capital of France is", "max_tokens": 4, "stream": true}))
+        .send()
+        .await
+        .expect("stream opens");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/event-stream"));
+    let mut raw = String::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        raw.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+    }
+    let events: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let mut streamed = String::new();
+    let mut finish = Value::Null;
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event).expect("event is JSON");
+        streamed.push_str(chunk["choices"][0]["text"].as_str().unwrap_or_default());
+        if !chunk["choices"][0]["finish_reason"].is_null() {
+            finish = chunk["choices"][0]["finish_reason"].clone();
+        }
+    }
+    assert!(streamed.starts_with(" Paris."), "streamed {streamed:?}");
+    assert_eq!(finish, "length");
+
+    // Bad input: a clear 4xx with the error envelope, never a panic.
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "/v1/completions",
+            json!({"prompt": ""}),
+            422,
+            "invalid_value",
+        ),
+        ("/v1/completions", json!({"prompt": 5}), 422, "invalid_body"),
+        (
+            "/v1/completions",
+            json!({"max_tokens": 4}),
+            422,
+            "invalid_body",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 65}),
+            422,
+            "invalid_value",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": -1}),
+            422,
+            "invalid_body",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "temperature": 9}),
+            422,
+            "invalid_value",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}),
+            422,
+            "invalid_value",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "logprobs": 100}),
+            422,
+            "invalid_value",
+        ),
+        ("/v1/embeddings", json!({"input": []}), 422, "invalid_value"),
+        (
+            "/v1/embeddings",
+            json!({"input": ["fine", ""]}),
+            422,
+            "invalid_value",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"input": [1, 2]}),
+            422,
+            "invalid_body",
+        ),
+        ("/v1/tokenize", json!({"txt": "typo"}), 422, "invalid_body"),
+    ];
+    for (path, request, expected_status, expected_code) in cases {
+        let (status, body) = server.post(path, request.clone()).await;
+        assert_eq!(status, expected_status, "{path} {request}: {body}");
+        assert_eq!(error_code(&body), expected_code, "{path} {request}: {body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let (_, body) = server
+        .post("/v1/completions", json!({"prompt": "hi", "max_tokens": 65}))
+        .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("64"),
+        "{body}"
+    );
+
+    // A prompt over the context window: 422 naming the limit.
+    let long_prompt = "1 ".repeat(context as usize);
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": long_prompt, "max_tokens": 1}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(error_code(&body), "context_length_exceeded");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains(&context.to_string()));
+
+    // Malformed JSON, a body that is not JSON, an oversized body, an unknown route.
+    let response = server
+        .client
+        .post(server.url("/v1/completions"))
+        .header("content-type", "application/json")
+        .body("{\"prompt\": ")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("envelope");
+    assert_eq!(error_code(&body), "malformed_json");
+
+    let response = server
+        .client
+        .post(server.url("/v1/completions"))
+        .body("prompt=hi")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 415);
+
+    let (status, body) = server
+        .post("/v1/embeddings", json!({"input": "x".repeat(200_000)}))
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(error_code(&body), "payload_too_large");
+
+    let (status, body) = server.get("/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    assert_eq!(error_code(&body), "not_found");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let server = TestServer::start(&["--queue-capacity", "1"]).await;
+    let request = json!({"prompt": "Tell me a long story about a dragon.", "max_tokens": 48});
+    let sends = (0..8).map(|_| {
+        server
+            .client
+            .post(server.url("/v1/completions"))
+            .json(&request)
+            .send()
+    });
+    let responses = futures::future::join_all(sends).await;
+    let mut ok = 0;
+    let mut refused = 0;
+    for response in responses {
+        let response = response.expect("answered");
+        match response.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert!(response.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok >= 1, "some requests are served");
+    assert!(
+        refused >= 1,
+        "overload is refused, not queued without bound"
+    );
+}
+
+#[tokio::test]
+async fn ready_is_503_until_the_models_load() {
+    // f32 weights take seconds to convert at load, a window to observe.
+    let mut server = TestServer::spawn(&["--weights", "f32"], &[]);
+    // The listener is bound before loading starts; poll until it answers at all.
+    let first = loop {
+        if let Ok(response) = server.client.get(server.url("/ready")).send().await {
+            break response.status().as_u16();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(first, 503, "not ready while the models load");
+    server.wait_ready().await;
+    let (status, _) = server.get("/ready").await;
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,135 @@
+//! The command line: flags, environment fallbacks, device checks, and model references
+//! resolved through a Hugging Face hub cache that the test lays out itself.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::TestServer;
+
+fn run_serve(args: &[&str]) -> std::process::Output {
+    common::exemplar()
+        .arg("serve")
+        .args(["--addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(args)
+        .output()
+        .expect("exemplar runs")
+}
+
+#[test]
+fn an_unknown_device_is_refused_with_the_choices() {
+    let output = run_serve(&["--device", "tpu"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tpu") && stderr.contains("cpu") && stderr.contains("cuda"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_device_from_the_environment_is_refused_too() {
+    let output = common::exemplar()
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .env("EXEMPLAR_DEVICE", "gpu9")
+        .output()
+        .expect("exemplar runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("gpu9"));
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_says_how_to_get_it() {
+    let models = common::models_dir();
+    let output = run_serve(&[
+        "--device",
+        "cuda",
+        "--models-dir",
+        models.to_str().expect("utf-8"),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--features cuda"), "{stderr}");
+}
+
+#[test]
+fn a_missing_model_ends_the_process_with_a_reason() {
+    let output = run_serve(&["--model", "/nonexistent/model.gguf"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/model.gguf"), "{stderr}");
+}
+
+/// Lays out `models--{owner}--{name}/snapshots/{rev}/` with links to `files`, as
+/// hf-hub's cache does, and points `refs/main` at the revision.
+fn lay_out_hub_repo(hub: &Path, repo: &str, files: &[(&str, &Path)]) {
+    let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let revision = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = folder.join("snapshots").join(revision);
+    std::fs::create_dir_all(&snapshot).expect("snapshot dir");
+    std::fs::create_dir_all(folder.join("refs")).expect("refs dir");
+    std::fs::write(folder.join("refs/main"), revision).expect("ref");
+    for (name, target) in files {
+        std::os::unix::fs::symlink(target, snapshot.join(name)).expect("link");
+    }
+}
+
+#[tokio::test]
+async fn hub_repo_ids_resolve_from_the_cache_offline() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let hub = home.path().join("hub");
+    let models = common::models_dir();
+    let gguf = models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    lay_out_hub_repo(&hub, "test-org/smollm2-gguf", &[("smollm2.gguf", &gguf)]);
+    let minilm = models.join("all-minilm-l6-v2");
+    lay_out_hub_repo(
+        &hub,
+        "test-org/minilm",
+        &[
+            ("config.json", &minilm.join("config.json")),
+            ("tokenizer.json", &minilm.join("tokenizer.json")),
+            ("model.safetensors", &minilm.join("model.safetensors")),
+        ],
+    );
+    let empty_models = home.path().join("no-models-here");
+    let env = [
+        ("HF_HOME", home.path().to_str().expect("utf-8")),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let server = TestServer::start_with_env(
+        &[
+            "--model",
+            "test-org/smollm2-gguf:smollm2.gguf",
+            "--embedder",
+            "test-org/minilm",
+            "--models-dir",
+            empty_models.to_str().expect("utf-8"),
+        ],
+        &env,
+    )
+    .await;
+    let (status, info) = server.get("/v1/info").await;
+    assert_eq!(status, 200);
+    assert_eq!(info["embedder"]["name"], "minilm");
+    let (status, body) = server
+        .post("/v1/tokenize", serde_json::json!({"text": "Hello world"}))
+        .await;
+    assert_eq!(
+        (status, body["ids"].clone()),
+        (200, serde_json::json!([19556, 905]))
+    );
+    drop(server);
+
+    // A repo the cache lacks: offline, the process ends and says which file is missing.
+    let mut server = TestServer::spawn(&["--model", "test-org/absent:model.gguf"], &env);
+    let status = server
+        .wait_exit(Duration::from_secs(60))
+        .expect("the process ends by itself");
+    assert!(!status.success());
+}
