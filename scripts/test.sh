@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite as CI does: fetches the models, then cargo test.
+# Runs the whole test suite as CI does: fetches the models, starts PostgreSQL for the
+# PostgreSQL tests (when EXEMPLAR_TEST_POSTGRES_URL is not already set), then cargo test
+# including those tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
-cargo test --locked "$@"
+if [ -z "${EXEMPLAR_TEST_POSTGRES_URL:-}" ]; then
+  EXEMPLAR_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)
+  export EXEMPLAR_TEST_POSTGRES_URL
+fi
+cargo test --locked "$@" -- --include-ignored

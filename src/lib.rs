@@ -8,6 +8,11 @@
 //! - [`llm`]: the candle quantized llama, its GGUF tokenizer, and generation.
 //! - [`embed`]: the candle BERT sentence embedder (mean pooling, L2 normalisation).
 //! - [`worker`]: a model owned by one OS thread behind a bounded queue.
+//! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth.
+//! - [`index`]: one HNSW index per task over the examples' embeddings.
+//! - [`prompt`]: task templates: parsing, checking, rendering.
+//! - [`retrieve`]: demonstration strategies: knn, mmr, random.
+//! - [`tasks`]: tasks and their data: the write path and retrieval.
 //! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
@@ -16,9 +21,14 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod embed;
+pub mod index;
 pub mod llm;
 pub mod model_source;
+pub mod prompt;
+pub mod retrieve;
 pub mod server;
+pub mod store;
+pub mod tasks;
 pub mod worker;
 
 pub use server::serve;

@@ -1,16 +1,19 @@
-//! Starts the service: binds the router at once, loads the models in the background
-//! (`/ready` answers 503 until they are in), and shuts down when told.
+//! Starts the service: binds the router at once, opens the database and loads the
+//! models and indexes in the background (`/ready` answers 503 until all are in), and
+//! shuts down when told.
 
 use std::future::Future;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState, Models, Settings};
+use crate::api::{self, AppState, Services, Settings};
 use crate::config::{Config, DeviceKind, ModelConfig};
 use crate::embed::{EmbedError, Embedder, EmbedderHandle};
 use crate::llm::{Llm, LlmError, LlmHandle};
 use crate::model_source::{self, SourceError};
+use crate::store::{Store, StoreError};
+use crate::tasks::{Catalog, TaskError};
 
 /// Why the service could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,12 @@ pub enum ServerError {
         /// What candle said.
         reason: String,
     },
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Tasks could not be loaded into memory.
+    #[error("loading tasks: {0}")]
+    Tasks(#[from] TaskError),
     /// Listening or a worker thread failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -62,7 +71,10 @@ pub fn open_device(kind: DeviceKind) -> Result<candle_core::Device, ServerError>
 ///
 /// # Errors
 /// When a model cannot be found, read, or placed on the device.
-pub fn load_models(config: &ModelConfig, queue_capacity: usize) -> Result<Models, ServerError> {
+pub fn load_models(
+    config: &ModelConfig,
+    queue_capacity: usize,
+) -> Result<(LlmHandle, EmbedderHandle), ServerError> {
     let device = open_device(config.device)?;
 
     let started = Instant::now();
@@ -90,9 +102,25 @@ pub fn load_models(config: &ModelConfig, queue_capacity: usize) -> Result<Models
         "embedder loaded"
     );
 
-    Ok(Models {
-        llm: LlmHandle::spawn(llm, queue_capacity)?,
-        embedder: EmbedderHandle::spawn(embedder, &embedder_name, queue_capacity)?,
+    Ok((
+        LlmHandle::spawn(llm, queue_capacity)?,
+        EmbedderHandle::spawn(embedder, &embedder_name, queue_capacity)?,
+    ))
+}
+
+/// Opens the database, loads the models, then every task's index.
+async fn start_services(config: &Config) -> Result<Services, ServerError> {
+    let store = Store::connect(&config.database_url).await?;
+    let models = config.models.clone();
+    let capacity = config.queue_capacity;
+    let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, capacity))
+        .await
+        .map_err(|e| ServerError::Aborted(e.to_string()))??;
+    let catalog = Catalog::open(store, embedder.clone()).await?;
+    Ok(Services {
+        llm,
+        embedder,
+        catalog: std::sync::Arc::new(catalog),
     })
 }
 
@@ -113,19 +141,16 @@ pub async fn serve(
     let app = api::router(state.clone(), &config);
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
-    let models = config.models.clone();
-    let capacity = config.queue_capacity;
-    let loading = tokio::task::spawn_blocking(move || load_models(&models, capacity));
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
 
-    tokio::select! {
+    let services = tokio::select! {
         finished = &mut server => return Ok(finished?),
-        loaded = loading => {
-            let models = loaded.map_err(|e| ServerError::Aborted(e.to_string()))??;
-            state.set_models(models);
-            tracing::info!("ready");
-        }
-    }
-    Ok(server.await?)
+        loaded = start_services(&config) => loaded?,
+    };
+    state.set_services(services.clone());
+    tracing::info!("ready");
+    server.await?;
+    services.catalog.close().await;
+    Ok(())
 }

@@ -200,7 +200,7 @@ async fn completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let llm = state.models()?.llm.clone();
+    let llm = state.services()?.llm.clone();
     let cap = state.settings().max_tokens_cap;
     let checker = llm.clone();
     let valid = tokio::task::spawn_blocking(move || validate(request, &checker, cap)).await??;

@@ -67,7 +67,7 @@ async fn embeddings(
     ApiJson(request): ApiJson<EmbeddingsRequest>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
     let texts = validate(request.input)?;
-    let embedder = &state.models()?.embedder;
+    let embedder = &state.services()?.embedder;
     let vectors = embedder.embed(texts).await?;
     Ok(Json(EmbeddingsResponse {
         object: "list",

@@ -3,7 +3,7 @@
 //! Every failure a request can meet is an [`ApiError`]; each variant has a status and a
 //! stable snake_case code, written as `{"error":{"code":...,"message":...}}`.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::embed::EmbedError;
 use crate::llm::LlmError;
+use crate::tasks::TaskError;
 use crate::worker::QueueError;
 
 /// Seconds a client is asked to wait after a 429.
@@ -54,8 +55,11 @@ pub enum ApiError {
     /// The models are still loading.
     #[error("the models are still loading; poll GET /ready")]
     NotReady,
+    /// A task operation failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
     /// A failure inside the service; details go to the log, not to the client.
-    #[error("internal error")]
+    #[error("internal error: {0}")]
     Internal(String),
 }
 
@@ -85,7 +89,27 @@ impl ApiError {
             Self::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Task(error) => task_status_and_code(error),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+fn task_status_and_code(error: &TaskError) -> (StatusCode, &'static str) {
+    match error {
+        TaskError::TaskNotFound(_) => (StatusCode::NOT_FOUND, "task_not_found"),
+        TaskError::ItemNotFound { .. } => (StatusCode::NOT_FOUND, "item_not_found"),
+        TaskError::InvalidSpec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_task"),
+        TaskError::InvalidRow { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_row"),
+        TaskError::InvalidBatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch"),
+        TaskError::InvalidParameter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
+        TaskError::NoExamples(_) => (StatusCode::UNPROCESSABLE_ENTITY, "no_examples"),
+        TaskError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        TaskError::Embed(EmbedError::Queue(QueueError::Full)) => {
+            (StatusCode::TOO_MANY_REQUESTS, "overloaded")
+        }
+        TaskError::Embed(_) | TaskError::Store(_) | TaskError::Index(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
     }
 }
@@ -93,10 +117,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let Self::Internal(cause) = &self {
-            tracing::error!(%cause, "request failed");
-        }
-        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // Causes go to the log; clients learn only that it was not their fault.
+            tracing::error!(cause = %self, "request failed");
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = Json(json!({"error": {"code": code, "message": message}}));
         let mut response = (status, body).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(
@@ -119,6 +147,12 @@ impl From<JsonRejection> for ApiError {
             }
             other => Self::MalformedJson(other.body_text()),
         }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::InvalidBody(rejection.body_text())
     }
 }
 

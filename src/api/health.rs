@@ -19,6 +19,6 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.models()?;
+    state.services()?;
     Ok(Json(json!({"status": "ready"})))
 }

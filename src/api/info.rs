@@ -13,20 +13,20 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let models = state.models()?;
+    let services = state.services()?;
     let settings = state.settings();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "device": format!("{:?}", settings.device).to_lowercase(),
         "model": {
-            "name": models.llm.name(),
-            "context_length": models.llm.context_length(),
-            "vocab_size": models.llm.tokenizer().vocab_size(),
+            "name": services.llm.name(),
+            "context_length": services.llm.context_length(),
+            "vocab_size": services.llm.tokenizer().vocab_size(),
             "weights": format!("{:?}", settings.weights).to_lowercase(),
         },
         "embedder": {
-            "name": models.embedder.name(),
-            "dimension": models.embedder.dimension(),
+            "name": services.embedder.name(),
+            "dimension": services.embedder.dimension(),
         },
         "limits": {
             "max_tokens": settings.max_tokens_cap,

@@ -8,7 +8,10 @@ mod embeddings;
 mod error;
 mod health;
 mod info;
+mod items;
 mod json;
+mod retrieve;
+mod tasks;
 mod tokenize;
 
 use std::sync::{Arc, OnceLock};
@@ -27,17 +30,20 @@ pub use json::ApiJson;
 use crate::config::{Config, DeviceKind, WeightFormat};
 use crate::embed::EmbedderHandle;
 use crate::llm::LlmHandle;
+use crate::tasks::Catalog;
 
 /// The most texts one embeddings request may carry.
 pub const MAX_EMBEDDING_INPUTS: usize = 256;
 
-/// The loaded models, present once start-up has finished loading them.
+/// What start-up loads before the service is ready: the models and every task's data.
 #[derive(Clone)]
-pub struct Models {
+pub struct Services {
     /// The LLM worker.
     pub llm: LlmHandle,
     /// The sentence embedder worker.
     pub embedder: EmbedderHandle,
+    /// Tasks, examples, pool items and their indexes.
+    pub catalog: Arc<Catalog>,
 }
 
 /// Limits and facts that validation and `/v1/info` need.
@@ -54,7 +60,7 @@ pub struct Settings {
 /// What every handler can reach; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    models: Arc<OnceLock<Models>>,
+    services: Arc<OnceLock<Services>>,
     settings: Arc<Settings>,
 }
 
@@ -62,23 +68,23 @@ impl AppState {
     /// A state whose models are not loaded yet.
     pub fn new(settings: Settings) -> Self {
         Self {
-            models: Arc::new(OnceLock::new()),
+            services: Arc::new(OnceLock::new()),
             settings: Arc::new(settings),
         }
     }
 
-    /// Makes the models available; the service becomes ready.
-    pub fn set_models(&self, models: Models) {
+    /// Makes the services available; the service becomes ready.
+    pub fn set_services(&self, services: Services) {
         // Loading happens once at start-up, so a second call cannot occur.
-        let _ = self.models.set(models);
+        let _ = self.services.set(services);
     }
 
-    /// The models, or [`ApiError::NotReady`] while they load.
+    /// The services, or [`ApiError::NotReady`] while they load.
     ///
     /// # Errors
-    /// While start-up is still loading the models.
-    pub fn models(&self) -> Result<&Models, ApiError> {
-        self.models.get().ok_or(ApiError::NotReady)
+    /// While start-up is still loading models or indexes.
+    pub fn services(&self) -> Result<&Services, ApiError> {
+        self.services.get().ok_or(ApiError::NotReady)
     }
 
     /// The configured limits.
@@ -95,6 +101,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(tokenize::routes())
         .merge(embeddings::routes())
         .merge(completions::routes())
+        .merge(tasks::routes())
+        .merge(items::routes())
+        .merge(retrieve::routes())
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
         .with_state(state)
         // The configured limit below is the only one, not axum's 2 MB default.

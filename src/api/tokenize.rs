@@ -28,7 +28,7 @@ async fn tokenize(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    let llm = state.models()?.llm.clone();
+    let llm = state.services()?.llm.clone();
     let (ids, tokens) =
         tokio::task::spawn_blocking(move || llm.tokenizer().encode_with_pieces(&request.text))
             .await??;

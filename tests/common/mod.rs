@@ -55,6 +55,48 @@ pub fn exemplar() -> Command {
     Command::new(env!("CARGO_BIN_EXE_exemplar"))
 }
 
+/// A database for one test: a SQLite file in a temporary folder, or a fresh
+/// PostgreSQL database when `EXEMPLAR_TEST_POSTGRES_URL` names a server.
+pub struct TestDatabase {
+    /// The URL to give the server.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A new, empty SQLite database file.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("exemplar.db").display());
+        Self {
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A new, empty PostgreSQL database on the server that `EXEMPLAR_TEST_POSTGRES_URL`
+    /// names (`scripts/test.sh` starts one).
+    pub async fn postgres() -> Self {
+        use sqlx::Connection;
+        let admin = std::env::var("EXEMPLAR_TEST_POSTGRES_URL").expect(
+            "EXEMPLAR_TEST_POSTGRES_URL names a PostgreSQL server (scripts/test.sh starts one)",
+        );
+        let name = format!("exemplar_test_{:016x}", rand::random::<u64>());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Self {
+            url: format!("{base}/{name}"),
+            _dir: None,
+        }
+    }
+}
+
 /// A running `exemplar serve`, killed when dropped.
 pub struct TestServer {
     child: Child,
@@ -62,6 +104,10 @@ pub struct TestServer {
     pub base: String,
     /// An HTTP client.
     pub client: reqwest::Client,
+    /// The database URL it was started with.
+    pub database_url: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestServer {
@@ -77,14 +123,26 @@ impl TestServer {
         server
     }
 
-    /// Starts the process without waiting for readiness.
+    /// Starts the process on a fresh SQLite database without waiting for readiness.
+    ///
+    /// The database's folder lives as long as the test process: it is leaked on purpose
+    /// so that a restarted server finds it again.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let database = TestDatabase::sqlite();
+        let url = database.url.clone();
+        std::mem::forget(database);
+        Self::spawn_on(&url, args, env)
+    }
+
+    /// Starts the process on `database_url` without waiting for readiness.
+    pub fn spawn_on(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let models = models_dir();
         let mut command = exemplar();
         command
             .args(["serve", "--addr", &addr, "--threads", "2"])
+            .args(["--database-url", database_url])
             .args(args)
             .env("EXEMPLAR_MODELS_DIR", &models)
             .env("RUST_LOG", "warn")
@@ -98,7 +156,57 @@ impl TestServer {
             child,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
+            database_url: database_url.to_owned(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
+    }
+
+    /// Starts on `database_url` and waits until ready.
+    pub async fn start_on(database_url: &str, args: &[&str]) -> Self {
+        let mut server = Self::spawn_on(database_url, args, &[]);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills this server and starts another on the same database and flags.
+    pub async fn restart(mut self) -> Self {
+        self.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut server = Self::spawn_on(&self.database_url, &args, &env);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Sends `method` to `path` and returns status and parsed answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let value = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, value)
     }
 
     /// Polls `/ready` until it answers 200; panics if the process exits first.
@@ -125,29 +233,12 @@ impl TestServer {
 
     /// POSTs `body` as JSON and returns status and parsed answer.
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .expect("request sent");
-        let status = response.status().as_u16();
-        let value = response.json().await.unwrap_or(serde_json::Value::Null);
-        (status, value)
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     /// GETs `path` and returns status and parsed answer.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request sent");
-        let status = response.status().as_u16();
-        let value = response.json().await.unwrap_or(serde_json::Value::Null);
-        (status, value)
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     /// Waits for the process to exit on its own and returns its exit status.

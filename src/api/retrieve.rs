@@ -1,0 +1,105 @@
+//! `POST /v1/tasks/{task}/retrieve`: the demonstrations a query would get.
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, AppState};
+use crate::retrieve::{Strategy, DEFAULT_MMR_LAMBDA};
+use crate::tasks::{Demonstration, RetrieveQuery};
+
+/// Demonstrations returned when the request does not say.
+pub const DEFAULT_K: usize = 8;
+
+/// Routes of this resource.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/tasks/{task}/retrieve", post(retrieve))
+}
+
+/// The strategies a request may name.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyName {
+    /// The k most similar.
+    #[default]
+    Knn,
+    /// Maximal marginal relevance.
+    Mmr,
+    /// A seeded random sample.
+    Random,
+}
+
+impl StrategyName {
+    /// The strategy with its parameters; a missing seed draws one.
+    pub fn with(self, lambda: Option<f32>, seed: Option<u64>) -> Strategy {
+        match self {
+            Self::Knn => Strategy::Knn,
+            Self::Mmr => Strategy::Mmr {
+                lambda: lambda.unwrap_or(DEFAULT_MMR_LAMBDA),
+            },
+            Self::Random => Strategy::Random {
+                seed: seed.unwrap_or_else(rand::random),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrieveRequest {
+    text: String,
+    text_pair: Option<String>,
+    k: Option<usize>,
+    #[serde(default)]
+    strategy: StrategyName,
+    lambda: Option<f32>,
+    seed: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DemonstrationBody {
+    id: String,
+    text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_pair: Option<String>,
+    label: String,
+    similarity: f32,
+}
+
+impl From<Demonstration> for DemonstrationBody {
+    fn from(d: Demonstration) -> Self {
+        Self {
+            id: d.example.id.clone(),
+            text: d.example.text.clone(),
+            text_pair: d.example.text_pair.clone(),
+            label: d.example.label.clone(),
+            similarity: d.similarity,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RetrieveResponse {
+    demonstrations: Vec<DemonstrationBody>,
+}
+
+async fn retrieve(
+    State(state): State<AppState>,
+    Path(task): Path<String>,
+    ApiJson(request): ApiJson<RetrieveRequest>,
+) -> Result<Json<RetrieveResponse>, ApiError> {
+    if request.text.trim().is_empty() {
+        return Err(ApiError::invalid("text", "must not be empty"));
+    }
+    let query = RetrieveQuery {
+        text: request.text,
+        text_pair: request.text_pair,
+        k: request.k.unwrap_or(DEFAULT_K),
+        strategy: request.strategy.with(request.lambda, request.seed),
+    };
+    let demonstrations = state.services()?.catalog.retrieve(&task, query).await?;
+    Ok(Json(RetrieveResponse {
+        demonstrations: demonstrations.into_iter().map(Into::into).collect(),
+    }))
+}

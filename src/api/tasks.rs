@@ -1,0 +1,85 @@
+//! Tasks: `PUT/GET/DELETE /v1/tasks/{task}` and `GET /v1/tasks`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::{ApiError, ApiJson, AppState};
+use crate::tasks::{TaskSpec, TaskView};
+
+/// Routes of this resource.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tasks", get(list))
+        .route("/v1/tasks/{task}", get(show).put(put).delete(delete))
+}
+
+#[derive(Serialize)]
+struct Counts {
+    examples: i64,
+    pool: i64,
+}
+
+#[derive(Serialize)]
+struct TaskBody {
+    name: String,
+    #[serde(flatten)]
+    spec: TaskSpec,
+    counts: Counts,
+}
+
+impl From<TaskView> for TaskBody {
+    fn from(view: TaskView) -> Self {
+        Self {
+            name: view.name,
+            spec: view.spec,
+            counts: Counts {
+                examples: view.examples,
+                pool: view.pool,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TaskList {
+    tasks: Vec<TaskBody>,
+}
+
+async fn put(
+    State(state): State<AppState>,
+    Path(task): Path<String>,
+    ApiJson(spec): ApiJson<TaskSpec>,
+) -> Result<(StatusCode, Json<TaskBody>), ApiError> {
+    let (view, created) = state.services()?.catalog.put_task(&task, spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view.into())))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(task): Path<String>,
+) -> Result<Json<TaskBody>, ApiError> {
+    Ok(Json(state.services()?.catalog.task(&task).await?.into()))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
+    let tasks = state.services()?.catalog.tasks().await?;
+    Ok(Json(TaskList {
+        tasks: tasks.into_iter().map(TaskBody::from).collect(),
+    }))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(task): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.services()?.catalog.delete_task(&task).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,318 @@
+//! Annotated examples and unlabeled pool items: texts with their embeddings.
+//!
+//! Both tables share one shape (pool items have no label), so one set of queries
+//! serves both, keyed by [`ItemKind`].
+
+use sqlx::Row;
+
+use super::{now, Store, StoreError};
+
+/// Which table a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// An annotated example (has a label).
+    Example,
+    /// An unlabeled pool item waiting for selective annotation.
+    PoolItem,
+}
+
+impl ItemKind {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Example => "examples",
+            Self::PoolItem => "pool_items",
+        }
+    }
+
+    fn columns(self) -> &'static str {
+        match self {
+            Self::Example => "seq, id, text, text_pair, label, embedding, embedder",
+            Self::PoolItem => "seq, id, text, text_pair, NULL AS label, embedding, embedder",
+        }
+    }
+}
+
+/// A row to insert.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    /// The caller's id, unique within the task.
+    pub id: String,
+    /// The text.
+    pub text: String,
+    /// The second text of a pair task, if any.
+    pub text_pair: Option<String>,
+    /// The label (examples only).
+    pub label: Option<String>,
+    /// The unit-length embedding.
+    pub embedding: Vec<f32>,
+}
+
+/// A stored row.
+#[derive(Debug, Clone)]
+pub struct StoredItem {
+    /// Insertion order, unique across the table; also the index's point id.
+    pub seq: i64,
+    /// The caller's id.
+    pub id: String,
+    /// The text.
+    pub text: String,
+    /// The second text of a pair task, if any.
+    pub text_pair: Option<String>,
+    /// The label (examples only).
+    pub label: Option<String>,
+    /// The stored embedding.
+    pub embedding: Vec<f32>,
+    /// The embedder that made it.
+    pub embedder: String,
+}
+
+fn to_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_bytes(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(StoreError::Corrupt(format!(
+            "embedding of {} bytes is not a whole number of f32",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+fn stored_item(row: &sqlx::any::AnyRow) -> Result<StoredItem, StoreError> {
+    let bytes: Vec<u8> = row.try_get("embedding")?;
+    Ok(StoredItem {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        text: row.try_get("text")?,
+        text_pair: row.try_get("text_pair")?,
+        label: row.try_get("label")?,
+        embedding: from_bytes(&bytes)?,
+        embedder: row.try_get("embedder")?,
+    })
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+impl Store {
+    /// Inserts a batch in one transaction and answers each row's `seq`.
+    ///
+    /// Examples whose ids are in the pool leave the pool in the same transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::DuplicateId`] naming the first row whose id exists; nothing of the
+    /// batch is stored then.
+    pub async fn insert_items(
+        &self,
+        task: &str,
+        kind: ItemKind,
+        items: &[NewItem],
+        embedder: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        let mut seqs = Vec::with_capacity(items.len());
+        let insert = match kind {
+            ItemKind::Example => {
+                "INSERT INTO examples (task, id, text, text_pair, label, embedding, embedder, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq"
+            }
+            ItemKind::PoolItem => {
+                "INSERT INTO pool_items (task, id, text, text_pair, embedding, embedder, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq"
+            }
+        };
+        for (row, item) in items.iter().enumerate() {
+            let mut query = sqlx::query(insert)
+                .bind(task)
+                .bind(&item.id)
+                .bind(&item.text)
+                .bind(item.text_pair.clone());
+            if kind == ItemKind::Example {
+                query = query.bind(item.label.clone().unwrap_or_default());
+            }
+            let inserted = query
+                .bind(to_bytes(&item.embedding))
+                .bind(embedder)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await;
+            match inserted {
+                Ok(r) => seqs.push(r.try_get("seq")?),
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::DuplicateId {
+                        row,
+                        id: item.id.clone(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if kind == ItemKind::Example {
+                sqlx::query("DELETE FROM pool_items WHERE task = $1 AND id = $2")
+                    .bind(task)
+                    .bind(&item.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    /// Which of `ids` the task already holds as `kind`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn existing_ids(
+        &self,
+        task: &str,
+        kind: ItemKind,
+        ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT id FROM {} WHERE task = $1 AND id IN ({})",
+                kind.table(),
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(task);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                found.push(row.try_get("id")?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A page of rows after `after_seq`, in insertion order.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn items_page(
+        &self,
+        task: &str,
+        kind: ItemKind,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredItem>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE task = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            kind.columns(),
+            kind.table()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(task)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored_item).collect()
+    }
+
+    /// Every row of a task, in insertion order.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn all_items(
+        &self,
+        task: &str,
+        kind: ItemKind,
+    ) -> Result<Vec<StoredItem>, StoreError> {
+        self.items_page(task, kind, 0, i64::MAX).await
+    }
+
+    /// One row by the caller's id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn item(
+        &self,
+        task: &str,
+        kind: ItemKind,
+        id: &str,
+    ) -> Result<Option<StoredItem>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE task = $1 AND id = $2",
+            kind.columns(),
+            kind.table()
+        );
+        let row = sqlx::query(&sql)
+            .bind(task)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stored_item).transpose()
+    }
+
+    /// Deletes one row; answers its `seq` when it existed.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn delete_item(
+        &self,
+        task: &str,
+        kind: ItemKind,
+        id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE task = $1 AND id = $2 RETURNING seq",
+            kind.table()
+        );
+        let row = sqlx::query(&sql)
+            .bind(task)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("seq")).transpose()?)
+    }
+
+    /// Replaces the embeddings of rows made by another embedder.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn update_embeddings(
+        &self,
+        kind: ItemKind,
+        updates: &[(i64, Vec<f32>)],
+        embedder: &str,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE {} SET embedding = $1, embedder = $2 WHERE seq = $3",
+            kind.table()
+        );
+        let mut tx = self.pool.begin().await?;
+        for (seq, embedding) in updates {
+            sqlx::query(&sql)
+                .bind(to_bytes(embedding))
+                .bind(embedder)
+                .bind(*seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeddings_round_trip_through_bytes() {
+        let v = vec![0.5f32, -1.25, 3.0e-7];
+        assert_eq!(from_bytes(&to_bytes(&v)).expect("decodes"), v);
+        assert!(from_bytes(&[0, 1, 2]).is_err());
+    }
+}
