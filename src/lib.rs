@@ -16,11 +16,13 @@
 //! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
+//! - [`import`]: `exemplar import`, a bulk loader that speaks the HTTP API.
 
 pub mod api;
 pub mod bench;
 pub mod config;
 pub mod embed;
+pub mod import;
 pub mod index;
 pub mod llm;
 pub mod model_source;

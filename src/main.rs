@@ -1,4 +1,5 @@
-//! The `exemplar` command line: `serve` runs the HTTP service, `bench` measures speed.
+//! The `exemplar` command line: `serve` runs the HTTP service, `import` loads data into
+//! it, `bench` measures speed.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -7,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use exemplar::bench::BenchArgs;
 use exemplar::config::Config;
+use exemplar::import::ImportArgs;
 
 /// An HTTP service for in-context learning.
 #[derive(Parser)]
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve(Config),
+    /// Load a JSON-lines file into a task of a running server.
+    Import(ImportArgs),
     /// Measure prompt, generation and embedding speed on this machine.
     Bench(BenchArgs),
 }
@@ -48,6 +52,7 @@ async fn shutdown_signal() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -64,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Import(args) => exemplar::import::run(&args),
         Command::Bench(args) => {
             args.models.apply_thread_count();
             exemplar::bench::run(&args)

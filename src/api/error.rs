@@ -124,7 +124,13 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = Json(json!({"error": {"code": code, "message": message}}));
+        let mut error = json!({"code": code, "message": message});
+        // Batch writes name the failing row as a number too, for clients that map rows
+        // back to their source (`exemplar import` reports line numbers).
+        if let Self::Task(TaskError::InvalidRow { row, .. }) = &self {
+            error["row"] = json!(row);
+        }
+        let body = Json(json!({ "error": error }));
         let mut response = (status, body).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(

@@ -100,6 +100,7 @@ impl TestDatabase {
 /// A running `exemplar serve`, killed when dropped.
 pub struct TestServer {
     child: Child,
+    log: tempfile::NamedTempFile,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// An HTTP client.
@@ -137,6 +138,7 @@ impl TestServer {
     /// Starts the process on `database_url` without waiting for readiness.
     pub fn spawn_on(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let addr = format!("127.0.0.1:{port}");
         let models = models_dir();
         let mut command = exemplar();
@@ -145,15 +147,17 @@ impl TestServer {
             .args(["--database-url", database_url])
             .args(args)
             .env("EXEMPLAR_MODELS_DIR", &models)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log.reopen().expect("log file"));
         for (key, value) in env {
             command.env(key, value);
         }
         let child = command.spawn().expect("exemplar starts");
         Self {
             child,
+            log,
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             database_url: database_url.to_owned(),
@@ -214,16 +218,21 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the server exited before it was ready: {status}");
+                panic!("the server exited before it was ready: {status}\n{}", self.log());
             }
             if let Ok(response) = self.client.get(self.url("/ready")).send().await {
                 if response.status() == 200 {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "server not ready after 180 s");
+            assert!(Instant::now() < deadline, "server not ready after 180 s\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// The full URL of `path`.

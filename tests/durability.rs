@@ -1,0 +1,177 @@
+//! Imports and restarts: `exemplar import` stops at the first bad line with its
+//! number, a server killed with SIGKILL mid-import keeps whole batches only, and stored
+//! embeddings are reused across restarts unless the embedder changes.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn put_sst2_task(server: &TestServer) {
+    let task = json!({
+        "labels": ["negative", "positive"],
+        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
+    });
+    let (status, body) = server.call(Method::PUT, "/v1/tasks/sst2", Some(task)).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// The first `n` lines of SST-2's training set.
+fn sst2_lines(n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(common::shared_dir().join("data/sst2/train.jsonl"))
+        .expect("SST-2 train set");
+    text.lines().take(n).map(str::to_owned).collect()
+}
+
+fn write_file(lines: &[String]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    for line in lines {
+        writeln!(file, "{line}").expect("write");
+    }
+    file
+}
+
+fn import(server: &TestServer, file: &tempfile::NamedTempFile, batch: usize) -> std::process::Command {
+    let mut command = common::exemplar();
+    command
+        .args(["import", "--task", "sst2", "--server", &server.base])
+        .args(["--batch-size", &batch.to_string()])
+        .arg("--file")
+        .arg(file.path());
+    command
+}
+
+async fn example_texts(server: &TestServer) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, body) = server
+            .get(&format!("/v1/tasks/sst2/examples?limit=1000{cursor}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        for example in body["examples"].as_array().expect("page") {
+            texts.push(example["text"].as_str().expect("text").to_owned());
+        }
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return texts,
+        }
+    }
+}
+
+fn text_of(line: &str) -> String {
+    let row: Value = serde_json::from_str(line).expect("JSON line");
+    row["text"].as_str().expect("text").to_owned()
+}
+
+#[tokio::test]
+async fn import_stops_at_the_first_bad_line_and_keeps_earlier_batches() {
+    let server = TestServer::start(&[]).await;
+    put_sst2_task(&server).await;
+    let mut lines = sst2_lines(12);
+    // Line 8 (in the second batch of 5) has a label the task does not know.
+    lines[7] = r#"{"text": "fine film", "label": "neutral"}"#.to_owned();
+    let file = write_file(&lines);
+    let output = import(&server, &file, 5).output().expect("import runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 8") && stderr.contains("neutral"), "{stderr}");
+    assert!(stderr.contains("5 rows stored"), "{stderr}");
+    let stored = example_texts(&server).await;
+    let expected: Vec<String> = lines[..5].iter().map(|l| text_of(l)).collect();
+    assert_eq!(stored, expected);
+
+    // A line that is not JSON is caught before its batch is sent.
+    lines[7] = "not json".to_owned();
+    let file = write_file(&lines[5..]);
+    let output = import(&server, &file, 5).output().expect("import runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert_eq!(example_texts(&server).await.len(), 5);
+
+    // A clean file imports whole.
+    let file = write_file(&sst2_lines(30)[5..]);
+    let output = import(&server, &file, 10).output().expect("import runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(example_texts(&server).await.len(), 30);
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_import_keeps_whole_batches_only() {
+    const BATCH: usize = 50;
+    let mut server = TestServer::start(&[]).await;
+    put_sst2_task(&server).await;
+    let lines = sst2_lines(1000);
+    let file = write_file(&lines);
+    let mut importer = import(&server, &file, BATCH)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("import starts");
+
+    // Wait until a few batches are in, then kill the server without warning.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, body) = server.get("/v1/tasks/sst2").await;
+        if body["counts"]["examples"].as_i64().unwrap_or(0) >= 2 * BATCH as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "import made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    let status = importer.wait().expect("importer ends");
+    assert!(!status.success(), "the import reports the lost server");
+
+    let server = server.restart().await;
+    let stored = example_texts(&server).await;
+    assert!(stored.len() >= 2 * BATCH && stored.len() < lines.len());
+    assert_eq!(stored.len() % BATCH, 0, "{} rows: a batch was torn", stored.len());
+    let expected: Vec<String> = lines[..stored.len()].iter().map(|l| text_of(l)).collect();
+    assert_eq!(stored, expected);
+    let (status, body) = server
+        .post("/v1/tasks/sst2/retrieve", json!({"text": text_of(&lines[0]), "k": 1}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["demonstrations"][0]["text"], text_of(&lines[0]));
+}
+
+#[tokio::test]
+async fn restarts_reuse_embeddings_and_a_new_embedder_re_embeds() {
+    let server = TestServer::start(&[]).await;
+    put_sst2_task(&server).await;
+    let file = write_file(&sst2_lines(40));
+    let output = import(&server, &file, 40).output().expect("import runs");
+    assert!(output.status.success());
+    let query = json!({"text": text_of(&sst2_lines(1)[0]), "k": 3});
+    let (_, before) = server.post("/v1/tasks/sst2/retrieve", query.clone()).await;
+
+    let server = server.restart().await;
+    assert!(server.log().contains("index loaded"), "{}", server.log());
+    assert!(!server.log().contains("re-embedding"), "{}", server.log());
+    let (_, after) = server.post("/v1/tasks/sst2/retrieve", query.clone()).await;
+    assert_eq!(before, after);
+
+    // The same weights under another name count as another embedder.
+    let renamed = tempfile::tempdir().expect("temp dir");
+    let alias = renamed.path().join("minilm-renamed");
+    std::os::unix::fs::symlink(common::models_dir().join("all-minilm-l6-v2"), &alias)
+        .expect("link");
+    let database = server.database_url.clone();
+    drop(server);
+    let server = TestServer::start_on(&database, &["--embedder", alias.to_str().expect("utf-8")]).await;
+    let log = server.log();
+    assert!(log.contains("re-embedding"), "{log}");
+    let (status, again) = server.post("/v1/tasks/sst2/retrieve", query).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        before["demonstrations"][0]["id"], again["demonstrations"][0]["id"],
+        "the same weights give the same neighbours"
+    );
+    let restarted = server.restart().await;
+    assert!(!restarted.log().contains("re-embedding"), "{}", restarted.log());
+}
