@@ -63,8 +63,8 @@ fn read_lines(path: &PathBuf) -> anyhow::Result<Vec<(usize, String)>> {
 }
 
 fn parse_line(number: usize, raw: &str) -> anyhow::Result<Value> {
-    let line: Line = serde_json::from_str(raw)
-        .with_context(|| format!("line {number}: not a valid row"))?;
+    let line: Line =
+        serde_json::from_str(raw).with_context(|| format!("line {number}: not a valid row"))?;
     Ok(serde_json::to_value(line)?)
 }
 

@@ -13,6 +13,7 @@
 //! - [`prompt`]: task templates: parsing, checking, rendering.
 //! - [`retrieve`]: demonstration strategies: knn, mmr, random.
 //! - [`tasks`]: tasks and their data: the write path and retrieval.
+//! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.
 //! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
@@ -26,6 +27,7 @@ pub mod import;
 pub mod index;
 pub mod llm;
 pub mod model_source;
+pub mod predict;
 pub mod prompt;
 pub mod retrieve;
 pub mod server;

@@ -3,6 +3,7 @@
 //! shuts down when told.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use crate::config::{Config, DeviceKind, ModelConfig};
 use crate::embed::{EmbedError, Embedder, EmbedderHandle};
 use crate::llm::{Llm, LlmError, LlmHandle};
 use crate::model_source::{self, SourceError};
+use crate::predict::Predictor;
 use crate::store::{Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
 
@@ -116,11 +118,12 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, capacity))
         .await
         .map_err(|e| ServerError::Aborted(e.to_string()))??;
-    let catalog = Catalog::open(store, embedder.clone()).await?;
+    let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
     Ok(Services {
+        predictor: Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone())),
         llm,
         embedder,
-        catalog: std::sync::Arc::new(catalog),
+        catalog,
     })
 }
 

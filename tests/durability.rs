@@ -35,7 +35,11 @@ fn write_file(lines: &[String]) -> tempfile::NamedTempFile {
     file
 }
 
-fn import(server: &TestServer, file: &tempfile::NamedTempFile, batch: usize) -> std::process::Command {
+fn import(
+    server: &TestServer,
+    file: &tempfile::NamedTempFile,
+    batch: usize,
+) -> std::process::Command {
     let mut command = common::exemplar();
     command
         .args(["import", "--task", "sst2", "--server", &server.base])
@@ -79,7 +83,10 @@ async fn import_stops_at_the_first_bad_line_and_keeps_earlier_batches() {
     let output = import(&server, &file, 5).output().expect("import runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("line 8") && stderr.contains("neutral"), "{stderr}");
+    assert!(
+        stderr.contains("line 8") && stderr.contains("neutral"),
+        "{stderr}"
+    );
     assert!(stderr.contains("5 rows stored"), "{stderr}");
     let stored = example_texts(&server).await;
     let expected: Vec<String> = lines[..5].iter().map(|l| text_of(l)).collect();
@@ -97,7 +104,11 @@ async fn import_stops_at_the_first_bad_line_and_keeps_earlier_batches() {
     // A clean file imports whole.
     let file = write_file(&sst2_lines(30)[5..]);
     let output = import(&server, &file, 10).output().expect("import runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(example_texts(&server).await.len(), 30);
 }
 
@@ -130,11 +141,19 @@ async fn a_server_killed_mid_import_keeps_whole_batches_only() {
     let server = server.restart().await;
     let stored = example_texts(&server).await;
     assert!(stored.len() >= 2 * BATCH && stored.len() < lines.len());
-    assert_eq!(stored.len() % BATCH, 0, "{} rows: a batch was torn", stored.len());
+    assert_eq!(
+        stored.len() % BATCH,
+        0,
+        "{} rows: a batch was torn",
+        stored.len()
+    );
     let expected: Vec<String> = lines[..stored.len()].iter().map(|l| text_of(l)).collect();
     assert_eq!(stored, expected);
     let (status, body) = server
-        .post("/v1/tasks/sst2/retrieve", json!({"text": text_of(&lines[0]), "k": 1}))
+        .post(
+            "/v1/tasks/sst2/retrieve",
+            json!({"text": text_of(&lines[0]), "k": 1}),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["demonstrations"][0]["text"], text_of(&lines[0]));
@@ -163,7 +182,8 @@ async fn restarts_reuse_embeddings_and_a_new_embedder_re_embeds() {
         .expect("link");
     let database = server.database_url.clone();
     drop(server);
-    let server = TestServer::start_on(&database, &["--embedder", alias.to_str().expect("utf-8")]).await;
+    let server =
+        TestServer::start_on(&database, &["--embedder", alias.to_str().expect("utf-8")]).await;
     let log = server.log();
     assert!(log.contains("re-embedding"), "{log}");
     let (status, again) = server.post("/v1/tasks/sst2/retrieve", query).await;
@@ -173,5 +193,9 @@ async fn restarts_reuse_embeddings_and_a_new_embedder_re_embeds() {
         "the same weights give the same neighbours"
     );
     let restarted = server.restart().await;
-    assert!(!restarted.log().contains("re-embedding"), "{}", restarted.log());
+    assert!(
+        !restarted.log().contains("re-embedding"),
+        "{}",
+        restarted.log()
+    );
 }

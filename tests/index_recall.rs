@@ -43,6 +43,9 @@ fn hnsw_recall_at_10_on_sst2_is_at_least_0_99() {
             .count();
     }
     let recall = found as f64 / (10 * queries.len()) as f64;
-    eprintln!("HNSW recall@10 over {} SST-2 dev queries: {recall:.4}", queries.len());
+    eprintln!(
+        "HNSW recall@10 over {} SST-2 dev queries: {recall:.4}",
+        queries.len()
+    );
     assert!(recall >= 0.99, "recall@10 {recall}");
 }

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::embed::EmbedError;
 use crate::llm::LlmError;
+use crate::predict::PredictError;
 use crate::tasks::TaskError;
 use crate::worker::QueueError;
 
@@ -58,6 +59,9 @@ pub enum ApiError {
     /// A task operation failed.
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// A prediction failed.
+    #[error(transparent)]
+    Predict(#[from] PredictError),
     /// A failure inside the service; details go to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,6 +94,19 @@ impl ApiError {
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Task(error) => task_status_and_code(error),
+            Self::Predict(error) => match error {
+                PredictError::Task(error) => task_status_and_code(error),
+                PredictError::Llm(LlmError::Queue(QueueError::Full)) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "overloaded")
+                }
+                PredictError::Llm(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                PredictError::InvalidParameter { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
+                }
+                PredictError::InputTooLong { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "context_length_exceeded")
+                }
+            },
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

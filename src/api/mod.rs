@@ -10,6 +10,7 @@ mod health;
 mod info;
 mod items;
 mod json;
+mod predict;
 mod retrieve;
 mod tasks;
 mod tokenize;
@@ -30,6 +31,7 @@ pub use json::ApiJson;
 use crate::config::{Config, DeviceKind, WeightFormat};
 use crate::embed::EmbedderHandle;
 use crate::llm::LlmHandle;
+use crate::predict::Predictor;
 use crate::tasks::Catalog;
 
 /// The most texts one embeddings request may carry.
@@ -44,6 +46,8 @@ pub struct Services {
     pub embedder: EmbedderHandle,
     /// Tasks, examples, pool items and their indexes.
     pub catalog: Arc<Catalog>,
+    /// Predictions over the catalog's tasks.
+    pub predictor: Arc<Predictor>,
 }
 
 /// Limits and facts that validation and `/v1/info` need.
@@ -104,6 +108,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(tasks::routes())
         .merge(items::routes())
         .merge(retrieve::routes())
+        .merge(predict::routes())
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
         .with_state(state)
         // The configured limit below is the only one, not axum's 2 MB default.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer};
+use super::{Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer, ScoreRequest};
 use crate::worker::{QueueError, Worker};
 
 enum LlmJob {
@@ -14,6 +14,10 @@ enum LlmJob {
         params: GenerationParams,
         deltas: Option<mpsc::UnboundedSender<Delta>>,
         reply: oneshot::Sender<Result<Generation, LlmError>>,
+    },
+    Score {
+        request: ScoreRequest,
+        reply: oneshot::Sender<Result<Vec<Vec<f32>>, LlmError>>,
     },
 }
 
@@ -45,7 +49,7 @@ impl LlmHandle {
     }
 
     /// The tokenizer, for validating requests before they queue.
-    pub fn tokenizer(&self) -> &LlmTokenizer {
+    pub fn tokenizer(&self) -> &Arc<LlmTokenizer> {
         &self.tokenizer
     }
 
@@ -75,6 +79,18 @@ impl LlmHandle {
         deltas: Option<mpsc::UnboundedSender<Delta>>,
     ) -> Result<Generation, LlmError> {
         self.start_generate(prompt, params, deltas)?
+            .await
+            .map_err(|_| LlmError::Queue(QueueError::Stopped))?
+    }
+
+    /// Scores continuations after queries that share a prefix.
+    ///
+    /// # Errors
+    /// [`LlmError::Queue`] when the queue is full, or the model's own error.
+    pub async fn score(&self, request: ScoreRequest) -> Result<Vec<Vec<f32>>, LlmError> {
+        let (reply, answer) = oneshot::channel();
+        self.worker.submit(LlmJob::Score { request, reply })?;
+        answer
             .await
             .map_err(|_| LlmError::Queue(QueueError::Stopped))?
     }
@@ -121,6 +137,11 @@ fn run_job(llm: &mut Llm, job: LlmJob) {
             };
             let result = llm.generate(&prompt, &params, &mut on_delta);
             let _ = reply.send(result);
+        }
+        LlmJob::Score { request, reply } => {
+            if !reply.is_closed() {
+                let _ = reply.send(llm.score(&request));
+            }
         }
     }
 }

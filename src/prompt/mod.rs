@@ -3,6 +3,12 @@
 //! A template is text with placeholders `{text}`, `{text_pair}` and `{label}`; `{{` and
 //! `}}` stand for literal braces. Templates are checked when a task is written, so
 //! rendering never fails.
+//!
+//! A prompt is the instruction, the demonstrations and the query, joined by the task's
+//! separator; each demonstration is its input and output joined by a newline, and the
+//! query ends where the label would start. [`PromptBuilder`] writes it in two parts,
+//! the demonstration prefix and the query suffix, split where the tokenizer splits too,
+//! so that the prefix's KV cache serves every continuation.
 
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +120,111 @@ impl Template {
     }
 }
 
+/// The text before and after a template's single `{label}`.
+fn around_label(template: &Template) -> (String, String) {
+    let mut before = String::new();
+    let mut after = String::new();
+    let mut seen_label = false;
+    for piece in &template.pieces {
+        match piece {
+            Piece::Slot(Slot::Label) => seen_label = true,
+            Piece::Literal(s) if seen_label => after.push_str(s),
+            Piece::Literal(s) => before.push_str(s),
+            Piece::Slot(_) => {}
+        }
+    }
+    (before, after)
+}
+
+/// A demonstration or query input to write into a prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The text.
+    pub text: &'a str,
+    /// The second text of a pair task.
+    pub text_pair: Option<&'a str>,
+}
+
+/// Writes a task's prompts.
+#[derive(Debug, Clone)]
+pub struct PromptBuilder {
+    instruction: String,
+    separator: String,
+    input: Template,
+    output: Template,
+    /// The output template up to `{label}`, without trailing whitespace: where the
+    /// query's prompt ends.
+    answer_cue: String,
+    /// The whitespace that the cue dropped: it starts every label continuation, as
+    /// byte-level tokenizers attach a space to the word after it.
+    label_lead: String,
+    label_tail: String,
+}
+
+impl PromptBuilder {
+    /// A builder for a task's instruction, templates and separator.
+    pub fn new(instruction: &str, templates: &PromptTemplates, separator: &str) -> Self {
+        let (before, after) = around_label(&templates.output);
+        let cue = before.trim_end().to_owned();
+        let lead = before[cue.len()..].to_owned();
+        Self {
+            instruction: instruction.to_owned(),
+            separator: separator.to_owned(),
+            input: templates.input.clone(),
+            output: templates.output.clone(),
+            answer_cue: cue,
+            label_lead: lead,
+            label_tail: after,
+        }
+    }
+
+    /// One demonstration: its input, a newline, its output.
+    pub fn demonstration(&self, input: Input<'_>, label: &str) -> String {
+        format!(
+            "{}
+{}",
+            self.input.render(input.text, input.text_pair, ""),
+            self.output.render("", None, label)
+        )
+    }
+
+    /// The instruction and the demonstrations, joined by the separator.
+    pub fn prefix(&self, demonstrations: &[String]) -> String {
+        let mut parts: Vec<&str> = Vec::with_capacity(demonstrations.len() + 1);
+        if !self.instruction.is_empty() {
+            parts.push(&self.instruction);
+        }
+        parts.extend(demonstrations.iter().map(String::as_str));
+        parts.join(&self.separator)
+    }
+
+    /// What follows a prefix: the separator (when there is a prefix), the query's input
+    /// and the answer cue.
+    pub fn query(&self, prefix_is_empty: bool, input: Input<'_>) -> String {
+        let body = format!(
+            "{}
+{}",
+            self.input.render(input.text, input.text_pair, ""),
+            self.answer_cue
+        );
+        if prefix_is_empty {
+            body
+        } else {
+            format!("{}{body}", self.separator)
+        }
+    }
+
+    /// The continuation whose probability scores `label`.
+    pub fn label_continuation(&self, label: &str) -> String {
+        format!("{}{label}{}", self.label_lead, self.label_tail)
+    }
+
+    /// The separator, which also ends a generated answer.
+    pub fn separator(&self) -> &str {
+        &self.separator
+    }
+}
+
 /// A task's pair of templates, as written in its definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +304,48 @@ mod tests {
         assert_eq!(t.render("a", Some("b"), "l"), "Q: a {x} / b");
         let t = Template::parse("A: {label}").expect("valid");
         assert_eq!(t.render("a", None, "yes"), "A: yes");
+    }
+
+    #[test]
+    fn prompts_end_at_the_answer_cue_and_labels_carry_its_space() {
+        let templates =
+            PromptTemplates::parse(&spec("Review: {text}", "Sentiment: {label}")).expect("valid");
+        let builder = PromptBuilder::new("Classify.", &templates, "\n\n");
+        let demo = |text, label| {
+            builder.demonstration(
+                Input {
+                    text,
+                    text_pair: None,
+                },
+                label,
+            )
+        };
+        let prefix = builder.prefix(&[demo("bad", "negative"), demo("good", "positive")]);
+        assert_eq!(
+            prefix,
+            "Classify.\n\nReview: bad\nSentiment: negative\n\nReview: good\nSentiment: positive"
+        );
+        let query = builder.query(
+            false,
+            Input {
+                text: "fine",
+                text_pair: None,
+            },
+        );
+        assert_eq!(query, "\n\nReview: fine\nSentiment:");
+        assert_eq!(builder.label_continuation("positive"), " positive");
+        let alone = PromptBuilder::new("", &templates, "\n\n");
+        assert_eq!(alone.prefix(&[]), "");
+        assert_eq!(
+            alone.query(
+                true,
+                Input {
+                    text: "x",
+                    text_pair: None
+                }
+            ),
+            "Review: x\nSentiment:"
+        );
     }
 
     #[test]

@@ -25,7 +25,26 @@ pub struct Example {
 pub struct Collection {
     /// The HNSW index over the examples' embeddings.
     pub index: VectorIndex,
-    examples: RwLock<HashMap<usize, Arc<Example>>>,
+    examples: RwLock<Examples>,
+}
+
+#[derive(Default)]
+struct Examples {
+    by_point: HashMap<usize, Arc<Example>>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Examples {
+    fn insert(&mut self, example: Example) {
+        self.by_id.insert(example.id.clone(), example.point);
+        self.by_point.insert(example.point, Arc::new(example));
+    }
+
+    fn remove(&mut self, point: usize) {
+        if let Some(example) = self.by_point.remove(&point) {
+            self.by_id.remove(&example.id);
+        }
+    }
 }
 
 impl Collection {
@@ -34,11 +53,11 @@ impl Collection {
     /// # Errors
     /// When a stored embedding is degenerate or of the wrong length.
     pub fn build(dimension: usize, rows: Vec<(Example, Vec<f32>)>) -> Result<Self, IndexError> {
-        let mut examples = HashMap::with_capacity(rows.len());
+        let mut examples = Examples::default();
         let mut points = Vec::with_capacity(rows.len());
         for (example, embedding) in rows {
             points.push((example.point, embedding));
-            examples.insert(example.point, Arc::new(example));
+            examples.insert(example);
         }
         Ok(Self {
             index: VectorIndex::build(dimension, points)?,
@@ -53,28 +72,45 @@ impl Collection {
     pub fn insert(&self, example: Example, embedding: &[f32]) -> Result<(), IndexError> {
         let point = example.point;
         // The example is visible before the index can return it.
-        self.examples_mut().insert(point, Arc::new(example));
+        self.examples_mut().insert(example);
         self.index.insert(point, embedding).inspect_err(|_| {
-            self.examples_mut().remove(&point);
+            self.examples_mut().remove(point);
         })
     }
 
     /// Forgets an example; later searches never return it.
     pub fn remove(&self, point: usize) {
         self.index.remove(point);
-        self.examples_mut().remove(&point);
+        self.examples_mut().remove(point);
     }
 
     /// The example stored under `point`, if it is live.
     pub fn example(&self, point: usize) -> Option<Arc<Example>> {
-        self.examples
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&point)
+        self.examples().by_point.get(&point).cloned()
+    }
+
+    /// The live example with the caller's `id`.
+    pub fn by_id(&self, id: &str) -> Option<Arc<Example>> {
+        let examples = self.examples();
+        examples
+            .by_id
+            .get(id)
+            .and_then(|point| examples.by_point.get(point))
             .cloned()
     }
 
-    fn examples_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<usize, Arc<Example>>> {
+    /// Every live example, in insertion order.
+    pub fn all(&self) -> Vec<Arc<Example>> {
+        let mut all: Vec<Arc<Example>> = self.examples().by_point.values().cloned().collect();
+        all.sort_by_key(|e| e.point);
+        all
+    }
+
+    fn examples(&self) -> std::sync::RwLockReadGuard<'_, Examples> {
+        self.examples.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn examples_mut(&self) -> std::sync::RwLockWriteGuard<'_, Examples> {
         // Each update is a single insert or remove, so a poisoned map is still whole.
         self.examples.write().unwrap_or_else(|p| p.into_inner())
     }

@@ -410,7 +410,8 @@ impl Catalog {
         self.collections.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn collection(&self, task: &str) -> Option<Arc<Collection>> {
+    /// The in-memory collection of a task.
+    pub fn collection(&self, task: &str) -> Option<Arc<Collection>> {
         self.collections
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -683,6 +684,43 @@ impl Catalog {
         Ok(())
     }
 
+    /// The task's checked definition.
+    ///
+    /// # Errors
+    /// When the task does not exist.
+    pub async fn definition(&self, task: &str) -> Result<ValidTask, TaskError> {
+        Ok(self.spec(task).await?.validate()?)
+    }
+
+    /// Embeds query inputs as examples are embedded.
+    ///
+    /// # Errors
+    /// When the embedder fails or is overloaded.
+    pub async fn embed_queries(
+        &self,
+        inputs: &[(String, Option<String>)],
+    ) -> Result<Vec<Vec<f32>>, TaskError> {
+        let texts = inputs
+            .iter()
+            .map(|(text, pair)| embedding_text(text, pair.as_deref()))
+            .collect();
+        Ok(self.embedder.embed(texts).await?)
+    }
+
+    /// The task's in-memory examples, or [`TaskError::NoExamples`] when it has none.
+    ///
+    /// # Errors
+    /// When the task does not exist or has no examples.
+    pub fn examples(&self, task: &str) -> Result<Arc<Collection>, TaskError> {
+        let collection = self
+            .collection(task)
+            .ok_or_else(|| TaskError::TaskNotFound(task.to_owned()))?;
+        if collection.index.is_empty() {
+            return Err(TaskError::NoExamples(task.to_owned()));
+        }
+        Ok(collection)
+    }
+
     /// Chooses demonstrations for a query, most similar first.
     ///
     /// # Errors
@@ -693,58 +731,79 @@ impl Catalog {
         query: RetrieveQuery,
     ) -> Result<Vec<Demonstration>, TaskError> {
         self.spec(task).await?;
-        if !(1..=MAX_K).contains(&query.k) {
-            return Err(TaskError::InvalidParameter {
-                field: "k",
-                message: format!("{} is out of range: give 1 to {MAX_K}", query.k),
-            });
-        }
-        if let Strategy::Mmr { lambda } = query.strategy {
-            if !(0.0..=1.0).contains(&lambda) {
-                return Err(TaskError::InvalidParameter {
-                    field: "lambda",
-                    message: format!("{lambda} is out of range: give 0 to 1"),
-                });
-            }
-        }
-        let collection = self
-            .collection(task)
-            .ok_or_else(|| TaskError::TaskNotFound(task.to_owned()))?;
-        if collection.index.is_empty() {
-            return Err(TaskError::NoExamples(task.to_owned()));
-        }
-        let text = embedding_text(&query.text, query.text_pair.as_deref());
+        check_k(query.k, 1)?;
+        check_strategy(query.strategy)?;
+        let collection = self.examples(task)?;
         let vector = self
-            .embedder
-            .embed(vec![text])
+            .embed_queries(&[(query.text, query.text_pair)])
             .await?
             .pop()
             .unwrap_or_default();
-        tokio::task::spawn_blocking(move || choose(&collection, &vector, query.k, query.strategy))
-            .await
-            .map_err(|e| TaskError::Conflict(format!("retrieval aborted: {e}")))
+        tokio::task::spawn_blocking(move || {
+            choose(&collection, &vector, query.k, query.strategy, None)
+        })
+        .await
+        .map_err(|e| TaskError::Conflict(format!("retrieval aborted: {e}")))
     }
 }
 
-/// Runs a strategy over the collection; the answer is ordered most similar first.
+/// Checks that `k` lies in `min..=MAX_K`.
+///
+/// # Errors
+/// When it does not.
+pub fn check_k(k: usize, min: usize) -> Result<(), TaskError> {
+    if (min..=MAX_K).contains(&k) {
+        Ok(())
+    } else {
+        Err(TaskError::InvalidParameter {
+            field: "k",
+            message: format!("{k} is out of range: give {min} to {MAX_K}"),
+        })
+    }
+}
+
+/// Checks a strategy's parameters.
+///
+/// # Errors
+/// When MMR's `lambda` lies outside 0 to 1.
+pub fn check_strategy(strategy: Strategy) -> Result<(), TaskError> {
+    match strategy {
+        Strategy::Mmr { lambda } if !(0.0..=1.0).contains(&lambda) => {
+            Err(TaskError::InvalidParameter {
+                field: "lambda",
+                message: format!("{lambda} is out of range: give 0 to 1"),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs a strategy over the collection, never choosing `exclude` (leave-one-out
+/// evaluation); the answer is ordered most similar first.
 pub fn choose(
     collection: &Collection,
     query: &[f32],
     k: usize,
     strategy: Strategy,
+    exclude: Option<usize>,
 ) -> Vec<Demonstration> {
+    let extra = usize::from(exclude.is_some());
+    let allowed = |id: &usize| Some(*id) != exclude;
     let points: Vec<(usize, f32)> = match strategy {
         Strategy::Knn => collection
             .index
-            .search(query, k)
+            .search(query, k + extra)
             .into_iter()
+            .filter(|h| allowed(&h.id))
+            .take(k)
             .map(|h| (h.id, h.similarity))
             .collect(),
         Strategy::Mmr { lambda } => {
             let candidates: Vec<Candidate> = collection
                 .index
-                .search(query, k * MMR_CANDIDATE_FACTOR)
+                .search(query, k * MMR_CANDIDATE_FACTOR + extra)
                 .into_iter()
+                .filter(|h| allowed(&h.id))
                 .filter_map(|h| {
                     Some(Candidate {
                         id: h.id,

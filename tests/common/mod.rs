@@ -218,14 +218,21 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the server exited before it was ready: {status}\n{}", self.log());
+                panic!(
+                    "the server exited before it was ready: {status}\n{}",
+                    self.log()
+                );
             }
             if let Ok(response) = self.client.get(self.url("/ready")).send().await {
                 if response.status() == 200 {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "server not ready after 180 s\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server not ready after 180 s\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

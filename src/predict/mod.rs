@@ -1,0 +1,529 @@
+//! Predictions: demonstrations in, labels out.
+//!
+//! For each query: choose demonstrations among the task's annotated examples, write the
+//! prompt within the token budget, then either score every label's continuation after
+//! it (classification; one prefix pass shared by all labels and by the content-free
+//! inputs of calibration) or generate the answer (tasks without labels).
+
+pub mod calibration;
+pub mod metrics;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::llm::{GenerationParams, LlmError, LlmHandle, LlmTokenizer, ScoreRequest};
+use crate::prompt::{Input, PromptBuilder};
+use crate::retrieve::Strategy;
+use crate::tasks::{self, Catalog, Collection, Demonstration, TaskError};
+
+/// The inputs whose label probabilities measure a prompt's bias (Zhao et al., 2021).
+pub const CONTENT_FREE_INPUTS: [&str; 3] = ["N/A", "", "[MASK]"];
+/// Content-free results kept for reuse; the cache is emptied when it fills.
+const CONTENT_FREE_CACHE: usize = 4096;
+
+/// What can go wrong with a prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// The task, its examples or a parameter is wrong.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The LLM failed or is overloaded.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// A prediction parameter is invalid.
+    #[error("`{field}`: {message}")]
+    InvalidParameter {
+        /// The parameter.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// An input does not fit the context window even without demonstrations.
+    #[error("input {index} needs {tokens} prompt tokens; the budget is {budget} (context window {context} tokens, less room for the answer)")]
+    InputTooLong {
+        /// Which input.
+        index: usize,
+        /// Tokens the bare prompt needs.
+        tokens: usize,
+        /// Tokens available for the prompt.
+        budget: usize,
+        /// The model's context window.
+        context: usize,
+    },
+}
+
+/// How the demonstrations are found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// Retrieved for each query.
+    Retrieve(Strategy),
+    /// The same examples, by id, for every query.
+    Fixed(Vec<String>),
+}
+
+/// Where the most similar demonstration goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Next to the query, at the end.
+    #[default]
+    NearestLast,
+    /// First, right after the instruction.
+    NearestFirst,
+    /// Shuffled with the request's seed.
+    Random,
+}
+
+/// Options for tasks without labels, which generate their answer.
+#[derive(Debug, Clone)]
+pub struct GenerationOptions {
+    /// The most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Strings that end the answer; the task's separator when empty.
+    pub stop: Vec<String>,
+    /// 0 for greedy decoding.
+    pub temperature: f64,
+}
+
+/// Options of a prediction request.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    /// Demonstrations per query (0 is zero-shot).
+    pub k: usize,
+    /// How they are found.
+    pub selection: Selection,
+    /// How they are ordered in the prompt.
+    pub order: Order,
+    /// Seed for random order and sampling.
+    pub seed: u64,
+    /// Apply contextual calibration.
+    pub calibrate: bool,
+    /// Answer the prompt text too.
+    pub return_prompt: bool,
+    /// The most prompt tokens; by default the context window less the longest answer.
+    pub max_prompt_tokens: Option<usize>,
+    /// Generation settings for tasks without labels.
+    pub generation: GenerationOptions,
+}
+
+/// One query.
+#[derive(Debug, Clone)]
+pub struct QueryInput {
+    /// The text.
+    pub text: String,
+    /// The second text of a pair task.
+    pub text_pair: Option<String>,
+    /// An example that must not serve as a demonstration (leave-one-out).
+    pub exclude: Option<String>,
+}
+
+/// The answer for one query.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The most probable label (classification).
+    pub label: Option<String>,
+    /// The generated answer (tasks without labels).
+    pub output: Option<String>,
+    /// Every label with its probability, in the task's order.
+    pub probabilities: Vec<(String, f64)>,
+    /// The demonstrations used, in prompt order.
+    pub demonstrations: Vec<Demonstration>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// The prompt, when asked for.
+    pub prompt: Option<String>,
+}
+
+/// A prompt ready for the model: the shared prefix and each query after it.
+struct Prepared {
+    prefix: Vec<u32>,
+    query: Vec<u32>,
+    content_free: Vec<Vec<u32>>,
+    demonstrations: Vec<Demonstration>,
+    text: String,
+}
+
+/// Runs predictions for every task.
+pub struct Predictor {
+    catalog: Arc<Catalog>,
+    llm: LlmHandle,
+    content_free: Mutex<HashMap<u64, Vec<f64>>>,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> PredictError {
+    PredictError::InvalidParameter {
+        field,
+        message: message.into(),
+    }
+}
+
+impl Predictor {
+    /// A predictor over the catalog's tasks with the given LLM.
+    pub fn new(catalog: Arc<Catalog>, llm: LlmHandle) -> Self {
+        Self {
+            catalog,
+            llm,
+            content_free: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The catalog this predictor reads.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Predicts every input, in order.
+    ///
+    /// # Errors
+    /// On an unknown task, a task without examples when demonstrations are asked for,
+    /// an invalid option, an input too long for the context window, or an LLM failure.
+    pub async fn predict(
+        &self,
+        task: &str,
+        inputs: Vec<QueryInput>,
+        options: &PredictOptions,
+    ) -> Result<Vec<Prediction>, PredictError> {
+        let definition = self.catalog.definition(task).await?;
+        let classification = definition.spec.is_classification();
+        if options.calibrate && !classification {
+            return Err(invalid(
+                "calibrate",
+                "calibration needs labels; this task generates text",
+            ));
+        }
+        let k = match &options.selection {
+            Selection::Fixed(ids) => ids.len(),
+            Selection::Retrieve(strategy) => {
+                tasks::check_k(options.k, 0)?;
+                tasks::check_strategy(*strategy)?;
+                options.k
+            }
+        };
+        let collection = if k > 0 {
+            Some(self.catalog.examples(task)?)
+        } else {
+            None
+        };
+        let fixed = match (&options.selection, &collection) {
+            (Selection::Fixed(ids), Some(collection)) => {
+                Some(fixed_demonstrations(collection, ids)?)
+            }
+            _ => None,
+        };
+        let vectors = match (&options.selection, k) {
+            (Selection::Retrieve(_), 1..) => {
+                let queries: Vec<(String, Option<String>)> = inputs
+                    .iter()
+                    .map(|i| (i.text.clone(), i.text_pair.clone()))
+                    .collect();
+                self.catalog.embed_queries(&queries).await?
+            }
+            _ => Vec::new(),
+        };
+
+        let builder = Arc::new(PromptBuilder::new(
+            &definition.spec.instruction,
+            &definition.templates,
+            &definition.spec.separator,
+        ));
+        let tokenizer = Arc::clone(self.llm.tokenizer());
+        let labels = definition.spec.labels.clone();
+        let continuations: Vec<Vec<u32>> = labels
+            .iter()
+            .map(|l| tokenizer.encode(&builder.label_continuation(l)))
+            .collect::<Result<_, _>>()?;
+        let answer_room = if classification {
+            continuations.iter().map(Vec::len).max().unwrap_or(0)
+        } else {
+            options.generation.max_new_tokens
+        };
+        let context = self.llm.context_length();
+        let budget = options
+            .max_prompt_tokens
+            .unwrap_or(context)
+            .min(context.saturating_sub(answer_room));
+
+        let mut predictions = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.into_iter().enumerate() {
+            let demonstrations = match (&fixed, &collection, &options.selection) {
+                (Some(fixed), _, _) => fixed.clone(),
+                (None, Some(collection), Selection::Retrieve(strategy)) => {
+                    let exclude = input
+                        .exclude
+                        .as_deref()
+                        .and_then(|id| collection.by_id(id))
+                        .map(|e| e.point);
+                    tasks::choose(collection, &vectors[index], k, *strategy, exclude)
+                }
+                _ => Vec::new(),
+            };
+            let prepared = {
+                let builder = Arc::clone(&builder);
+                let tokenizer = Arc::clone(&tokenizer);
+                let order = options.order;
+                let seed = options.seed.wrapping_add(index as u64);
+                let with_content_free = options.calibrate;
+                tokio::task::spawn_blocking(move || {
+                    prepare_within_budget(
+                        &builder,
+                        &tokenizer,
+                        demonstrations,
+                        &input,
+                        order,
+                        seed,
+                        with_content_free,
+                        budget,
+                        context,
+                        index,
+                    )
+                })
+                .await
+                .map_err(|e| LlmError::Tokenizer(format!("prompt building aborted: {e}")))??
+            };
+            let prompt_tokens = prepared.prefix.len() + prepared.query.len();
+            let mut prediction = Prediction {
+                label: None,
+                output: None,
+                probabilities: Vec::new(),
+                demonstrations: prepared.demonstrations.clone(),
+                prompt_tokens,
+                prompt: options.return_prompt.then(|| prepared.text.clone()),
+            };
+            if classification {
+                let probabilities = self
+                    .classify(&prepared, continuations.clone(), options.calibrate)
+                    .await?;
+                let best = probabilities
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(i, _)| i);
+                prediction.label = labels.get(best).cloned();
+                prediction.probabilities = labels.iter().cloned().zip(probabilities).collect();
+            } else {
+                let stop = if options.generation.stop.is_empty() {
+                    vec![builder.separator().to_owned()]
+                } else {
+                    options.generation.stop.clone()
+                };
+                let mut prompt = prepared.prefix.clone();
+                prompt.extend(&prepared.query);
+                let params = GenerationParams {
+                    max_tokens: options.generation.max_new_tokens,
+                    temperature: options.generation.temperature,
+                    seed: options.seed,
+                    stop,
+                    logprobs: None,
+                };
+                let generation = self.llm.generate(prompt, params, None).await?;
+                prediction.output = Some(generation.text.trim().to_owned());
+            }
+            predictions.push(prediction);
+        }
+        Ok(predictions)
+    }
+
+    /// Label probabilities for one prepared prompt, calibrated when asked.
+    async fn classify(
+        &self,
+        prepared: &Prepared,
+        continuations: Vec<Vec<u32>>,
+        calibrate: bool,
+    ) -> Result<Vec<f64>, PredictError> {
+        let key = {
+            let mut hasher = DefaultHasher::new();
+            prepared.prefix.hash(&mut hasher);
+            prepared.content_free.hash(&mut hasher);
+            continuations.hash(&mut hasher);
+            hasher.finish()
+        };
+        let cached = if calibrate {
+            self.cache().get(&key).cloned()
+        } else {
+            None
+        };
+        let mut queries = vec![prepared.query.clone()];
+        if calibrate && cached.is_none() {
+            queries.extend(prepared.content_free.iter().cloned());
+        }
+        let scores = self
+            .llm
+            .score(ScoreRequest {
+                prefix: prepared.prefix.clone(),
+                queries,
+                continuations,
+            })
+            .await?;
+        let probabilities = calibration::probabilities(&scores[0]);
+        if !calibrate {
+            return Ok(probabilities);
+        }
+        let content_free = match cached {
+            Some(content_free) => content_free,
+            None => {
+                let rows: Vec<Vec<f64>> = scores[1..]
+                    .iter()
+                    .map(|s| calibration::probabilities(s))
+                    .collect();
+                let mean = calibration::mean(&rows);
+                let mut cache = self.cache();
+                if cache.len() >= CONTENT_FREE_CACHE {
+                    cache.clear();
+                }
+                cache.insert(key, mean.clone());
+                mean
+            }
+        };
+        Ok(calibration::calibrate(&probabilities, &content_free))
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<f64>>> {
+        // The map holds finished results only, so a poisoned lock still guards whole data.
+        self.content_free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The fixed demonstrations, by id, most similar first (similarity is not known: 0).
+fn fixed_demonstrations(
+    collection: &Collection,
+    ids: &[String],
+) -> Result<Vec<Demonstration>, PredictError> {
+    ids.iter()
+        .map(|id| {
+            collection
+                .by_id(id)
+                .map(|example| Demonstration {
+                    example,
+                    similarity: 0.0,
+                })
+                .ok_or_else(|| invalid("ids", format!("example `{id}` does not exist in the task")))
+        })
+        .collect()
+}
+
+/// Writes and tokenizes the prompt for one query with the given demonstrations
+/// (most similar first).
+fn prepare(
+    builder: &PromptBuilder,
+    tokenizer: &LlmTokenizer,
+    mut demonstrations: Vec<Demonstration>,
+    input: &QueryInput,
+    order: Order,
+    seed: u64,
+    with_content_free: bool,
+) -> Result<Prepared, PredictError> {
+    match order {
+        Order::NearestLast => demonstrations.reverse(),
+        Order::NearestFirst => {}
+        Order::Random => {
+            demonstrations.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        }
+    }
+    let rendered: Vec<String> = demonstrations
+        .iter()
+        .map(|d| {
+            builder.demonstration(
+                Input {
+                    text: &d.example.text,
+                    text_pair: d.example.text_pair.as_deref(),
+                },
+                &d.example.label,
+            )
+        })
+        .collect();
+    let prefix_text = builder.prefix(&rendered);
+    let query_for = |text: &str, text_pair: Option<&str>| {
+        builder.query(prefix_text.is_empty(), Input { text, text_pair })
+    };
+    let query_text = query_for(&input.text, input.text_pair.as_deref());
+    let content_free_texts: Vec<String> = if with_content_free {
+        CONTENT_FREE_INPUTS
+            .iter()
+            .map(|cf| query_for(cf, input.text_pair.as_ref().map(|_| *cf)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let prefix = tokenizer.encode(&prefix_text)?;
+    let mut query = tokenizer.encode(&query_text)?;
+    let mut content_free: Vec<Vec<u32>> = content_free_texts
+        .iter()
+        .map(|t| tokenizer.encode(t))
+        .collect::<Result<_, _>>()?;
+    let full_text = format!("{prefix_text}{query_text}");
+    // The prefix's cache serves the queries only where tokenizing the parts apart gives
+    // the tokens of the whole; otherwise every query runs from the start.
+    let splits_cleanly = |part: &str, part_ids: &[u32]| -> Result<bool, PredictError> {
+        let whole = tokenizer.encode(&format!("{prefix_text}{part}"))?;
+        Ok(whole.len() == prefix.len() + part_ids.len()
+            && whole[..prefix.len()] == prefix[..]
+            && whole[prefix.len()..] == *part_ids)
+    };
+    let mut clean = splits_cleanly(&query_text, &query)?;
+    for (text, ids) in content_free_texts.iter().zip(&content_free) {
+        clean = clean && splits_cleanly(text, ids)?;
+    }
+    let prefix = if clean || prefix.is_empty() {
+        prefix
+    } else {
+        query = tokenizer.encode(&full_text)?;
+        content_free = content_free_texts
+            .iter()
+            .map(|t| tokenizer.encode(&format!("{prefix_text}{t}")))
+            .collect::<Result<_, _>>()?;
+        Vec::new()
+    };
+    Ok(Prepared {
+        prefix,
+        query,
+        content_free,
+        demonstrations,
+        text: full_text,
+    })
+}
+
+/// The prompt within the budget: the least similar demonstrations are dropped until
+/// it fits.
+#[allow(clippy::too_many_arguments)]
+fn prepare_within_budget(
+    builder: &PromptBuilder,
+    tokenizer: &LlmTokenizer,
+    mut demonstrations: Vec<Demonstration>,
+    input: &QueryInput,
+    order: Order,
+    seed: u64,
+    with_content_free: bool,
+    budget: usize,
+    context: usize,
+    index: usize,
+) -> Result<Prepared, PredictError> {
+    loop {
+        let prepared = prepare(
+            builder,
+            tokenizer,
+            demonstrations.clone(),
+            input,
+            order,
+            seed,
+            with_content_free,
+        )?;
+        let tokens = prepared.prefix.len() + prepared.query.len();
+        if tokens <= budget {
+            return Ok(prepared);
+        }
+        if demonstrations.pop().is_none() {
+            return Err(PredictError::InputTooLong {
+                index,
+                tokens,
+                budget,
+                context,
+            });
+        }
+    }
+}

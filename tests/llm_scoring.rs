@@ -1,0 +1,132 @@
+//! Label scoring from a shared prefix equals scoring each label with its own full
+//! forward passes.
+//!
+//! With f32 weights the two agree to 1e-3 in log-probability. With quantized weights
+//! candle rounds a one-token step differently from the same token inside a longer
+//! sequence (up to ~0.5 nats measured on labels of log-probability -35), so there the
+//! test holds label probabilities to 1e-3.
+
+mod common;
+
+use candle_core::Device;
+use exemplar::config::WeightFormat;
+use exemplar::llm::{log_softmax, Llm, ScoreRequest};
+use exemplar::predict::calibration::probabilities;
+
+/// log P(continuation | context), one fresh full forward pass per continuation token.
+fn full_pass_score(llm: &Llm, context: &[u32], continuation: &[u32]) -> f32 {
+    let mut total = 0f32;
+    for i in 0..continuation.len() {
+        let mut tokens = context.to_vec();
+        tokens.extend(&continuation[..i]);
+        let logits = llm.session().feed(&tokens).expect("forward");
+        total += log_softmax(&logits)[continuation[i] as usize];
+    }
+    total
+}
+
+#[test]
+fn shared_prefix_scores_equal_full_forward_passes_with_f32_weights() {
+    let gap = compare(WeightFormat::F32);
+    assert!(gap < 1e-3, "log-probability gap {gap}");
+}
+
+#[test]
+fn shared_prefix_probabilities_equal_full_forward_passes_with_q8_weights() {
+    compare(WeightFormat::Q8_0);
+}
+
+/// Checks label probabilities and answers the largest log-probability gap.
+fn compare(format: WeightFormat) -> f32 {
+    let llm = Llm::load(&common::gguf_path(), &Device::Cpu, format).expect("model");
+    let tokenizer = llm.tokenizer();
+    let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+    let prefix_text = "Review: the acting was wooden and the plot made no sense.\nSentiment: negative\n\nReview: a warm, funny and beautifully shot film.\nSentiment: positive";
+    let queries_text = [
+        "\n\nReview: I want those two hours of my life back.\nSentiment:",
+        "\n\nReview: a quiet triumph.\nSentiment:",
+    ];
+    let labels = [
+        " negative",
+        " positive",
+        " very positive",
+        " very negative",
+        " not_entailment",
+    ];
+    let continuations: Vec<Vec<u32>> = labels.iter().map(|l| encode(l)).collect();
+    assert!(
+        continuations.iter().any(|c| c.len() >= 3),
+        "multi-token labels are covered"
+    );
+
+    let prefix = encode(prefix_text);
+    let queries: Vec<Vec<u32>> = queries_text.iter().map(|q| encode(q)).collect();
+    // The parts tokenize as the whole does, so the prefix cache is exact.
+    for (q, ids) in queries_text.iter().zip(&queries) {
+        let whole = encode(&format!("{prefix_text}{q}"));
+        assert_eq!(whole, [prefix.clone(), ids.clone()].concat());
+    }
+
+    let shared = llm
+        .score(&ScoreRequest {
+            prefix: prefix.clone(),
+            queries: queries.clone(),
+            continuations: continuations.clone(),
+        })
+        .expect("scores");
+    let mut largest_logprob_gap = 0f32;
+    let mut largest_probability_gap = 0f64;
+    for (q, query) in queries.iter().enumerate() {
+        let context = [prefix.clone(), query.clone()].concat();
+        let full: Vec<f32> = continuations
+            .iter()
+            .map(|continuation| full_pass_score(&llm, &context, continuation))
+            .collect();
+        let shared_p = probabilities(&shared[q]);
+        let full_p = probabilities(&full);
+        for c in 0..labels.len() {
+            largest_logprob_gap = largest_logprob_gap.max((shared[q][c] - full[c]).abs());
+            let gap = (shared_p[c] - full_p[c]).abs();
+            largest_probability_gap = largest_probability_gap.max(gap);
+            assert!(
+                gap < 1e-3,
+                "{:?} after query {q}: shared p {} vs full p {}",
+                labels[c],
+                shared_p[c],
+                full_p[c]
+            );
+        }
+        assert!(
+            (shared[q][0] - full[0]).abs() < 1e-2 && (shared[q][1] - full[1]).abs() < 1e-2,
+            "single-token labels agree in log-probability too"
+        );
+        // Scoring a query alone gives the same as scoring it beside another.
+        let alone = llm
+            .score(&ScoreRequest {
+                prefix: prefix.clone(),
+                queries: vec![query.clone()],
+                continuations: continuations.clone(),
+            })
+            .expect("scores");
+        assert_eq!(alone[0], shared[q]);
+    }
+    // Without a prefix, the whole prompt as the query gives the same answer.
+    let unsplit = llm
+        .score(&ScoreRequest {
+            prefix: Vec::new(),
+            queries: vec![[prefix.clone(), queries[0].clone()].concat()],
+            continuations: continuations.clone(),
+        })
+        .expect("scores");
+    for (a, b) in probabilities(&unsplit[0])
+        .iter()
+        .zip(probabilities(&shared[0]))
+    {
+        assert!((a - b).abs() < 1e-3);
+    }
+    eprintln!(
+        "{format:?}: shared prefix vs full passes: largest probability gap \
+         {largest_probability_gap:.2e}, largest log-probability gap {largest_logprob_gap:.2e}"
+    );
+    largest_logprob_gap
+}
