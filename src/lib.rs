@@ -18,11 +18,13 @@
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
 //! - [`import`]: `exemplar import`, a bulk loader that speaks the HTTP API.
+//! - [`experiments`]: `exemplar experiment`, the tables in `docs/results.md`.
 
 pub mod api;
 pub mod bench;
 pub mod config;
 pub mod embed;
+pub mod experiments;
 pub mod import;
 pub mod index;
 pub mod llm;

@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use exemplar::bench::BenchArgs;
 use exemplar::config::Config;
+use exemplar::experiments::icl::IclArgs;
 use exemplar::import::ImportArgs;
 
 /// An HTTP service for in-context learning.
@@ -26,6 +27,15 @@ enum Command {
     Import(ImportArgs),
     /// Measure prompt, generation and embedding speed on this machine.
     Bench(BenchArgs),
+    /// Run an experiment on the public data sets and write its table.
+    #[command(subcommand)]
+    Experiment(Experiment),
+}
+
+#[derive(Subcommand)]
+enum Experiment {
+    /// In-context learning on SST-2, TREC and SUBJ with each retrieval strategy.
+    Icl(IclArgs),
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -71,6 +81,10 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Import(args) => exemplar::import::run(&args),
+        Command::Experiment(Experiment::Icl(args)) => {
+            args.models.apply_thread_count();
+            tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::icl::run(&args))
+        }
         Command::Bench(args) => {
             args.models.apply_thread_count();
             exemplar::bench::run(&args)

@@ -1,0 +1,281 @@
+//! `exemplar experiment icl`: in-context learning on SST-2, TREC and SUBJ with
+//! zero-shot, random, kNN and MMR demonstrations (with and without calibration) and a
+//! kNN majority vote without the LLM, on 1000 annotated train rows and 200 test rows.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
+use crate::config::ModelConfig;
+use crate::predict::metrics;
+use crate::predict::{GenerationOptions, Order, PredictOptions, Predictor, QueryInput, Selection};
+use crate::retrieve::Strategy;
+use crate::server::load_models;
+use crate::store::{ItemKind, Store};
+use crate::tasks::{self, Catalog, ItemInput, TaskSpec};
+
+/// Seed of the annotated-example sample.
+const TRAIN_SEED: u64 = 0;
+/// Seed of the test sample.
+const TEST_SEED: u64 = 1;
+/// Inputs per prediction call.
+const CHUNK: usize = 8;
+
+/// Options of `exemplar experiment icl`.
+#[derive(Debug, Args)]
+pub struct IclArgs {
+    #[command(flatten)]
+    pub models: ModelConfig,
+    /// Folder with `sst2/`, `trec/`, `subj/` JSON lines.
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Where finished rows and the per-data-set databases are kept.
+    #[arg(long, default_value = "results-cache/icl")]
+    pub cache: PathBuf,
+    /// The results file; its `icl` section is rewritten.
+    #[arg(long, default_value = "docs/results.md")]
+    pub out: PathBuf,
+    /// Annotated examples drawn from each train set.
+    #[arg(long, default_value_t = 1000)]
+    pub examples: usize,
+    /// Test rows drawn from each test set.
+    #[arg(long, default_value_t = 200)]
+    pub test_rows: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Llm {
+        k: usize,
+        strategy: Strategy,
+        calibrate: bool,
+    },
+    KnnMajority {
+        k: usize,
+    },
+}
+
+const METHODS: [(&str, &str, Method); 8] = [
+    ("zero-shot", "zero-shot", Method::Llm { k: 0, strategy: Strategy::Knn, calibrate: false }),
+    ("random-8", "random, k = 8", Method::Llm { k: 8, strategy: Strategy::Random { seed: 0 }, calibrate: false }),
+    ("random-8-cal", "random, k = 8, calibrated", Method::Llm { k: 8, strategy: Strategy::Random { seed: 0 }, calibrate: true }),
+    ("knn-4", "kNN, k = 4", Method::Llm { k: 4, strategy: Strategy::Knn, calibrate: false }),
+    ("knn-8", "kNN, k = 8", Method::Llm { k: 8, strategy: Strategy::Knn, calibrate: false }),
+    ("knn-8-cal", "kNN, k = 8, calibrated", Method::Llm { k: 8, strategy: Strategy::Knn, calibrate: true }),
+    ("mmr-8", "MMR (lambda 0.5), k = 8", Method::Llm { k: 8, strategy: Strategy::Mmr { lambda: 0.5 }, calibrate: false }),
+    ("knn-vote-8", "kNN majority vote, k = 8 (no LLM)", Method::KnnMajority { k: 8 }),
+];
+
+/// One finished table cell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outcome {
+    n: usize,
+    accuracy: f64,
+    macro_f1: f64,
+    seconds: f64,
+}
+
+fn progress(len: usize, message: String) -> ProgressBar {
+    ProgressBar::new(len as u64)
+        .with_style(
+            ProgressStyle::with_template("{msg:32} {bar:30} {pos}/{len} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+        .with_message(message)
+}
+
+/// Opens the data set's database in the cache, holding its task with the sampled
+/// annotated examples (imported once).
+async fn prepare_task(
+    cache: &Cache,
+    dataset: &Dataset,
+    train: &[Row],
+    embedder: crate::embed::EmbedderHandle,
+) -> anyhow::Result<Catalog> {
+    let url = format!("sqlite://{}", cache.path(&format!("{}.db", dataset.name)).display());
+    let catalog = Catalog::open(Store::connect(&url).await?, embedder).await?;
+    let complete = catalog
+        .task(dataset.name)
+        .await
+        .map(|t| t.examples as usize == train.len())
+        .unwrap_or(false);
+    if complete {
+        return Ok(catalog);
+    }
+    if catalog.task(dataset.name).await.is_ok() {
+        catalog.delete_task(dataset.name).await?;
+    }
+    let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+        "labels": dataset.labels,
+        "instruction": dataset.instruction,
+        "template": {"input": dataset.input, "output": dataset.output},
+        "separator": "\n\n"
+    }))?;
+    catalog.put_task(dataset.name, spec).await?;
+    let bar = progress(train.len(), format!("{}: importing", dataset.title));
+    for chunk in train.chunks(100) {
+        let items = chunk
+            .iter()
+            .map(|row| ItemInput {
+                id: None,
+                text: row.text.clone(),
+                text_pair: None,
+                label: Some(row.label.clone()),
+            })
+            .collect();
+        catalog.add_items(dataset.name, ItemKind::Example, items).await?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    Ok(catalog)
+}
+
+async fn run_method(
+    predictor: &Predictor,
+    dataset: &Dataset,
+    test: &[Row],
+    method: Method,
+    title: &str,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let bar = progress(test.len(), format!("{}: {title}", dataset.title));
+    let mut predicted = Vec::with_capacity(test.len());
+    for chunk in test.chunks(CHUNK) {
+        match method {
+            Method::Llm { k, strategy, calibrate } => {
+                let options = PredictOptions {
+                    k,
+                    selection: Selection::Retrieve(strategy),
+                    order: Order::NearestLast,
+                    seed: predicted.len() as u64,
+                    calibrate,
+                    return_prompt: false,
+                    max_prompt_tokens: None,
+                    generation: GenerationOptions {
+                        max_new_tokens: 1,
+                        stop: Vec::new(),
+                        temperature: 0.0,
+                    },
+                };
+                let inputs = chunk
+                    .iter()
+                    .map(|row| QueryInput {
+                        text: row.text.clone(),
+                        text_pair: None,
+                        exclude: None,
+                    })
+                    .collect();
+                for prediction in predictor.predict(dataset.name, inputs, &options).await? {
+                    predicted.push(prediction.label.unwrap_or_default());
+                }
+            }
+            Method::KnnMajority { k } => {
+                let catalog = predictor.catalog();
+                let collection = catalog.examples(dataset.name)?;
+                let queries: Vec<(String, Option<String>)> =
+                    chunk.iter().map(|r| (r.text.clone(), None)).collect();
+                for vector in catalog.embed_queries(&queries).await? {
+                    let neighbours = tasks::choose(&collection, &vector, k, Strategy::Knn, None);
+                    predicted.push(majority(&neighbours));
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
+    let gold: Vec<String> = test.iter().map(|r| r.label.clone()).collect();
+    let evaluation = metrics::evaluate(&labels, &gold, &predicted);
+    Ok(Outcome {
+        n: evaluation.n,
+        accuracy: evaluation.accuracy,
+        macro_f1: evaluation.macro_f1,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The most frequent label among neighbours; ties go to the label of the nearer one.
+fn majority(neighbours: &[tasks::Demonstration]) -> String {
+    let mut counts: Vec<(&str, usize, usize)> = Vec::new();
+    for (rank, d) in neighbours.iter().enumerate() {
+        match counts.iter_mut().find(|(l, _, _)| *l == d.example.label) {
+            Some(entry) => entry.1 += 1,
+            None => counts.push((&d.example.label, 1, rank)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
+        .map(|(label, _, _)| label.to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs every missing cell and rewrites the table.
+///
+/// # Errors
+/// When data, models or the database cannot be loaded.
+pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
+    let cache = Cache::open(&args.cache)?;
+    let models = args.models.clone();
+    let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
+        .await
+        .context("loading models")??;
+    let mut cells: Vec<Vec<Option<Outcome>>> = vec![vec![None; DATASETS.len()]; METHODS.len()];
+    for (d, dataset) in DATASETS.iter().enumerate() {
+        let train = sample(&read_split(&args.data, dataset, "train")?, args.examples, TRAIN_SEED);
+        let test = sample(&read_split(&args.data, dataset, "test")?, args.test_rows, TEST_SEED);
+        let catalog = Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
+        let predictor = Predictor::new(Arc::clone(&catalog), llm.clone());
+        for (m, (key, title, method)) in METHODS.iter().enumerate() {
+            let cache_key = format!("{}-{key}-{}-{}", dataset.name, args.examples, args.test_rows);
+            let outcome = match cache.get::<Outcome>(&cache_key) {
+                Some(outcome) => outcome,
+                None => {
+                    let outcome = run_method(&predictor, dataset, &test, *method, title).await?;
+                    cache.put(&cache_key, &outcome)?;
+                    outcome
+                }
+            };
+            cells[m][d] = Some(outcome);
+        }
+        catalog.close().await;
+    }
+    write_section(&args.out, "icl", &table(args, &cells))?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn table(args: &IclArgs, cells: &[Vec<Option<Outcome>>]) -> String {
+    let mut out = format!(
+        "## In-context learning on SST-2, TREC and SUBJ\n\n\
+         Made by `cargo run -- experiment icl --threads 2` (model: SmolLM2-135M-Instruct, \
+         weights `{:?}`; embedder all-MiniLM-L6-v2). Annotated examples: {} random train \
+         rows (seed {TRAIN_SEED}); test: {} random test rows (seed {TEST_SEED}). Cells: \
+         accuracy / macro-F1 in %; time is the wall time of the row over all three data \
+         sets on a 2-core machine.\n\n\
+         | method | SST-2 | TREC | SUBJ | time (s) |\n|---|---|---|---|---|\n",
+        args.models.weights, args.examples, args.test_rows
+    );
+    for ((_, title, _), row) in METHODS.iter().zip(cells) {
+        let mut line = format!("| {title} |");
+        let mut seconds = 0.0;
+        for cell in row {
+            match cell {
+                Some(o) => {
+                    line.push_str(&format!(" {:.1} / {:.1} |", 100.0 * o.accuracy, 100.0 * o.macro_f1));
+                    seconds += o.seconds;
+                }
+                None => line.push_str(" - |"),
+            }
+        }
+        line.push_str(&format!(" {seconds:.0} |\n"));
+        out.push_str(&line);
+    }
+    out
+}
