@@ -14,6 +14,7 @@
 //! - [`retrieve`]: demonstration strategies: knn, mmr, random.
 //! - [`tasks`]: tasks and their data: the write path and retrieval.
 //! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.
+//! - [`select`]: selective annotation: random, fast vote-k, vote-k, IDEAL.
 //! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
@@ -32,6 +33,7 @@ pub mod model_source;
 pub mod predict;
 pub mod prompt;
 pub mod retrieve;
+pub mod select;
 pub mod server;
 pub mod store;
 pub mod tasks;

@@ -14,6 +14,7 @@ use crate::embed::{EmbedError, Embedder, EmbedderHandle};
 use crate::llm::{Llm, LlmError, LlmHandle};
 use crate::model_source::{self, SourceError};
 use crate::predict::Predictor;
+use crate::select::selections::Selector;
 use crate::store::{Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
 
@@ -119,8 +120,10 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
         .await
         .map_err(|e| ServerError::Aborted(e.to_string()))??;
     let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
+    let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
     Ok(Services {
-        predictor: Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone())),
+        selector: Arc::new(Selector::new(Arc::clone(&catalog), Arc::clone(&predictor))),
+        predictor,
         llm,
         embedder,
         catalog,

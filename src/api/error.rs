@@ -12,6 +12,8 @@ use serde_json::json;
 use crate::embed::EmbedError;
 use crate::llm::LlmError;
 use crate::predict::PredictError;
+use crate::select::selections::SelectionError;
+use crate::select::SelectError;
 use crate::tasks::TaskError;
 use crate::worker::QueueError;
 
@@ -62,6 +64,9 @@ pub enum ApiError {
     /// A prediction failed.
     #[error(transparent)]
     Predict(#[from] PredictError),
+    /// A selection failed.
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
     /// A failure inside the service; details go to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,20 +99,41 @@ impl ApiError {
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Task(error) => task_status_and_code(error),
-            Self::Predict(error) => match error {
-                PredictError::Task(error) => task_status_and_code(error),
-                PredictError::Llm(LlmError::Queue(QueueError::Full)) => {
-                    (StatusCode::TOO_MANY_REQUESTS, "overloaded")
-                }
-                PredictError::Llm(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-                PredictError::InvalidParameter { .. } => {
+            Self::Predict(error) => predict_status_and_code(error),
+            Self::Selection(error) => match error {
+                SelectionError::Task(error) => task_status_and_code(error),
+                SelectionError::Predict(error) => predict_status_and_code(error),
+                SelectionError::Select(SelectError::InvalidParameter { .. }) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
                 }
-                PredictError::InputTooLong { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "context_length_exceeded")
+                SelectionError::Select(SelectError::PoolTooSmall { .. }) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "pool_too_small")
+                }
+                SelectionError::NeedsLabels(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
+                }
+                SelectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "selection_not_found"),
+                SelectionError::Select(SelectError::Graph(_)) | SelectionError::Store(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+fn predict_status_and_code(error: &PredictError) -> (StatusCode, &'static str) {
+    match error {
+        PredictError::Task(error) => task_status_and_code(error),
+        PredictError::Llm(LlmError::Queue(QueueError::Full)) => {
+            (StatusCode::TOO_MANY_REQUESTS, "overloaded")
+        }
+        PredictError::Llm(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        PredictError::InvalidParameter { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
+        }
+        PredictError::InputTooLong { .. } => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "context_length_exceeded")
         }
     }
 }

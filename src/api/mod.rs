@@ -12,6 +12,7 @@ mod items;
 mod json;
 mod predict;
 mod retrieve;
+mod selections;
 mod tasks;
 mod tokenize;
 
@@ -32,6 +33,7 @@ use crate::config::{Config, DeviceKind, WeightFormat};
 use crate::embed::EmbedderHandle;
 use crate::llm::LlmHandle;
 use crate::predict::Predictor;
+use crate::select::selections::Selector;
 use crate::tasks::Catalog;
 
 /// The most texts one embeddings request may carry.
@@ -48,6 +50,8 @@ pub struct Services {
     pub catalog: Arc<Catalog>,
     /// Predictions over the catalog's tasks.
     pub predictor: Arc<Predictor>,
+    /// Selective annotation over the catalog's pools.
+    pub selector: Arc<Selector>,
 }
 
 /// Limits and facts that validation and `/v1/info` need.
@@ -109,6 +113,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(items::routes())
         .merge(retrieve::routes())
         .merge(predict::routes())
+        .merge(selections::routes())
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
         .with_state(state)
         // The configured limit below is the only one, not axum's 2 MB default.

@@ -62,14 +62,74 @@ enum Method {
 }
 
 const METHODS: [(&str, &str, Method); 8] = [
-    ("zero-shot", "zero-shot", Method::Llm { k: 0, strategy: Strategy::Knn, calibrate: false }),
-    ("random-8", "random, k = 8", Method::Llm { k: 8, strategy: Strategy::Random { seed: 0 }, calibrate: false }),
-    ("random-8-cal", "random, k = 8, calibrated", Method::Llm { k: 8, strategy: Strategy::Random { seed: 0 }, calibrate: true }),
-    ("knn-4", "kNN, k = 4", Method::Llm { k: 4, strategy: Strategy::Knn, calibrate: false }),
-    ("knn-8", "kNN, k = 8", Method::Llm { k: 8, strategy: Strategy::Knn, calibrate: false }),
-    ("knn-8-cal", "kNN, k = 8, calibrated", Method::Llm { k: 8, strategy: Strategy::Knn, calibrate: true }),
-    ("mmr-8", "MMR (lambda 0.5), k = 8", Method::Llm { k: 8, strategy: Strategy::Mmr { lambda: 0.5 }, calibrate: false }),
-    ("knn-vote-8", "kNN majority vote, k = 8 (no LLM)", Method::KnnMajority { k: 8 }),
+    (
+        "zero-shot",
+        "zero-shot",
+        Method::Llm {
+            k: 0,
+            strategy: Strategy::Knn,
+            calibrate: false,
+        },
+    ),
+    (
+        "random-8",
+        "random, k = 8",
+        Method::Llm {
+            k: 8,
+            strategy: Strategy::Random { seed: 0 },
+            calibrate: false,
+        },
+    ),
+    (
+        "random-8-cal",
+        "random, k = 8, calibrated",
+        Method::Llm {
+            k: 8,
+            strategy: Strategy::Random { seed: 0 },
+            calibrate: true,
+        },
+    ),
+    (
+        "knn-4",
+        "kNN, k = 4",
+        Method::Llm {
+            k: 4,
+            strategy: Strategy::Knn,
+            calibrate: false,
+        },
+    ),
+    (
+        "knn-8",
+        "kNN, k = 8",
+        Method::Llm {
+            k: 8,
+            strategy: Strategy::Knn,
+            calibrate: false,
+        },
+    ),
+    (
+        "knn-8-cal",
+        "kNN, k = 8, calibrated",
+        Method::Llm {
+            k: 8,
+            strategy: Strategy::Knn,
+            calibrate: true,
+        },
+    ),
+    (
+        "mmr-8",
+        "MMR (lambda 0.5), k = 8",
+        Method::Llm {
+            k: 8,
+            strategy: Strategy::Mmr { lambda: 0.5 },
+            calibrate: false,
+        },
+    ),
+    (
+        "knn-vote-8",
+        "kNN majority vote, k = 8 (no LLM)",
+        Method::KnnMajority { k: 8 },
+    ),
 ];
 
 /// One finished table cell.
@@ -98,7 +158,10 @@ async fn prepare_task(
     train: &[Row],
     embedder: crate::embed::EmbedderHandle,
 ) -> anyhow::Result<Catalog> {
-    let url = format!("sqlite://{}", cache.path(&format!("{}.db", dataset.name)).display());
+    let url = format!(
+        "sqlite://{}",
+        cache.path(&format!("{}.db", dataset.name)).display()
+    );
     let catalog = Catalog::open(Store::connect(&url).await?, embedder).await?;
     let complete = catalog
         .task(dataset.name)
@@ -129,7 +192,9 @@ async fn prepare_task(
                 label: Some(row.label.clone()),
             })
             .collect();
-        catalog.add_items(dataset.name, ItemKind::Example, items).await?;
+        catalog
+            .add_items(dataset.name, ItemKind::Example, items)
+            .await?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish();
@@ -148,7 +213,11 @@ async fn run_method(
     let mut predicted = Vec::with_capacity(test.len());
     for chunk in test.chunks(CHUNK) {
         match method {
-            Method::Llm { k, strategy, calibrate } => {
+            Method::Llm {
+                k,
+                strategy,
+                calibrate,
+            } => {
                 let options = PredictOptions {
                     k,
                     selection: Selection::Retrieve(strategy),
@@ -228,12 +297,23 @@ pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
         .context("loading models")??;
     let mut cells: Vec<Vec<Option<Outcome>>> = vec![vec![None; DATASETS.len()]; METHODS.len()];
     for (d, dataset) in DATASETS.iter().enumerate() {
-        let train = sample(&read_split(&args.data, dataset, "train")?, args.examples, TRAIN_SEED);
-        let test = sample(&read_split(&args.data, dataset, "test")?, args.test_rows, TEST_SEED);
+        let train = sample(
+            &read_split(&args.data, dataset, "train")?,
+            args.examples,
+            TRAIN_SEED,
+        );
+        let test = sample(
+            &read_split(&args.data, dataset, "test")?,
+            args.test_rows,
+            TEST_SEED,
+        );
         let catalog = Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
         let predictor = Predictor::new(Arc::clone(&catalog), llm.clone());
         for (m, (key, title, method)) in METHODS.iter().enumerate() {
-            let cache_key = format!("{}-{key}-{}-{}", dataset.name, args.examples, args.test_rows);
+            let cache_key = format!(
+                "{}-{key}-{}-{}",
+                dataset.name, args.examples, args.test_rows
+            );
             let outcome = match cache.get::<Outcome>(&cache_key) {
                 Some(outcome) => outcome,
                 None => {
@@ -268,7 +348,11 @@ fn table(args: &IclArgs, cells: &[Vec<Option<Outcome>>]) -> String {
         for cell in row {
             match cell {
                 Some(o) => {
-                    line.push_str(&format!(" {:.1} / {:.1} |", 100.0 * o.accuracy, 100.0 * o.macro_f1));
+                    line.push_str(&format!(
+                        " {:.1} / {:.1} |",
+                        100.0 * o.accuracy,
+                        100.0 * o.macro_f1
+                    ));
                     seconds += o.seconds;
                 }
                 None => line.push_str(" - |"),

@@ -72,7 +72,8 @@ pub const DATASETS: [Dataset; 3] = [
 /// When the file is missing or a line is not a row.
 pub fn read_split(data: &Path, dataset: &Dataset, split: &str) -> anyhow::Result<Vec<Row>> {
     let path = data.join(dataset.name).join(format!("{split}.jsonl"));
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()

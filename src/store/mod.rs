@@ -6,6 +6,7 @@
 //! applied at start-up.
 
 mod items;
+mod selections;
 mod tasks;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use items::{ItemKind, NewItem, StoredItem};
+pub use selections::SelectionRow;
 pub use tasks::TaskRow;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -349,6 +349,11 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// The database, for the modules that keep their own records in it.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Closes the database connections.
     pub async fn close(&self) {
         self.store.close().await;

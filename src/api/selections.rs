@@ -1,0 +1,82 @@
+//! Selective annotation: `POST /v1/tasks/{task}/selections`,
+//! `GET /v1/tasks/{task}/selections/{id}` and `POST .../selections/{id}/continue`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{ApiError, ApiJson, AppState};
+use crate::select::selections::{Progress, SelectionRequest, SelectionView};
+use crate::select::{Method, ParamOverrides};
+
+/// Routes of this resource.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tasks/{task}/selections", post(create))
+        .route("/v1/tasks/{task}/selections/{id}", get(show))
+        .route("/v1/tasks/{task}/selections/{id}/continue", post(resume))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    method: Method,
+    budget: usize,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    params: ParamOverrides,
+}
+
+/// Progress of long selections goes to the log.
+fn log_progress(task: String) -> Progress {
+    Arc::new(move |phase: &str, done: usize, of: usize| {
+        let step = (of / 10).max(1);
+        if done % step == 0 || done == of {
+            tracing::info!(task = %task, phase, done, of, "selection progress");
+        }
+    })
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(task): Path<String>,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Json<SelectionView>, ApiError> {
+    let request = SelectionRequest {
+        method: body.method,
+        budget: body.budget,
+        seed: body.seed,
+        params: body.params,
+    };
+    let progress = log_progress(task.clone());
+    let view = state
+        .services()?
+        .selector
+        .select(&task, request, progress)
+        .await?;
+    Ok(Json(view))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path((task, id)): Path<(String, String)>,
+) -> Result<Json<SelectionView>, ApiError> {
+    Ok(Json(state.services()?.selector.get(&task, &id).await?))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Path((task, id)): Path<(String, String)>,
+) -> Result<Json<SelectionView>, ApiError> {
+    let progress = log_progress(task.clone());
+    let view = state
+        .services()?
+        .selector
+        .continue_selection(&task, &id, progress)
+        .await?;
+    Ok(Json(view))
+}

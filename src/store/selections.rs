@@ -1,0 +1,109 @@
+//! Selective-annotation runs: what was asked (method, budget, seed, the pool as it was)
+//! and what was chosen, as JSON, with a state.
+
+use sqlx::Row;
+
+use super::{now, Store, StoreError};
+
+/// A stored selection.
+#[derive(Debug, Clone)]
+pub struct SelectionRow {
+    /// The selection's id.
+    pub id: String,
+    /// The method's name.
+    pub method: String,
+    /// `awaiting_annotation` or `complete`.
+    pub state: String,
+    /// The request, as JSON.
+    pub request: String,
+    /// The result so far, as JSON.
+    pub result: String,
+}
+
+fn selection_row(row: &sqlx::any::AnyRow) -> Result<SelectionRow, sqlx::Error> {
+    Ok(SelectionRow {
+        id: row.try_get("id")?,
+        method: row.try_get("method")?,
+        state: row.try_get("state")?,
+        request: row.try_get("request")?,
+        result: row.try_get("result")?,
+    })
+}
+
+impl Store {
+    /// Stores a new selection, or replaces one with the same id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn put_selection(&self, task: &str, row: &SelectionRow) -> Result<(), StoreError> {
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE selections SET state = $1, result = $2, updated_at = $3 WHERE task = $4 AND id = $5",
+        )
+        .bind(&row.state)
+        .bind(&row.result)
+        .bind(now)
+        .bind(task)
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            sqlx::query(
+                "INSERT INTO selections (task, id, method, state, request, result, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(task)
+            .bind(&row.id)
+            .bind(&row.method)
+            .bind(&row.state)
+            .bind(&row.request)
+            .bind(&row.result)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One selection by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn selection(
+        &self,
+        task: &str,
+        id: &str,
+    ) -> Result<Option<SelectionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, method, state, request, result FROM selections WHERE task = $1 AND id = $2",
+        )
+        .bind(task)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(selection_row).transpose()?)
+    }
+
+    /// The task's selections made with `method`, oldest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn selections_by_method(
+        &self,
+        task: &str,
+        method: &str,
+    ) -> Result<Vec<SelectionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, method, state, request, result FROM selections \
+             WHERE task = $1 AND method = $2 ORDER BY created_at, id",
+        )
+        .bind(task)
+        .bind(method)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(selection_row).collect::<Result<_, _>>()?)
+    }
+}
