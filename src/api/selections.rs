@@ -35,7 +35,7 @@ struct CreateBody {
 fn log_progress(task: String) -> Progress {
     Arc::new(move |phase: &str, done: usize, of: usize| {
         let step = (of / 10).max(1);
-        if done % step == 0 || done == of {
+        if done.is_multiple_of(step) || done == of {
             tracing::info!(task = %task, phase, done, of, "selection progress");
         }
     })
