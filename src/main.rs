@@ -1,5 +1,6 @@
 //! The `exemplar` command line: `serve` runs the HTTP service, `import` loads data into
-//! it, `bench` measures speed.
+//! it, `select` chooses pool items to annotate, `bench` measures speed, `experiment`
+//! writes the result tables.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -10,6 +11,7 @@ use exemplar::bench::BenchArgs;
 use exemplar::config::Config;
 use exemplar::experiments::icl::IclArgs;
 use exemplar::import::ImportArgs;
+use exemplar::select::cli::SelectArgs;
 
 /// An HTTP service for in-context learning.
 #[derive(Parser)]
@@ -25,6 +27,8 @@ enum Command {
     Serve(Config),
     /// Load a JSON-lines file into a task of a running server.
     Import(ImportArgs),
+    /// Choose which pool items of a task to annotate (vote-k, IDEAL, ...).
+    Select(SelectArgs),
     /// Measure prompt, generation and embedding speed on this machine.
     Bench(BenchArgs),
     /// Run an experiment on the public data sets and write its table.
@@ -81,6 +85,10 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Import(args) => exemplar::import::run(&args),
+        Command::Select(args) => {
+            args.models.apply_thread_count();
+            tokio::runtime::Runtime::new()?.block_on(exemplar::select::cli::run(&args))
+        }
         Command::Experiment(Experiment::Icl(args)) => {
             args.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::icl::run(&args))

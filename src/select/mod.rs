@@ -9,6 +9,7 @@
 //! The algorithms work on pool positions; [`selections`] ties them to stored pools,
 //! the LLM, and the selections table.
 
+pub mod cli;
 pub mod graph;
 pub mod ideal;
 pub mod selections;
