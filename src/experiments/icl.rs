@@ -61,76 +61,82 @@ enum Method {
     },
 }
 
-const METHODS: [(&str, &str, Method); 8] = [
+/// Which reading of a run a table row shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// The probabilities as the model gives them.
+    Plain,
+    /// After contextual calibration.
+    Calibrated,
+}
+
+const fn llm(k: usize, strategy: Strategy, calibrate: bool) -> Method {
+    Method::Llm {
+        k,
+        strategy,
+        calibrate,
+    }
+}
+
+/// Table rows: title, the run they read, how to run it, and which reading. A calibrated
+/// run also gives the plain reading of the same prompts, so two rows share one run.
+const ROWS: [(&str, &str, Method, Reading); 8] = [
     (
         "zero-shot",
         "zero-shot",
-        Method::Llm {
-            k: 0,
-            strategy: Strategy::Knn,
-            calibrate: false,
-        },
+        llm(0, Strategy::Knn, false),
+        Reading::Plain,
     ),
     (
-        "random-8",
         "random, k = 8",
-        Method::Llm {
-            k: 8,
-            strategy: Strategy::Random { seed: 0 },
-            calibrate: false,
-        },
+        "random-8",
+        llm(8, Strategy::Random { seed: 0 }, true),
+        Reading::Plain,
     ),
     (
-        "random-8-cal",
         "random, k = 8, calibrated",
-        Method::Llm {
-            k: 8,
-            strategy: Strategy::Random { seed: 0 },
-            calibrate: true,
-        },
+        "random-8",
+        llm(8, Strategy::Random { seed: 0 }, true),
+        Reading::Calibrated,
     ),
     (
-        "knn-4",
         "kNN, k = 4",
-        Method::Llm {
-            k: 4,
-            strategy: Strategy::Knn,
-            calibrate: false,
-        },
+        "knn-4",
+        llm(4, Strategy::Knn, false),
+        Reading::Plain,
     ),
     (
-        "knn-8",
         "kNN, k = 8",
-        Method::Llm {
-            k: 8,
-            strategy: Strategy::Knn,
-            calibrate: false,
-        },
+        "knn-8",
+        llm(8, Strategy::Knn, true),
+        Reading::Plain,
     ),
     (
-        "knn-8-cal",
         "kNN, k = 8, calibrated",
-        Method::Llm {
-            k: 8,
-            strategy: Strategy::Knn,
-            calibrate: true,
-        },
+        "knn-8",
+        llm(8, Strategy::Knn, true),
+        Reading::Calibrated,
     ),
     (
-        "mmr-8",
         "MMR (lambda 0.5), k = 8",
-        Method::Llm {
-            k: 8,
-            strategy: Strategy::Mmr { lambda: 0.5 },
-            calibrate: false,
-        },
+        "mmr-8",
+        llm(8, Strategy::Mmr { lambda: 0.5 }, false),
+        Reading::Plain,
     ),
     (
-        "knn-vote-8",
         "kNN majority vote, k = 8 (no LLM)",
+        "knn-vote-8",
         Method::KnnMajority { k: 8 },
+        Reading::Plain,
     ),
 ];
+
+/// Both readings of one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Run {
+    plain: Outcome,
+    calibrated: Outcome,
+}
 
 /// One finished table cell.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,16 +207,19 @@ async fn prepare_task(
     Ok(catalog)
 }
 
+/// Runs one method over the test rows; answers the outcome as the model gives it and
+/// the calibrated one (the same when the method does not calibrate).
 async fn run_method(
     predictor: &Predictor,
     dataset: &Dataset,
     test: &[Row],
     method: Method,
     title: &str,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<(Outcome, Outcome)> {
     let started = Instant::now();
     let bar = progress(test.len(), format!("{}: {title}", dataset.title));
     let mut predicted = Vec::with_capacity(test.len());
+    let mut uncalibrated = Vec::with_capacity(test.len());
     for chunk in test.chunks(CHUNK) {
         match method {
             Method::Llm {
@@ -241,6 +250,13 @@ async fn run_method(
                     })
                     .collect();
                 for prediction in predictor.predict(dataset.name, inputs, &options).await? {
+                    let raw = prediction
+                        .uncalibrated
+                        .iter()
+                        .max_by(|a, b| a.1.total_cmp(&b.1))
+                        .map(|(label, _)| label.clone())
+                        .unwrap_or_default();
+                    uncalibrated.push(raw);
                     predicted.push(prediction.label.unwrap_or_default());
                 }
             }
@@ -251,7 +267,9 @@ async fn run_method(
                     chunk.iter().map(|r| (r.text.clone(), None)).collect();
                 for vector in catalog.embed_queries(&queries).await? {
                     let neighbours = tasks::choose(&collection, &vector, k, Strategy::Knn, None);
-                    predicted.push(majority(&neighbours));
+                    let label = majority(&neighbours);
+                    uncalibrated.push(label.clone());
+                    predicted.push(label);
                 }
             }
         }
@@ -260,13 +278,17 @@ async fn run_method(
     bar.finish();
     let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
     let gold: Vec<String> = test.iter().map(|r| r.label.clone()).collect();
-    let evaluation = metrics::evaluate(&labels, &gold, &predicted);
-    Ok(Outcome {
-        n: evaluation.n,
-        accuracy: evaluation.accuracy,
-        macro_f1: evaluation.macro_f1,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    let seconds = started.elapsed().as_secs_f64();
+    let outcome = |predicted: &[String]| {
+        let evaluation = metrics::evaluate(&labels, &gold, predicted);
+        Outcome {
+            n: evaluation.n,
+            accuracy: evaluation.accuracy,
+            macro_f1: evaluation.macro_f1,
+            seconds,
+        }
+    };
+    Ok((outcome(&uncalibrated), outcome(&predicted)))
 }
 
 /// The most frequent label among neighbours; ties go to the label of the nearer one.
@@ -295,7 +317,7 @@ pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
     let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
         .await
         .context("loading models")??;
-    let mut cells: Vec<Vec<Option<Outcome>>> = vec![vec![None; DATASETS.len()]; METHODS.len()];
+    let mut cells: Vec<Vec<Option<Outcome>>> = vec![vec![None; DATASETS.len()]; ROWS.len()];
     for (d, dataset) in DATASETS.iter().enumerate() {
         let train = sample(
             &read_split(&args.data, dataset, "train")?,
@@ -309,20 +331,25 @@ pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
         );
         let catalog = Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
         let predictor = Predictor::new(Arc::clone(&catalog), llm.clone());
-        for (m, (key, title, method)) in METHODS.iter().enumerate() {
-            let cache_key = format!(
-                "{}-{key}-{}-{}",
+        for (r, (title, run_key, method, reading)) in ROWS.iter().enumerate() {
+            let key = format!(
+                "{}-{run_key}-{}-{}",
                 dataset.name, args.examples, args.test_rows
             );
-            let outcome = match cache.get::<Outcome>(&cache_key) {
-                Some(outcome) => outcome,
+            let run = match cache.get::<Run>(&key) {
+                Some(run) => run,
                 None => {
-                    let outcome = run_method(&predictor, dataset, &test, *method, title).await?;
-                    cache.put(&cache_key, &outcome)?;
-                    outcome
+                    let (plain, calibrated) =
+                        run_method(&predictor, dataset, &test, *method, title).await?;
+                    let run = Run { plain, calibrated };
+                    cache.put(&key, &run)?;
+                    run
                 }
             };
-            cells[m][d] = Some(outcome);
+            cells[r][d] = Some(match reading {
+                Reading::Plain => run.plain,
+                Reading::Calibrated => run.calibrated,
+            });
         }
         catalog.close().await;
     }
@@ -338,11 +365,12 @@ fn table(args: &IclArgs, cells: &[Vec<Option<Outcome>>]) -> String {
          weights `{:?}`; embedder all-MiniLM-L6-v2). Annotated examples: {} random train \
          rows (seed {TRAIN_SEED}); test: {} random test rows (seed {TEST_SEED}). Cells: \
          accuracy / macro-F1 in %; time is the wall time of the row over all three data \
-         sets on a 2-core machine.\n\n\
+         sets on a 2-core machine (a calibrated row and its plain row come from the same \
+         prompts, so both show that run's time).\n\n\
          | method | SST-2 | TREC | SUBJ | time (s) |\n|---|---|---|---|---|\n",
         args.models.weights, args.examples, args.test_rows
     );
-    for ((_, title, _), row) in METHODS.iter().zip(cells) {
+    for ((title, _, _, _), row) in ROWS.iter().zip(cells) {
         let mut line = format!("| {title} |");
         let mut seconds = 0.0;
         for cell in row {

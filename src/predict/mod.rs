@@ -131,6 +131,8 @@ pub struct Prediction {
     pub output: Option<String>,
     /// Every label with its probability, in the task's order.
     pub probabilities: Vec<(String, f64)>,
+    /// The probabilities before calibration (equal to `probabilities` without it).
+    pub uncalibrated: Vec<(String, f64)>,
     /// The demonstrations used, in prompt order.
     pub demonstrations: Vec<Demonstration>,
     /// Tokens in the prompt.
@@ -290,12 +292,13 @@ impl Predictor {
                 label: None,
                 output: None,
                 probabilities: Vec::new(),
+                uncalibrated: Vec::new(),
                 demonstrations: prepared.demonstrations.clone(),
                 prompt_tokens,
                 prompt: options.return_prompt.then(|| prepared.text.clone()),
             };
             if classification {
-                let probabilities = self
+                let (uncalibrated, probabilities) = self
                     .classify(&prepared, continuations.clone(), options.calibrate)
                     .await?;
                 let best = probabilities
@@ -305,6 +308,7 @@ impl Predictor {
                     .map_or(0, |(i, _)| i);
                 prediction.label = labels.get(best).cloned();
                 prediction.probabilities = labels.iter().cloned().zip(probabilities).collect();
+                prediction.uncalibrated = labels.iter().cloned().zip(uncalibrated).collect();
             } else {
                 let stop = if options.generation.stop.is_empty() {
                     vec![builder.separator().to_owned()]
@@ -328,13 +332,14 @@ impl Predictor {
         Ok(predictions)
     }
 
-    /// Label probabilities for one prepared prompt, calibrated when asked.
+    /// Label probabilities for one prepared prompt: as the model gives them, and
+    /// calibrated when asked (else the same again).
     async fn classify(
         &self,
         prepared: &Prepared,
         continuations: Vec<Vec<u32>>,
         calibrate: bool,
-    ) -> Result<Vec<f64>, PredictError> {
+    ) -> Result<(Vec<f64>, Vec<f64>), PredictError> {
         let key = {
             let mut hasher = DefaultHasher::new();
             prepared.prefix.hash(&mut hasher);
@@ -361,7 +366,7 @@ impl Predictor {
             .await?;
         let probabilities = calibration::probabilities(&scores[0]);
         if !calibrate {
-            return Ok(probabilities);
+            return Ok((probabilities.clone(), probabilities));
         }
         let content_free = match cached {
             Some(content_free) => content_free,
@@ -379,7 +384,8 @@ impl Predictor {
                 mean
             }
         };
-        Ok(calibration::calibrate(&probabilities, &content_free))
+        let calibrated = calibration::calibrate(&probabilities, &content_free);
+        Ok((probabilities, calibrated))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<f64>>> {
