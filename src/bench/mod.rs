@@ -1,0 +1,143 @@
+//! `exemplar bench`: speed measured on this machine.
+//!
+//! - models: prompt-processing and generation speed of the LLM in each weight format,
+//!   and embedding throughput (medians over repeats after a warm-up run);
+//! - store: import of a labelled data set into a task (embedding included), and
+//!   retrieval latency p50/p99 on that task and on a 100k-point synthetic index;
+//! - predict: predictions/s and latency over HTTP with 1 and 8 clients, the answer to
+//!   overload, and shared-prefix label scoring against one forward pass per label;
+//! - select: selection time of each method on 3000- and 20000-item pools.
+
+mod models;
+mod predict;
+mod select;
+mod store;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::config::ModelConfig;
+
+/// Which measurements to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// LLM and embedder speed.
+    Models,
+    /// Import throughput and retrieval latency.
+    Store,
+    /// Prediction throughput and latency over HTTP, overload, shared-prefix scoring.
+    Predict,
+    /// Selection time of each method.
+    Select,
+    /// Both.
+    All,
+}
+
+/// Options of `exemplar bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub models: ModelConfig,
+
+    /// Which measurements to run.
+    #[arg(long, value_enum, default_value_t = Suite::All)]
+    pub suite: Suite,
+
+    /// Points in the synthetic index of the store suite.
+    #[arg(long, default_value_t = 100_000)]
+    pub synthetic_points: usize,
+
+    /// Queries timed per retrieval measurement.
+    #[arg(long, default_value_t = 500)]
+    pub queries: usize,
+
+    /// Measure every weight format, not only `--weights`.
+    #[arg(long)]
+    pub all_weights: bool,
+
+    /// JSON-lines file whose `text` fields make the prompts and sentences.
+    #[arg(long, default_value = "../shared/data/sst2/train.jsonl")]
+    pub data: PathBuf,
+
+    /// Tokens in the few-shot prompt.
+    #[arg(long, default_value_t = 400)]
+    pub prompt_tokens: usize,
+
+    /// Tokens generated per generation run.
+    #[arg(long, default_value_t = 64)]
+    pub generate_tokens: usize,
+
+    /// Timed repeats of each measurement.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+}
+
+pub(crate) fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+pub(crate) fn timed<T>(
+    repeats: usize,
+    mut run: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Duration> {
+    run()?;
+    let mut samples = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        run()?;
+        samples.push(started.elapsed());
+    }
+    Ok(median(samples))
+}
+
+pub(crate) fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<(String, String)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line)?;
+            let field = |name: &str| row[name].as_str().unwrap_or_default().to_owned();
+            Ok((field("text"), field("label")))
+        })
+        .collect()
+}
+
+/// Runs the chosen suites.
+///
+/// # Errors
+/// When a model or the data file cannot be loaded.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if matches!(args.suite, Suite::Models | Suite::All) {
+        models::run(args)?;
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    if matches!(args.suite, Suite::Store | Suite::All) {
+        runtime.block_on(store::run(args))?;
+    }
+    if matches!(args.suite, Suite::Predict | Suite::All) {
+        runtime.block_on(predict::run(args))?;
+    }
+    if matches!(args.suite, Suite::Select | Suite::All) {
+        runtime.block_on(select::run(args))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub(crate) fn latency_line(what: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "| {what} | {:.2} | {:.2} |",
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3
+    );
+}

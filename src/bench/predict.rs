@@ -1,0 +1,246 @@
+//! Predictions over HTTP against a server started in this process: predictions/s and
+//! latency for SST-2 and TREC (k = 8) with 1 and 8 clients, the answer to overload,
+//! and shared-prefix label scoring against one forward pass per label on TREC.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use super::{latency_line, percentile, BenchArgs};
+use crate::config::Config;
+use crate::experiments::{read_split, sample, DATASETS};
+use crate::llm::{Llm, ScoreRequest};
+use crate::model_source;
+use crate::server::open_device;
+
+/// The queue the bench server gets, small enough to overflow on purpose.
+const QUEUE: usize = 16;
+
+#[derive(Parser)]
+struct ServeFlags {
+    #[command(flatten)]
+    config: Config,
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    let response = client.post(url).json(body).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// Runs the predict suite.
+///
+/// # Errors
+/// When the server, the data or the models fail.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let queue = QUEUE.to_string();
+    let mut config =
+        ServeFlags::try_parse_from(["bench", "--database-url", &url, "--queue-capacity", &queue])?
+            .config;
+    config.models = args.models.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while client
+        .get(format!("{base}/ready"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        if Instant::now() > deadline || server.is_finished() {
+            bail!("the bench server did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let data = args
+        .data
+        .parent()
+        .and_then(|p| p.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut trec_prompt = String::new();
+    println!("| task, k = 8 | clients | predictions/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
+    for dataset in [&DATASETS[0], &DATASETS[1]] {
+        let task = format!("{base}/v1/tasks/{}", dataset.name);
+        let spec = json!({
+            "labels": dataset.labels,
+            "instruction": dataset.instruction,
+            "template": {"input": dataset.input, "output": dataset.output}
+        });
+        client
+            .put(&task)
+            .json(&spec)
+            .send()
+            .await?
+            .error_for_status()?;
+        let train = sample(&read_split(&data, dataset, "train")?, 1000, 0);
+        for chunk in train.chunks(100) {
+            let rows: Vec<Value> = chunk
+                .iter()
+                .map(|r| json!({"text": r.text, "label": r.label}))
+                .collect();
+            let (status, body) = post(
+                &client,
+                &format!("{task}/examples"),
+                &json!({"examples": rows}),
+            )
+            .await?;
+            if status != 201 {
+                bail!("import failed: {body}");
+            }
+        }
+        let test = sample(&read_split(&data, dataset, "test")?, 64, 1);
+        let request =
+            |text: &str| json!({"inputs": [{"text": text}], "k": 8, "return_prompt": true});
+        let predict = format!("{task}/predict");
+        // One client, one request at a time.
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        for row in &test[..32] {
+            let sent = Instant::now();
+            let (status, body) = post(&client, &predict, &request(&row.text)).await?;
+            if status != 200 {
+                bail!("predict failed: {body}");
+            }
+            latencies.push(sent.elapsed());
+            if dataset.name == "trec" && trec_prompt.is_empty() {
+                trec_prompt = body["predictions"][0]["prompt"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        latencies.sort();
+        println!(
+            "| {} | 1 | {rate:.2} | {:.0} | {:.0} |",
+            dataset.title,
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        );
+        // Eight clients, eight requests each.
+        let started = Instant::now();
+        let clients = (0..8).map(|c| {
+            let client = client.clone();
+            let predict = predict.clone();
+            let texts: Vec<String> = test[c * 8..c * 8 + 8]
+                .iter()
+                .map(|r| r.text.clone())
+                .collect();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for text in texts {
+                    let sent = Instant::now();
+                    let body = json!({"inputs": [{"text": text}], "k": 8});
+                    let response = client.post(&predict).json(&body).send().await?;
+                    if response.status() != 200 {
+                        bail!("predict failed: {}", response.status());
+                    }
+                    latencies.push(sent.elapsed());
+                }
+                Ok(latencies)
+            })
+        });
+        let mut latencies: Vec<Duration> = Vec::new();
+        for handle in futures::future::join_all(clients).await {
+            latencies.extend(handle.context("client task")??);
+        }
+        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        latencies.sort();
+        println!(
+            "| {} | 8 | {rate:.2} | {:.0} | {:.0} |",
+            dataset.title,
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        );
+    }
+
+    // Overload: many more simultaneous requests than the queue holds.
+    let predict = format!("{base}/v1/tasks/sst2/predict");
+    let burst = (0..4 * QUEUE).map(|i| {
+        let client = client.clone();
+        let predict = predict.clone();
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let body =
+                json!({"inputs": [{"text": format!("an example review number {i}")}], "k": 8});
+            let status = client
+                .post(&predict)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            (status.unwrap_or(0), sent.elapsed())
+        })
+    });
+    let mut refused = Vec::new();
+    let mut served = Vec::new();
+    for handle in futures::future::join_all(burst).await {
+        let (status, elapsed) = handle.context("burst task")?;
+        match status {
+            429 => refused.push(elapsed),
+            _ => served.push(elapsed),
+        }
+    }
+    println!(
+        "overload: {} simultaneous requests, queue {QUEUE}: {} answered 429, {} served",
+        4 * QUEUE,
+        refused.len(),
+        served.len()
+    );
+    if !refused.is_empty() {
+        latency_line("429 answer time", refused);
+    }
+    if !served.is_empty() {
+        latency_line("served answer time", served);
+    }
+    let _ = stop.send(());
+    server.await.context("server task")??;
+
+    // Shared-prefix scoring of TREC's six labels against one pass per label.
+    let device = open_device(args.models.device)?;
+    let llm = Llm::load(
+        &model_source::resolve_gguf(&args.models.model_ref())?,
+        &device,
+        args.models.weights,
+    )?;
+    let prompt = llm.tokenizer().encode(&trec_prompt)?;
+    let continuations: Vec<Vec<u32>> = DATASETS[1]
+        .labels
+        .iter()
+        .map(|l| llm.tokenizer().encode(&format!(" {l}")))
+        .collect::<Result<_, _>>()?;
+    let request = ScoreRequest {
+        prefix: Vec::new(),
+        queries: vec![prompt.clone()],
+        continuations: continuations.clone(),
+    };
+    let shared = super::timed(args.repeats, || Ok(llm.score(&request)?))?;
+    let per_label = super::timed(args.repeats, || {
+        for continuation in &continuations {
+            llm.session()
+                .feed(&[prompt.clone(), continuation.clone()].concat())?;
+        }
+        Ok(())
+    })?;
+    println!(
+        "TREC label scoring ({} prompt tokens, 6 labels): shared prefix {:.0} ms, one pass per label {:.0} ms, ratio {:.1}x",
+        prompt.len(),
+        shared.as_secs_f64() * 1e3,
+        per_label.as_secs_f64() * 1e3,
+        per_label.as_secs_f64() / shared.as_secs_f64()
+    );
+    Ok(())
+}
