@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 use exemplar::bench::BenchArgs;
 use exemplar::config::Config;
 use exemplar::experiments::icl::IclArgs;
+use exemplar::experiments::selection::SelectionArgs;
 use exemplar::import::ImportArgs;
 use exemplar::select::cli::SelectArgs;
 
@@ -40,6 +41,8 @@ enum Command {
 enum Experiment {
     /// In-context learning on SST-2, TREC and SUBJ with each retrieval strategy.
     Icl(IclArgs),
+    /// Selective annotation on SST-2 and TREC with each selection method.
+    Selection(SelectionArgs),
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -92,6 +95,10 @@ fn main() -> anyhow::Result<()> {
         Command::Experiment(Experiment::Icl(args)) => {
             args.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::icl::run(&args))
+        }
+        Command::Experiment(Experiment::Selection(args)) => {
+            args.models.apply_thread_count();
+            tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::selection::run(&args))
         }
         Command::Bench(args) => {
             args.models.apply_thread_count();
