@@ -4,6 +4,8 @@
 # EXEMPLAR_TEST_POSTGRES_URL. Needs root. Running it again does no harm.
 set -euo pipefail
 
+# Only the URL goes to standard output; everything the tools print goes to stderr.
+exec 3>&1 1>&2
 fail() { echo "start-postgres: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root (it starts a system service)"
 
@@ -22,5 +24,5 @@ done
 su postgres -c "psql -qAtc \"SELECT 1 FROM pg_roles WHERE rolname = 'exemplar'\"" | grep -q 1 \
   || su postgres -c "psql -qc \"CREATE ROLE exemplar LOGIN CREATEDB PASSWORD 'exemplar'\"" >/dev/null \
   || fail "could not create the exemplar role"
-port=$(su postgres -c "psql -qAtc 'SHOW port'")
-echo "postgres://exemplar:exemplar@127.0.0.1:${port}/postgres"
+port=$(su postgres -c "psql -qAtc 'SHOW port'" 2>/dev/null)
+echo "postgres://exemplar:exemplar@127.0.0.1:${port}/postgres" >&3

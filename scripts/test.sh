@@ -9,4 +9,4 @@ if [ -z "${EXEMPLAR_TEST_POSTGRES_URL:-}" ]; then
   EXEMPLAR_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)
   export EXEMPLAR_TEST_POSTGRES_URL
 fi
-cargo test --locked "$@" -- --include-ignored
+cargo test --locked --no-fail-fast "$@" -- --include-ignored
