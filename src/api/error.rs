@@ -151,7 +151,7 @@ fn task_status_and_code(error: &TaskError) -> (StatusCode, &'static str) {
         TaskError::Embed(EmbedError::Queue(QueueError::Full)) => {
             (StatusCode::TOO_MANY_REQUESTS, "overloaded")
         }
-        TaskError::Embed(_) | TaskError::Store(_) | TaskError::Index(_) => {
+        TaskError::Embed(_) | TaskError::Store(_) | TaskError::Index(_) | TaskError::Aborted(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
     }

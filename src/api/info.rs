@@ -28,6 +28,10 @@ async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
             "name": services.embedder.name(),
             "dimension": services.embedder.dimension(),
         },
+        "queued": {
+            "llm": services.llm.waiting(),
+            "embedder": services.embedder.waiting(),
+        },
         "limits": {
             "max_tokens": settings.max_tokens_cap,
             "embedding_inputs": super::MAX_EMBEDDING_INPUTS,

@@ -54,6 +54,11 @@ impl EmbedderHandle {
         &self.name
     }
 
+    /// Jobs waiting for the model.
+    pub fn waiting(&self) -> usize {
+        self.worker.waiting()
+    }
+
     /// Unit-length embeddings of `texts`, in order.
     ///
     /// # Errors

@@ -140,11 +140,6 @@ impl Session {
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()?)
     }
-
-    /// How many tokens the session has seen.
-    pub fn position(&self) -> usize {
-        self.position
-    }
 }
 
 /// Natural-log probabilities from logits, computed in f64 for stability.

@@ -15,24 +15,18 @@ const UNCERTAIN_SHARE: f64 = 0.9;
 pub struct Votes {
     /// `voters[u]`: the items that have `u` among their nearest.
     voters: Vec<Vec<usize>>,
-    /// `ballots[v]`: the items `v` votes for.
-    ballots: Vec<Vec<usize>>,
 }
 
 impl Votes {
     /// Votes from a kNN graph: each item votes for its neighbours.
     pub fn from_graph(graph: &Neighbours) -> Self {
         let mut voters = vec![Vec::new(); graph.len()];
-        let ballots: Vec<Vec<usize>> = graph
-            .iter()
-            .map(|neighbours| neighbours.iter().map(|&(u, _)| u).collect())
-            .collect();
-        for (v, ballot) in ballots.iter().enumerate() {
-            for &u in ballot {
+        for (v, neighbours) in graph.iter().enumerate() {
+            for &(u, _) in neighbours {
                 voters[u].push(v);
             }
         }
-        Self { voters, ballots }
+        Self { voters }
     }
 
     /// Items in the graph.
@@ -109,11 +103,6 @@ impl<'a> Greedy<'a> {
     /// The items selected so far, in order.
     pub fn selected(&self) -> &[usize] {
         &self.order
-    }
-
-    /// The items `v` votes for.
-    pub fn ballot(&self, v: usize) -> &[usize] {
-        &self.votes.ballots[v]
     }
 }
 

@@ -72,6 +72,9 @@ pub enum TaskError {
     /// The change contradicts stored data.
     #[error("{0}")]
     Conflict(String),
+    /// Work handed to a blocking thread died.
+    #[error("{0} was aborted")]
+    Aborted(&'static str),
     /// The database failed.
     #[error(transparent)]
     Store(StoreError),
@@ -335,7 +338,7 @@ impl Catalog {
             let collection =
                 tokio::task::spawn_blocking(move || Collection::build(dimension, rows))
                     .await
-                    .map_err(|e| TaskError::Conflict(format!("index build aborted: {e}")))??;
+                    .map_err(|_| TaskError::Aborted("an index build"))??;
             tracing::info!(
                 task = %task.name,
                 examples = count,
@@ -748,7 +751,7 @@ impl Catalog {
             choose(&collection, &vector, query.k, query.strategy, None)
         })
         .await
-        .map_err(|e| TaskError::Conflict(format!("retrieval aborted: {e}")))
+        .map_err(|_| TaskError::Aborted("retrieval"))
     }
 }
 
