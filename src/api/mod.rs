@@ -24,7 +24,8 @@ use axum::http::{StatusCode, Uri};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 pub use error::ApiError;
 pub use json::ApiJson;
@@ -124,5 +125,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             Duration::from_secs(config.request_timeout_secs),
         ))
         .layer(axum::middleware::map_response(error::envelope_layer_errors))
-        .layer(TraceLayer::new_for_http())
+        // Failures are logged once, by `ApiError`, with their cause; 503s while the
+        // models load are expected and stay out of the error log.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
 }

@@ -252,25 +252,30 @@ impl Predictor {
 
         let mut predictions = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.into_iter().enumerate() {
-            let demonstrations = match (&fixed, &collection, &options.selection) {
-                (Some(fixed), _, _) => fixed.clone(),
-                (None, Some(collection), Selection::Retrieve(strategy)) => {
-                    let exclude = input
-                        .exclude
-                        .as_deref()
-                        .and_then(|id| collection.by_id(id))
-                        .map(|e| e.point);
-                    tasks::choose(collection, &vectors[index], k, *strategy, exclude)
-                }
-                _ => Vec::new(),
-            };
             let prepared = {
                 let builder = Arc::clone(&builder);
                 let tokenizer = Arc::clone(&tokenizer);
                 let order = options.order;
                 let seed = options.seed.wrapping_add(index as u64);
                 let with_content_free = options.calibrate;
+                let fixed = fixed.clone();
+                let collection = collection.clone();
+                let selection = options.selection.clone();
+                let vector = vectors.get(index).cloned();
+                // Retrieval and tokenization are CPU work: off the async workers.
                 tokio::task::spawn_blocking(move || {
+                    let demonstrations = match (fixed, collection, selection, vector) {
+                        (Some(fixed), _, _, _) => fixed,
+                        (None, Some(collection), Selection::Retrieve(strategy), Some(vector)) => {
+                            let exclude = input
+                                .exclude
+                                .as_deref()
+                                .and_then(|id| collection.by_id(id))
+                                .map(|e| e.point);
+                            tasks::choose(&collection, &vector, k, strategy, exclude)
+                        }
+                        _ => Vec::new(),
+                    };
                     prepare_within_budget(
                         &builder,
                         &tokenizer,
