@@ -47,6 +47,9 @@ pub struct IclArgs {
     /// Test rows drawn from each test set.
     #[arg(long, default_value_t = 200)]
     pub test_rows: usize,
+    /// Write the table from finished rows only, leaving missing cells empty.
+    #[arg(long)]
+    pub cached_only: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -307,6 +310,14 @@ fn majority(neighbours: &[tasks::Demonstration]) -> String {
         .unwrap_or_default()
 }
 
+/// Where a run's result is cached: data set, run, and the sample sizes.
+fn cache_key(args: &IclArgs, dataset: &Dataset, run_key: &str) -> String {
+    format!(
+        "{}-{run_key}-{}-{}",
+        dataset.name, args.examples, args.test_rows
+    )
+}
+
 /// Runs every missing cell and rewrites the table.
 ///
 /// # Errors
@@ -329,13 +340,21 @@ pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
             args.test_rows,
             TEST_SEED,
         );
+        if args.cached_only {
+            for (r, (_, run_key, _, reading)) in ROWS.iter().enumerate() {
+                cells[r][d] = cache
+                    .get::<Run>(&cache_key(args, dataset, run_key))
+                    .map(|run| match reading {
+                        Reading::Plain => run.plain,
+                        Reading::Calibrated => run.calibrated,
+                    });
+            }
+            continue;
+        }
         let catalog = Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
         let predictor = Predictor::new(Arc::clone(&catalog), llm.clone());
         for (r, (title, run_key, method, reading)) in ROWS.iter().enumerate() {
-            let key = format!(
-                "{}-{run_key}-{}-{}",
-                dataset.name, args.examples, args.test_rows
-            );
+            let key = cache_key(args, dataset, run_key);
             let run = match cache.get::<Run>(&key) {
                 Some(run) => run,
                 None => {
