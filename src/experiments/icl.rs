@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
@@ -147,7 +146,6 @@ struct Outcome {
     n: usize,
     accuracy: f64,
     macro_f1: f64,
-    seconds: f64,
 }
 
 fn progress(len: usize, message: String) -> ProgressBar {
@@ -219,7 +217,6 @@ async fn run_method(
     method: Method,
     title: &str,
 ) -> anyhow::Result<(Outcome, Outcome)> {
-    let started = Instant::now();
     let bar = progress(test.len(), format!("{}: {title}", dataset.title));
     let mut predicted = Vec::with_capacity(test.len());
     let mut uncalibrated = Vec::with_capacity(test.len());
@@ -281,14 +278,12 @@ async fn run_method(
     bar.finish();
     let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
     let gold: Vec<String> = test.iter().map(|r| r.label.clone()).collect();
-    let seconds = started.elapsed().as_secs_f64();
     let outcome = |predicted: &[String]| {
         let evaluation = metrics::evaluate(&labels, &gold, predicted);
         Outcome {
             n: evaluation.n,
             accuracy: evaluation.accuracy,
             macro_f1: evaluation.macro_f1,
-            seconds,
         }
     };
     Ok((outcome(&uncalibrated), outcome(&predicted)))
@@ -383,30 +378,26 @@ fn table(args: &IclArgs, cells: &[Vec<Option<Outcome>>]) -> String {
          Made by `cargo run -- experiment icl --threads 2` (model: SmolLM2-135M-Instruct, \
          weights `{:?}`; embedder all-MiniLM-L6-v2). Annotated examples: {} random train \
          rows (seed {TRAIN_SEED}); test: {} random test rows (seed {TEST_SEED}). Cells: \
-         accuracy / macro-F1 in %; time is the wall time of the row over all three data \
-         sets on a 2-core machine (a calibrated row and its plain row come from the same \
-         prompts, so both show that run's time).\n\n\
-         | method | SST-2 | TREC | SUBJ | time (s) |\n|---|---|---|---|---|\n",
+         accuracy / macro-F1 in %. A calibrated row and the plain row above it score \
+         the same prompts. Speed is measured by `exemplar bench --suite predict`, not \
+         here: this run shared the machine with other work.\n\n\
+         | method | SST-2 | TREC | SUBJ |\n|---|---|---|---|\n",
         args.models.weights, args.examples, args.test_rows
     );
     for ((title, _, _, _), row) in ROWS.iter().zip(cells) {
         let mut line = format!("| {title} |");
-        let mut seconds = 0.0;
         for cell in row {
             match cell {
-                Some(o) => {
-                    line.push_str(&format!(
-                        " {:.1} / {:.1} |",
-                        100.0 * o.accuracy,
-                        100.0 * o.macro_f1
-                    ));
-                    seconds += o.seconds;
-                }
+                Some(o) => line.push_str(&format!(
+                    " {:.1} / {:.1} |",
+                    100.0 * o.accuracy,
+                    100.0 * o.macro_f1
+                )),
                 None => line.push_str(" - |"),
             }
         }
-        line.push_str(&format!(" {seconds:.0} |\n"));
         out.push_str(&line);
+        out.push('\n');
     }
     out
 }
