@@ -75,6 +75,15 @@ pub struct BenchArgs {
     pub repeats: usize,
 }
 
+/// The folder holding every data set: two levels above `--data`'s file.
+pub(crate) fn data_root(args: &BenchArgs) -> PathBuf {
+    args.data
+        .parent()
+        .and_then(|p| p.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
+
 pub(crate) fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]

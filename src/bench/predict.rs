@@ -64,12 +64,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let data = args
-        .data
-        .parent()
-        .and_then(|p| p.parent())
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
+    let data = super::data_root(args);
     let mut trec_prompt = String::new();
     println!("| task, k = 8 | clients | predictions/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
     for dataset in [&DATASETS[0], &DATASETS[1]] {

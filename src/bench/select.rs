@@ -14,12 +14,7 @@ use crate::server::open_device;
 /// # Errors
 /// When the data or the embedder cannot be loaded, or a selection fails.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let data = args
-        .data
-        .parent()
-        .and_then(|p| p.parent())
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
+    let data = super::data_root(args);
     let mut texts: Vec<String> = Vec::new();
     for name in ["sst2", "trec", "subj"] {
         let rows = read_rows(&data.join(name).join("train.jsonl"))?;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
 use crate::config::ModelConfig;
 use crate::predict::metrics;
-use crate::predict::{GenerationOptions, Order, PredictOptions, Predictor, QueryInput, Selection};
+use crate::predict::{PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
 use crate::server::load_models;
 use crate::store::{ItemKind, Store};
@@ -227,20 +227,8 @@ async fn run_method(
                 strategy,
                 calibrate,
             } => {
-                let options = PredictOptions {
-                    k,
-                    selection: Selection::Retrieve(strategy),
-                    order: Order::NearestLast,
-                    seed: predicted.len() as u64,
-                    calibrate,
-                    return_prompt: false,
-                    max_prompt_tokens: None,
-                    generation: GenerationOptions {
-                        max_new_tokens: 1,
-                        stop: Vec::new(),
-                        temperature: 0.0,
-                    },
-                };
+                let options =
+                    PredictOptions::classify_with(k, strategy, predicted.len() as u64, calibrate);
                 let inputs = chunk
                     .iter()
                     .map(|row| QueryInput {

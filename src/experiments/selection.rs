@@ -16,7 +16,7 @@ use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
 use crate::config::ModelConfig;
 use crate::embed::EmbedderHandle;
 use crate::predict::metrics;
-use crate::predict::{GenerationOptions, Order, PredictOptions, Predictor, QueryInput, Selection};
+use crate::predict::{PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
 use crate::select::{first_pass, second_pass, Method, ParamOverrides, Params};
 use crate::server::load_models;
@@ -106,23 +106,6 @@ async fn annotate(
     Ok(())
 }
 
-fn knn_options() -> PredictOptions {
-    PredictOptions {
-        k: K,
-        selection: Selection::Retrieve(Strategy::Knn),
-        order: Order::NearestLast,
-        seed: 0,
-        calibrate: false,
-        return_prompt: false,
-        max_prompt_tokens: None,
-        generation: GenerationOptions {
-            max_new_tokens: 1,
-            stop: Vec::new(),
-            temperature: 0.0,
-        },
-    }
-}
-
 /// Predicts `rows` with demonstrations from the task; answers labels and confidences.
 async fn predict(
     predictor: &Predictor,
@@ -139,7 +122,14 @@ async fn predict(
                 exclude: None,
             })
             .collect();
-        for prediction in predictor.predict(task, inputs, &knn_options()).await? {
+        for prediction in predictor
+            .predict(
+                task,
+                inputs,
+                &PredictOptions::classify_with(K, Strategy::Knn, 0, false),
+            )
+            .await?
+        {
             let confidence = prediction
                 .probabilities
                 .iter()

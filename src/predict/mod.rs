@@ -111,6 +111,27 @@ pub struct PredictOptions {
     pub generation: GenerationOptions,
 }
 
+impl PredictOptions {
+    /// Classification with `k` demonstrations from `strategy`, nearest last, no
+    /// calibration: what the experiments and vote-k's stage 2 use.
+    pub fn classify_with(k: usize, strategy: Strategy, seed: u64, calibrate: bool) -> Self {
+        Self {
+            k,
+            selection: Selection::Retrieve(strategy),
+            order: Order::NearestLast,
+            seed,
+            calibrate,
+            return_prompt: false,
+            max_prompt_tokens: None,
+            generation: GenerationOptions {
+                max_new_tokens: 1,
+                stop: Vec::new(),
+                temperature: 0.0,
+            },
+        }
+    }
+}
+
 /// One query.
 #[derive(Debug, Clone)]
 pub struct QueryInput {

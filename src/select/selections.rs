@@ -14,9 +14,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{first_pass, second_pass, Method, ParamOverrides, Params, SelectError};
-use crate::predict::{
-    GenerationOptions, Order, PredictError, PredictOptions, Predictor, QueryInput, Selection,
-};
+use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
 use crate::store::{ItemKind, SelectionRow, StoreError, StoredItem};
 use crate::tasks::{Catalog, TaskError};
@@ -283,20 +281,8 @@ impl Selector {
         let started = Instant::now();
         let remaining: Vec<usize> = (0..items.len()).filter(|i| !selected.contains(i)).collect();
         let mut confidence = vec![1.0f64; items.len()];
-        let options = PredictOptions {
-            k: STAGE_TWO_K,
-            selection: Selection::Retrieve(Strategy::Knn),
-            order: Order::NearestLast,
-            seed: recorded.request.seed,
-            calibrate: false,
-            return_prompt: false,
-            max_prompt_tokens: None,
-            generation: GenerationOptions {
-                max_new_tokens: 1,
-                stop: Vec::new(),
-                temperature: 0.0,
-            },
-        };
+        let options =
+            PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, recorded.request.seed, false);
         for (done, chunk) in remaining.chunks(STAGE_TWO_CHUNK).enumerate() {
             let inputs = chunk
                 .iter()
