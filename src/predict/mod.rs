@@ -297,18 +297,15 @@ impl Predictor {
                         }
                         _ => Vec::new(),
                     };
-                    prepare_within_budget(
-                        &builder,
-                        &tokenizer,
-                        demonstrations,
-                        &input,
+                    let job = PromptJob {
+                        builder: &builder,
+                        tokenizer: &tokenizer,
+                        input: &input,
                         order,
                         seed,
                         with_content_free,
-                        budget,
-                        context,
-                        index,
-                    )
+                    };
+                    prepare_within_budget(&job, demonstrations, budget, context, index)
                 })
                 .await
                 .map_err(|e| LlmError::Tokenizer(format!("prompt building aborted: {e}")))??
@@ -438,17 +435,30 @@ fn fixed_demonstrations(
         .collect()
 }
 
-/// Writes and tokenizes the prompt for one query with the given demonstrations
-/// (most similar first).
-fn prepare(
-    builder: &PromptBuilder,
-    tokenizer: &LlmTokenizer,
-    mut demonstrations: Vec<Demonstration>,
-    input: &QueryInput,
+/// What stays fixed while one query's prompt is fitted to its budget.
+struct PromptJob<'a> {
+    builder: &'a PromptBuilder,
+    tokenizer: &'a LlmTokenizer,
+    input: &'a QueryInput,
     order: Order,
     seed: u64,
     with_content_free: bool,
+}
+
+/// Writes and tokenizes the prompt for one query with the given demonstrations
+/// (most similar first).
+fn prepare(
+    job: &PromptJob<'_>,
+    mut demonstrations: Vec<Demonstration>,
 ) -> Result<Prepared, PredictError> {
+    let PromptJob {
+        builder,
+        tokenizer,
+        input,
+        order,
+        seed,
+        with_content_free,
+    } = *job;
     match order {
         Order::NearestLast => demonstrations.reverse(),
         Order::NearestFirst => {}
@@ -522,29 +532,15 @@ fn prepare(
 
 /// The prompt within the budget: the least similar demonstrations are dropped until
 /// it fits.
-#[allow(clippy::too_many_arguments)]
 fn prepare_within_budget(
-    builder: &PromptBuilder,
-    tokenizer: &LlmTokenizer,
+    job: &PromptJob<'_>,
     mut demonstrations: Vec<Demonstration>,
-    input: &QueryInput,
-    order: Order,
-    seed: u64,
-    with_content_free: bool,
     budget: usize,
     context: usize,
     index: usize,
 ) -> Result<Prepared, PredictError> {
     loop {
-        let prepared = prepare(
-            builder,
-            tokenizer,
-            demonstrations.clone(),
-            input,
-            order,
-            seed,
-            with_content_free,
-        )?;
+        let prepared = prepare(job, demonstrations.clone())?;
         let tokens = prepared.prefix.len() + prepared.query.len();
         if tokens <= budget {
             return Ok(prepared);
