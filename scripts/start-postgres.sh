@@ -11,11 +11,17 @@ fail() { echo "start-postgres: $*" >&2; exit 1; }
 
 if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
   echo "start-postgres: installing postgresql" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
-    || fail "apt-get install postgresql failed"
+  # Installing may start the server too: same rule as below, nothing of ours inherited.
+  log=$(mktemp)
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+    </dev/null >"$log" 2>&1 3>&- || { cat "$log" >&2; fail "apt-get install postgresql failed"; }
+  rm -f "$log"
 fi
 version=$(ls /etc/postgresql | sort -n | tail -n 1)
-pg_ctlcluster "$version" main start 2>/dev/null || pg_ctlcluster "$version" main status >/dev/null \
+# The server daemon must inherit none of our descriptors: holding the caller's pipe
+# open (fd 3 here, or a CI log's stderr) would keep `$(start-postgres.sh)` waiting.
+pg_ctlcluster "$version" main start </dev/null >/dev/null 2>&1 3>&- \
+  || pg_ctlcluster "$version" main status </dev/null >/dev/null 2>&1 3>&- \
   || fail "PostgreSQL $version did not start"
 for _ in $(seq 1 30); do
   su postgres -c "psql -qAtc 'SELECT 1'" >/dev/null 2>&1 && break
