@@ -10,7 +10,7 @@ mod common;
 
 use candle_core::Device;
 use exemplar::config::WeightFormat;
-use exemplar::llm::{log_softmax, Llm, ScoreRequest};
+use exemplar::llm::{log_softmax, Llm, PrefixCache, ScoreRequest};
 use exemplar::predict::calibration::probabilities;
 
 /// log P(continuation | context), one fresh full forward pass per continuation token.
@@ -34,6 +34,33 @@ fn shared_prefix_scores_equal_full_forward_passes_with_f32_weights() {
 #[test]
 fn shared_prefix_probabilities_equal_full_forward_passes_with_q8_weights() {
     compare(WeightFormat::Q8_0);
+}
+
+#[test]
+fn a_remembered_prefix_scores_exactly_as_a_fresh_pass() {
+    let llm = Llm::load(&common::gguf_path(), &Device::Cpu, WeightFormat::Q8_0).expect("model");
+    let tokenizer = llm.tokenizer();
+    let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+    let request = |prefix: &str| ScoreRequest {
+        prefix: encode(prefix),
+        queries: vec![encode("\n\nReview: two dull hours.\nSentiment:")],
+        continuations: vec![encode(" negative"), encode(" positive")],
+    };
+    let praise = request("Review: a joy from start to end.\nSentiment: positive");
+    let scorn = request("Review: a joy from start to end.\nSentiment: negative");
+
+    let mut cache = PrefixCache::default();
+    let first = llm.score_cached(&praise, &mut cache).expect("scores");
+    let again = llm.score_cached(&praise, &mut cache).expect("scores");
+    assert_eq!(cache.hits(), 1, "the second request reuses the prefix");
+    assert_eq!(again, first);
+    assert_eq!(first, llm.score(&praise).expect("scores"));
+
+    // A different prefix is run afresh, not answered from the remembered one.
+    let other = llm.score_cached(&scorn, &mut cache).expect("scores");
+    assert_eq!(cache.hits(), 1);
+    assert_eq!(other, llm.score(&scorn).expect("scores"));
+    assert_ne!(other, first);
 }
 
 /// Checks label probabilities and answers the largest log-probability gap.

@@ -81,6 +81,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .await?
             .error_for_status()?;
         let train = sample(&read_split(&data, dataset, "train")?, 1000, 0);
+        let mut ids: Vec<Value> = Vec::new();
         for chunk in train.chunks(100) {
             let rows: Vec<Value> = chunk
                 .iter()
@@ -95,6 +96,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             if status != 201 {
                 bail!("import failed: {body}");
             }
+            ids.extend(body["ids"].as_array().cloned().unwrap_or_default());
         }
         let test = sample(&read_split(&data, dataset, "test")?, 64, 1);
         let request =
@@ -121,6 +123,30 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         latencies.sort();
         println!(
             "| {} | 1 | {rate:.2} | {:.0} | {:.0} |",
+            dataset.title,
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        );
+        // One client, the same eight demonstrations every time: the LLM worker keeps
+        // their KV cache, so only the query runs.
+        let first_eight: Vec<&Value> = ids.iter().take(8).collect();
+        let fixed = json!({"strategy": "fixed", "ids": first_eight, "k": 8});
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        for row in &test[..32] {
+            let mut body = fixed.clone();
+            body["inputs"] = json!([{"text": row.text}]);
+            let sent = Instant::now();
+            let (status, answer) = post(&client, &predict, &body).await?;
+            if status != 200 {
+                bail!("predict failed: {answer}");
+            }
+            latencies.push(sent.elapsed());
+        }
+        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        latencies.sort();
+        println!(
+            "| {} (fixed demonstrations) | 1 | {rate:.2} | {:.0} | {:.0} |",
             dataset.title,
             percentile(&latencies, 0.5).as_secs_f64() * 1e3,
             percentile(&latencies, 0.99).as_secs_f64() * 1e3

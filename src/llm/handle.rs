@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer, ScoreRequest};
+use super::{
+    Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer, PrefixCache, ScoreRequest,
+};
 use crate::worker::{QueueError, Worker};
 
 enum LlmJob {
@@ -39,7 +41,8 @@ impl LlmHandle {
         let tokenizer = llm.tokenizer();
         let context_length = llm.context_length();
         let name: Arc<str> = llm.name().into();
-        let worker = Worker::spawn("exemplar-llm", capacity, llm, run_job)?;
+        let state = (llm, PrefixCache::default());
+        let worker = Worker::spawn("exemplar-llm", capacity, state, run_job)?;
         Ok(Self {
             worker,
             tokenizer,
@@ -120,7 +123,7 @@ impl LlmHandle {
     }
 }
 
-fn run_job(llm: &mut Llm, job: LlmJob) {
+fn run_job((llm, prefixes): &mut (Llm, PrefixCache), job: LlmJob) {
     match job {
         LlmJob::Generate {
             prompt,
@@ -140,7 +143,7 @@ fn run_job(llm: &mut Llm, job: LlmJob) {
         }
         LlmJob::Score { request, reply } => {
             if !reply.is_closed() {
-                let _ = reply.send(llm.score(&request));
+                let _ = reply.send(llm.score_cached(&request, prefixes));
             }
         }
     }

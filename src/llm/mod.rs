@@ -6,6 +6,7 @@
 
 mod generate;
 mod handle;
+mod prefix_cache;
 mod score;
 mod tokenizer;
 mod weights;
@@ -20,6 +21,7 @@ use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 
 pub use generate::{Delta, FinishReason, Generation, GenerationParams, TokenLogprob};
 pub use handle::LlmHandle;
+pub use prefix_cache::PrefixCache;
 pub use score::ScoreRequest;
 pub use tokenizer::LlmTokenizer;
 

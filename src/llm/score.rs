@@ -5,7 +5,7 @@
 //! of its KV cache; the continuations are walked as a trie, so a token shared by several
 //! labels ("very" in "very good" and "very bad") is run once too.
 
-use super::{log_softmax, Llm, LlmError, Session};
+use super::{log_softmax, Llm, LlmError, PrefixCache, Session};
 
 /// What to score: several queries after one prefix, each against every continuation.
 #[derive(Debug, Clone)]
@@ -25,13 +25,22 @@ impl Llm {
     /// # Errors
     /// When a query or continuation is empty, or the model fails.
     pub fn score(&self, request: &ScoreRequest) -> Result<Vec<Vec<f32>>, LlmError> {
+        self.score_cached(request, &mut PrefixCache::default())
+    }
+
+    /// Like [`Llm::score`], taking the prefix's KV state from `cache` when it holds it.
+    ///
+    /// # Errors
+    /// When a query or continuation is empty, or the model fails.
+    pub fn score_cached(
+        &self,
+        request: &ScoreRequest,
+        cache: &mut PrefixCache,
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
         if request.continuations.iter().any(Vec::is_empty) {
             return Err(LlmError::Tokenizer("a continuation has no tokens".into()));
         }
-        let mut base = self.session();
-        if !request.prefix.is_empty() {
-            base.feed(&request.prefix)?;
-        }
+        let base = cache.session(self, &request.prefix)?;
         let all: Vec<usize> = (0..request.continuations.len()).collect();
         request
             .queries

@@ -159,7 +159,11 @@ impl TestServer {
             child,
             log,
             base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            // A request that never answers fails the test instead of stalling the suite.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()
+                .expect("HTTP client"),
             database_url: database_url.to_owned(),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env
