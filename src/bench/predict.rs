@@ -1,6 +1,7 @@
 //! Predictions over HTTP against a server started in this process: predictions/s and
-//! latency for SST-2 and TREC (k = 8) with 1 and 8 clients, the answer to overload,
-//! and shared-prefix label scoring against one forward pass per label on TREC.
+//! latency for SST-2 and TREC (k = 8) with 1 and 8 clients and with fixed
+//! demonstrations, the answer to overload, and shared-prefix label scoring against one
+//! forward pass per label on TREC.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,38 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Resu
     let response = client.post(url).json(body).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// Sends `bodies` one after another; answers predictions/s, latencies and answers.
+async fn one_client(
+    client: &reqwest::Client,
+    url: &str,
+    bodies: &[Value],
+) -> anyhow::Result<(f64, Vec<Duration>, Vec<Value>)> {
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(bodies.len());
+    let mut answers = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let sent = Instant::now();
+        let (status, answer) = post(client, url, body).await?;
+        if status != 200 {
+            bail!("predict failed: {answer}");
+        }
+        latencies.push(sent.elapsed());
+        answers.push(answer);
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, latencies, answers))
+}
+
+/// One line of the throughput table.
+fn print_row(title: &str, clients: usize, rate: f64, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    println!(
+        "| {title} | {clients} | {rate:.2} | {:.0} | {:.0} |",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
 }
 
 /// Runs the predict suite.
@@ -99,57 +132,35 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             ids.extend(body["ids"].as_array().cloned().unwrap_or_default());
         }
         let test = sample(&read_split(&data, dataset, "test")?, 64, 1);
-        let request =
-            |text: &str| json!({"inputs": [{"text": text}], "k": 8, "return_prompt": true});
         let predict = format!("{task}/predict");
-        // One client, one request at a time.
-        let started = Instant::now();
-        let mut latencies = Vec::new();
-        for row in &test[..32] {
-            let sent = Instant::now();
-            let (status, body) = post(&client, &predict, &request(&row.text)).await?;
-            if status != 200 {
-                bail!("predict failed: {body}");
-            }
-            latencies.push(sent.elapsed());
-            if dataset.name == "trec" && trec_prompt.is_empty() {
-                trec_prompt = body["predictions"][0]["prompt"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-            }
+        // One client, one request at a time: kNN demonstrations, then the same eight
+        // every time, whose KV cache the LLM worker keeps so that only the query runs.
+        let knn: Vec<Value> = test[..32]
+            .iter()
+            .map(|row| json!({"inputs": [{"text": row.text}], "k": 8, "return_prompt": true}))
+            .collect();
+        let (rate, latencies, answers) = one_client(&client, &predict, &knn).await?;
+        print_row(dataset.title, 1, rate, latencies);
+        if dataset.name == "trec" {
+            trec_prompt = answers
+                .first()
+                .and_then(|a| a["predictions"][0]["prompt"].as_str())
+                .unwrap_or_default()
+                .to_owned();
         }
-        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
-        latencies.sort();
-        println!(
-            "| {} | 1 | {rate:.2} | {:.0} | {:.0} |",
-            dataset.title,
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3
-        );
-        // One client, the same eight demonstrations every time: the LLM worker keeps
-        // their KV cache, so only the query runs.
         let first_eight: Vec<&Value> = ids.iter().take(8).collect();
-        let fixed = json!({"strategy": "fixed", "ids": first_eight, "k": 8});
-        let started = Instant::now();
-        let mut latencies = Vec::new();
-        for row in &test[..32] {
-            let mut body = fixed.clone();
-            body["inputs"] = json!([{"text": row.text}]);
-            let sent = Instant::now();
-            let (status, answer) = post(&client, &predict, &body).await?;
-            if status != 200 {
-                bail!("predict failed: {answer}");
-            }
-            latencies.push(sent.elapsed());
-        }
-        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
-        latencies.sort();
-        println!(
-            "| {} (fixed demonstrations) | 1 | {rate:.2} | {:.0} | {:.0} |",
-            dataset.title,
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        let fixed: Vec<Value> = test[..32]
+            .iter()
+            .map(|row| {
+                json!({"inputs": [{"text": row.text}], "k": 8, "strategy": "fixed", "ids": first_eight})
+            })
+            .collect();
+        let (rate, latencies, _) = one_client(&client, &predict, &fixed).await?;
+        print_row(
+            &format!("{} (fixed demonstrations)", dataset.title),
+            1,
+            rate,
+            latencies,
         );
         // Eight clients, eight requests each.
         let started = Instant::now();
@@ -179,13 +190,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             latencies.extend(handle.context("client task")??);
         }
         let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
-        latencies.sort();
-        println!(
-            "| {} | 8 | {rate:.2} | {:.0} | {:.0} |",
-            dataset.title,
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3
-        );
+        print_row(dataset.title, 8, rate, latencies);
     }
 
     // Overload: many more simultaneous requests than the queue holds.
