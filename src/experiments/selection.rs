@@ -40,8 +40,9 @@ pub struct SelectionArgs {
     /// Folder with `sst2/` and `trec/` JSON lines.
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
-    /// Where finished runs and the per-run databases are kept.
-    #[arg(long, default_value = "results-cache/selection")]
+    /// Where finished runs (JSON, committed: the whole experiment outlasts a session)
+    /// and the scratch databases (ignored by git) are kept.
+    #[arg(long, default_value = "results/selection")]
     pub cache: PathBuf,
     /// The results file; its `selection` section is rewritten.
     #[arg(long, default_value = "docs/results.md")]
