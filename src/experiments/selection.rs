@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
@@ -145,6 +146,120 @@ async fn predict(
     Ok(answers)
 }
 
+/// One stage-2 prediction of vote-k, as saved in its log.
+#[derive(Debug, Serialize, Deserialize)]
+struct Confidence {
+    /// Index in the pool.
+    item: usize,
+    /// The top label's probability.
+    confidence: f64,
+    /// This item's share of its batch's prediction time.
+    seconds: f64,
+}
+
+/// Vote-k's stage-2 predictions, appended as JSON lines while they are made, so that an
+/// interrupted run (the stage predicts the whole pool: over an hour here) resumes.
+struct StageTwoLog {
+    path: PathBuf,
+}
+
+impl StageTwoLog {
+    /// The predictions saved so far. A line cut short by a crash is dropped, and the
+    /// log rewritten without it so that the next append starts on a line of its own.
+    fn resume(&self) -> anyhow::Result<Vec<Confidence>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let saved: Vec<Confidence> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let partial = self.path.with_extension("partial");
+        std::fs::write(&partial, "")?;
+        let clean = StageTwoLog { path: partial };
+        clean.append(&saved)?;
+        std::fs::rename(&clean.path, &self.path)?;
+        Ok(saved)
+    }
+
+    /// Deletes the log once its run is finished and cached.
+    fn remove(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends `batch` and waits until it is on disk.
+    fn append(&self, batch: &[Confidence]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut lines = String::new();
+        for entry in batch {
+            lines.push_str(&serde_json::to_string(entry)?);
+            lines.push('\n');
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        file.write_all(lines.as_bytes())?;
+        file.sync_data()?;
+        Ok(())
+    }
+}
+
+/// Vote-k's stage 2 over the pool items `rest`: each one's confidence and the
+/// prediction time they took, resuming from (and extending) `log`.
+async fn stage_two(
+    predictor: &Predictor,
+    task: &str,
+    pool: &[Row],
+    rest: &[usize],
+    log: &StageTwoLog,
+) -> anyhow::Result<(Vec<(usize, f64)>, f64)> {
+    let mut done: std::collections::HashMap<usize, Confidence> = log
+        .resume()?
+        .into_iter()
+        .filter(|c| rest.contains(&c.item))
+        .map(|c| (c.item, c))
+        .collect();
+    let todo: Vec<usize> = rest
+        .iter()
+        .copied()
+        .filter(|i| !done.contains_key(i))
+        .collect();
+    let bar = ProgressBar::new(rest.len() as u64).with_style(
+        ProgressStyle::with_template("vote-k stage 2 {bar:40} {pos}/{len} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(done.len() as u64);
+    for chunk in todo.chunks(CHUNK) {
+        let rows: Vec<&Row> = chunk.iter().map(|&i| &pool[i]).collect();
+        let started = Instant::now();
+        let answers = predict(predictor, task, &rows).await?;
+        let share = started.elapsed().as_secs_f64() / chunk.len() as f64;
+        let batch: Vec<Confidence> = chunk
+            .iter()
+            .zip(answers)
+            .map(|(&item, (_, confidence))| Confidence {
+                item,
+                confidence,
+                seconds: share,
+            })
+            .collect();
+        log.append(&batch)?;
+        bar.inc(batch.len() as u64);
+        done.extend(batch.into_iter().map(|c| (c.item, c)));
+    }
+    bar.finish_and_clear();
+    let seconds = done.values().map(|c| c.seconds).sum();
+    let confidences = rest.iter().map(|i| (*i, done[i].confidence)).collect();
+    Ok((confidences, seconds))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
     catalog: &Catalog,
@@ -156,6 +271,7 @@ async fn run_one(
     method: Method,
     budget: usize,
     seed: u64,
+    stage_two_log: &StageTwoLog,
 ) -> anyhow::Result<Outcome> {
     let task = format!("{}-run", dataset.name);
     let params = Params::resolve(method, budget, ParamOverrides::default());
@@ -171,11 +287,10 @@ async fn run_one(
         let stage_one: Vec<&Row> = chosen.iter().map(|&i| &pool[i]).collect();
         annotate(catalog, &task, dataset, &stage_one).await?;
         let rest: Vec<usize> = (0..pool.len()).filter(|i| !chosen.contains(i)).collect();
-        let rest_rows: Vec<&Row> = rest.iter().map(|&i| &pool[i]).collect();
+        let (answers, predicting) = stage_two(predictor, &task, pool, &rest, stage_two_log).await?;
         let started = Instant::now();
-        let answers = predict(predictor, &task, &rest_rows).await?;
         let mut confidence = vec![1.0; pool.len()];
-        for (&i, (_, c)) in rest.iter().zip(answers) {
+        for (i, c) in answers {
             confidence[i] = c;
         }
         let pool_embeddings = embeddings.to_vec();
@@ -185,7 +300,7 @@ async fn run_one(
         })
         .await??;
         chosen.extend(more);
-        selection_seconds += started.elapsed().as_secs_f64();
+        selection_seconds += predicting + started.elapsed().as_secs_f64();
     }
     let annotated: Vec<&Row> = chosen.iter().map(|&i| &pool[i]).collect();
     annotate(catalog, &task, dataset, &annotated).await?;
@@ -308,6 +423,10 @@ async fn run_missing(args: &SelectionArgs, cache: &Cache, rows: &[Planned]) -> a
                 "{}: {:?}, budget {}, seed {seed}",
                 dataset.title, row.method, row.budget
             );
+            let key = key(args, row, seed);
+            let stage_two_log = StageTwoLog {
+                path: cache.path(&format!("{key}.stage2.jsonl")),
+            };
             let outcome = run_one(
                 &catalog,
                 &predictor,
@@ -318,9 +437,11 @@ async fn run_missing(args: &SelectionArgs, cache: &Cache, rows: &[Planned]) -> a
                 row.method,
                 row.budget,
                 seed,
+                &stage_two_log,
             )
             .await?;
-            cache.put(&key(args, row, seed), &outcome)?;
+            cache.put(&key, &outcome)?;
+            stage_two_log.remove()?;
         }
         catalog.close().await;
     }
@@ -380,4 +501,41 @@ fn table(args: &SelectionArgs, results: &[(&Planned, Vec<Outcome>)]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_two_log_reads_back_what_was_appended_and_skips_a_torn_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = StageTwoLog {
+            path: dir.path().join("run.stage2.jsonl"),
+        };
+        assert!(log.resume().expect("no log yet").is_empty());
+        let entry = |item, confidence| Confidence {
+            item,
+            confidence,
+            seconds: 0.5,
+        };
+        log.append(&[entry(3, 0.9), entry(7, 0.6)]).expect("append");
+        log.append(&[entry(1, 0.7)]).expect("append");
+        // A crash in the middle of a write leaves a partial last line.
+        let mut text = std::fs::read_to_string(&log.path).expect("log");
+        text.push_str("{\"item\": 4, \"confid");
+        std::fs::write(&log.path, text).expect("write");
+
+        let items = |log: &StageTwoLog| -> Vec<(usize, f64)> {
+            let saved = log.resume().expect("resume");
+            saved.iter().map(|c| (c.item, c.confidence)).collect()
+        };
+        assert_eq!(items(&log), [(3, 0.9), (7, 0.6), (1, 0.7)]);
+        log.append(&[entry(4, 0.8)])
+            .expect("append after the torn line");
+        assert_eq!(items(&log), [(3, 0.9), (7, 0.6), (1, 0.7), (4, 0.8)]);
+        log.remove().expect("remove");
+        assert!(!log.path.exists());
+        log.remove().expect("removing twice is fine");
+    }
 }
