@@ -63,6 +63,9 @@ pub struct SelectionArgs {
     /// Methods to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::Random, Method::FastVoteK, Method::Ideal, Method::VoteK])]
     pub methods: Vec<Method>,
+    /// Data sets to run, by folder name (`sst2`, `trec`).
+    #[arg(long, value_delimiter = ',', default_values_t = ["sst2".to_owned(), "trec".to_owned()])]
+    pub datasets: Vec<String>,
     /// Write the table from finished runs only: a row averages the seeds it has.
     #[arg(long)]
     pub cached_only: bool,
@@ -329,9 +332,13 @@ struct Planned {
 }
 
 /// The rows `args` asks for, data set by data set.
-fn plan(args: &SelectionArgs) -> Vec<Planned> {
+fn plan(args: &SelectionArgs) -> anyhow::Result<Vec<Planned>> {
     let mut rows = Vec::new();
-    for dataset in [&DATASETS[0], &DATASETS[1]] {
+    for name in &args.datasets {
+        let dataset = DATASETS[..2]
+            .iter()
+            .find(|d| d.name == name)
+            .with_context(|| format!("unknown data set {name:?}: sst2 or trec"))?;
         for &method in &args.methods {
             for &budget in &args.budgets {
                 let seeds = if method == Method::VoteK {
@@ -348,7 +355,7 @@ fn plan(args: &SelectionArgs) -> Vec<Planned> {
             }
         }
     }
-    rows
+    Ok(rows)
 }
 
 /// The cache key of one run.
@@ -365,7 +372,7 @@ fn key(args: &SelectionArgs, row: &Planned, seed: u64) -> String {
 /// When data, models or the database cannot be loaded.
 pub async fn run(args: &SelectionArgs) -> anyhow::Result<()> {
     let cache = Cache::open(&args.cache)?;
-    let rows = plan(args);
+    let rows = plan(args)?;
     if !args.cached_only {
         run_missing(args, &cache, &rows).await?;
     }
@@ -391,7 +398,7 @@ async fn run_missing(args: &SelectionArgs, cache: &Cache, rows: &[Planned]) -> a
     let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
         .await
         .context("loading models")??;
-    for dataset in [&DATASETS[0], &DATASETS[1]] {
+    for dataset in &DATASETS[..2] {
         let missing: Vec<(&Planned, u64)> = rows
             .iter()
             .filter(|row| row.dataset.name == dataset.name)
