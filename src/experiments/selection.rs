@@ -489,10 +489,13 @@ fn table(args: &SelectionArgs, results: &[(&Planned, Vec<Outcome>)]) -> String {
         args.pool, args.test_rows, args.seeds
     );
     for (row, outcomes) in results {
-        let (method, dataset, budget) = (row.method, row.dataset.title, row.budget);
+        let (dataset, budget) = (row.dataset.title, row.budget);
+        // The name the API and the CLI use.
+        let method = clap::ValueEnum::to_possible_value(&row.method)
+            .map_or_else(|| format!("{:?}", row.method), |v| v.get_name().to_owned());
         if outcomes.is_empty() {
             out.push_str(&format!(
-                "| {method:?} | {dataset} | {budget} | - | - | 0 | - |\n"
+                "| {method} | {dataset} | {budget} | - | - | 0 | - |\n"
             ));
             continue;
         }
@@ -503,7 +506,7 @@ fn table(args: &SelectionArgs, results: &[(&Planned, Vec<Outcome>)]) -> String {
         let (f, f_spread) = mean_and_spread(&f1);
         let (s, _) = mean_and_spread(&seconds);
         out.push_str(&format!(
-            "| {method:?} | {dataset} | {budget} | {a:.1} ± {a_spread:.1} | {f:.1} ± {f_spread:.1} | {} | {s:.1} |\n",
+            "| {method} | {dataset} | {budget} | {a:.1} ± {a_spread:.1} | {f:.1} ± {f_spread:.1} | {} | {s:.1} |\n",
             outcomes.len()
         ));
     }
