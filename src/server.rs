@@ -14,7 +14,7 @@ use crate::embed::{EmbedError, Embedder, EmbedderHandle};
 use crate::llm::{Llm, LlmError, LlmHandle};
 use crate::model_source::{self, SourceError};
 use crate::predict::Predictor;
-use crate::select::selections::Selector;
+use crate::select::selections::{Selector, StageTwoRun};
 use crate::store::{Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
 
@@ -122,7 +122,11 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
     Ok(Services {
-        selector: Arc::new(Selector::new(Arc::clone(&catalog), Arc::clone(&predictor))),
+        selector: Arc::new(Selector::new(
+            Arc::clone(&catalog),
+            Arc::clone(&predictor),
+            StageTwoRun::Background,
+        )),
         predictor,
         llm,
         embedder,

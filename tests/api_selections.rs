@@ -6,6 +6,7 @@ mod common;
 use common::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no code>")
@@ -36,16 +37,38 @@ fn sst2(n: usize) -> Vec<(String, String, String)> {
         .collect()
 }
 
-#[tokio::test]
-async fn selections_choose_store_and_continue() {
-    let server = TestServer::start(&[]).await;
+/// Polls a selection until it is complete; answers it.
+async fn wait_complete(server: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (status, selection) = server.get(&format!("/v1/tasks/sst2/selections/{id}")).await;
+        assert_eq!(status, 200, "{selection}");
+        if selection["complete"] == true {
+            assert!(selection.get("progress").is_none());
+            return selection;
+        }
+        assert_eq!(selection["state"], "predicting", "{selection}");
+        assert!(
+            selection["progress"]["of"].as_u64().is_some(),
+            "{selection}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "stage 2 did not finish: {selection}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A task whose pool is SST-2 train rows 0..n.
+async fn sst2_task(server: &TestServer, n: usize) -> Vec<(String, String, String)> {
     let task = json!({
         "labels": ["negative", "positive"],
         "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
     });
     let (status, _) = server.call(Method::PUT, "/v1/tasks/sst2", Some(task)).await;
     assert_eq!(status, 201);
-    let rows = sst2(60);
+    let rows = sst2(n);
     let items: Vec<Value> = rows
         .iter()
         .map(|(id, text, _)| json!({"id": id, "text": text}))
@@ -54,6 +77,26 @@ async fn selections_choose_store_and_continue() {
         .post("/v1/tasks/sst2/pool", json!({"items": items}))
         .await;
     assert_eq!(status, 201, "{body}");
+    rows
+}
+
+/// Posts the rows whose ids are in `ids` as examples.
+async fn annotate(server: &TestServer, rows: &[(String, String, String)], ids: &[String]) {
+    let annotations: Vec<Value> = rows
+        .iter()
+        .filter(|(id, _, _)| ids.contains(id))
+        .map(|(id, text, label)| json!({"id": id, "text": text, "label": label}))
+        .collect();
+    let (status, body) = server
+        .post("/v1/tasks/sst2/examples", json!({"examples": annotations}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn selections_choose_store_and_continue() {
+    let server = TestServer::start(&[]).await;
+    let rows = sst2_task(&server, 60).await;
 
     // Each one-pass method answers the budget at once, and repeats itself.
     for (method, params) in [
@@ -112,21 +155,24 @@ async fn selections_choose_store_and_continue() {
     );
     assert_eq!(repeated["complete"], false);
 
-    let annotations: Vec<Value> = rows
-        .iter()
-        .filter(|(id, _, _)| first_ids.contains(id))
-        .map(|(id, text, label)| json!({"id": id, "text": text, "label": label}))
-        .collect();
-    let (status, body) = server
-        .post("/v1/tasks/sst2/examples", json!({"examples": annotations}))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, complete) = server
+    annotate(&server, &rows, &first_ids).await;
+    // Stage 2 runs in the background: the call answers at once, the selection is polled.
+    let (status, started) = server
         .post("/v1/tasks/sst2/selections", request.clone())
         .await;
-    assert_eq!(status, 200, "{complete}");
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["id"], stage_one["id"]);
+    assert_eq!(started["state"], "predicting");
+    assert_eq!(started["complete"], false);
+    let (status, again) = server
+        .post("/v1/tasks/sst2/selections", request.clone())
+        .await;
+    assert!(
+        status == 202 || again["complete"] == true,
+        "a repeated call joins the running stage 2: {status} {again}"
+    );
+    let complete = wait_complete(&server, started["id"].as_str().expect("id")).await;
     assert_eq!(complete["id"], stage_one["id"]);
-    assert_eq!(complete["complete"], true);
     let all = ids(&complete);
     assert_eq!(all.len(), 8);
     assert_eq!(all[..3], first_ids[..]);
@@ -224,4 +270,60 @@ async fn selections_choose_store_and_continue() {
         printed,
         "the same method, seed and pool give the same items"
     );
+}
+
+/// Makes an 80-item pool, runs vote-k's stage 1, annotates it and starts stage 2;
+/// answers the selection's id.
+async fn start_stage_two(server: &TestServer, request: &Value) -> String {
+    let rows = sst2_task(server, 80).await;
+    let (_, stage_one) = server
+        .post("/v1/tasks/sst2/selections", request.clone())
+        .await;
+    annotate(server, &rows, &ids(&stage_one)).await;
+    let (status, started) = server
+        .post("/v1/tasks/sst2/selections", request.clone())
+        .await;
+    assert_eq!(status, 202, "{started}");
+    started["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn a_stage_two_cut_short_by_a_crash_resumes_and_chooses_the_same_items() {
+    let request =
+        json!({"method": "vote-k", "budget": 8, "seed": 0, "params": {"k": 10, "stage_one": 2}});
+    // Uninterrupted.
+    let server = TestServer::start(&[]).await;
+    let id = start_stage_two(&server, &request).await;
+    let whole = ids(&wait_complete(&server, &id).await);
+    drop(server);
+
+    // Killed once some predictions are saved, then continued.
+    let server = TestServer::start(&[]).await;
+    let id = start_stage_two(&server, &request).await;
+    let path = format!("/v1/tasks/sst2/selections/{id}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, selection) = server.get(&path).await;
+        assert_eq!(
+            selection["state"], "predicting",
+            "stage 2 ended before the kill: {selection}"
+        );
+        let done = selection["progress"]["done"].as_u64().unwrap_or(0);
+        if done >= 16 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {selection}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server = server.restart().await;
+    let (status, after) = server.get(&path).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["state"], "awaiting_annotation", "{after}");
+    let saved = after["progress"]["done"].as_u64().expect("saved progress");
+    assert!((16..78).contains(&saved), "{after}");
+    assert!(after["next"].as_str().expect("next").contains("resumes"));
+    let (status, resumed) = server.post(&format!("{path}/continue"), json!({})).await;
+    assert_eq!(status, 202, "{resumed}");
+    assert!(resumed["progress"]["done"].as_u64().is_some());
+    assert_eq!(ids(&wait_complete(&server, &id).await), whole);
 }

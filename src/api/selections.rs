@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -41,11 +42,21 @@ fn log_progress(task: String) -> Progress {
     })
 }
 
+/// 202 while vote-k's stage 2 runs in the background, else 200.
+fn answer(view: SelectionView) -> (StatusCode, Json<SelectionView>) {
+    let status = if view.running() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(view))
+}
+
 async fn create(
     State(state): State<AppState>,
     Path(task): Path<String>,
     ApiJson(body): ApiJson<CreateBody>,
-) -> Result<Json<SelectionView>, ApiError> {
+) -> Result<(StatusCode, Json<SelectionView>), ApiError> {
     let request = SelectionRequest {
         method: body.method,
         budget: body.budget,
@@ -58,7 +69,7 @@ async fn create(
         .selector
         .select(&task, request, progress)
         .await?;
-    Ok(Json(view))
+    Ok(answer(view))
 }
 
 async fn show(
@@ -71,12 +82,12 @@ async fn show(
 async fn resume(
     State(state): State<AppState>,
     Path((task, id)): Path<(String, String)>,
-) -> Result<Json<SelectionView>, ApiError> {
+) -> Result<(StatusCode, Json<SelectionView>), ApiError> {
     let progress = log_progress(task.clone());
     let view = state
         .services()?
         .selector
         .continue_selection(&task, &id, progress)
         .await?;
-    Ok(Json(view))
+    Ok(answer(view))
 }

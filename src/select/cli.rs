@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::selections::{Progress, SelectionRequest, Selector};
+use super::selections::{Progress, SelectionRequest, Selector, StageTwoRun};
 use super::{Method, ParamOverrides};
 use crate::config::{ModelConfig, DEFAULT_DATABASE_URL};
 use crate::predict::Predictor;
@@ -56,7 +56,11 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
         .context("loading models")??;
     let catalog = Arc::new(Catalog::open(store, embedder).await?);
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm));
-    let selector = Selector::new(Arc::clone(&catalog), predictor);
+    let selector = Arc::new(Selector::new(
+        Arc::clone(&catalog),
+        predictor,
+        StageTwoRun::InCall,
+    ));
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg:20} {bar:40} {pos}/{len} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

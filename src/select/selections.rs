@@ -6,6 +6,11 @@
 //! takes them out of the pool) runs stage 2: the LLM predicts every remaining item with
 //! demonstrations retrieved from the annotated examples only, and the least confident
 //! are chosen bucket by bucket.
+//!
+//! Stage 2 predicts the whole pool (an hour for 3000 items on two cores), so the
+//! server runs it in the background: the call answers at once with state `predicting`
+//! and progress, and the selection is polled. Every batch of predictions is saved with
+//! the selection, so a stage 2 cut short by a crash resumes where it stopped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -80,6 +85,9 @@ struct Outcome {
     stage_one: Vec<String>,
     items: Vec<String>,
     timings: BTreeMap<String, f64>,
+    /// Stage 2's confidence per pool item so far; emptied once the stage is done.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    stage_two: BTreeMap<String, f64>,
 }
 
 /// A selection as answered to clients.
@@ -95,7 +103,8 @@ pub struct SelectionView {
     pub seed: u64,
     /// The parameters used.
     pub params: Params,
-    /// `awaiting_annotation` (vote-k after stage 1) or `complete`.
+    /// `awaiting_annotation` (vote-k after stage 1), `predicting` (its stage 2 is
+    /// running) or `complete`.
     pub state: String,
     /// Whether the whole budget is chosen.
     pub complete: bool,
@@ -103,9 +112,31 @@ pub struct SelectionView {
     pub items: Vec<SelectedItem>,
     /// Seconds spent per phase.
     pub timings: BTreeMap<String, f64>,
+    /// Stage 2's pool predictions: done so far, of how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<StageTwoProgress>,
+    /// Why the last stage-2 run stopped, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// What to do next, when something is awaited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+impl SelectionView {
+    /// Whether vote-k's stage 2 is running for it in the background.
+    pub fn running(&self) -> bool {
+        self.state == PREDICTING
+    }
+}
+
+/// How far vote-k's stage 2 has predicted the pool.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTwoProgress {
+    /// Pool items predicted.
+    pub done: usize,
+    /// Pool items to predict in all.
+    pub of: usize,
 }
 
 /// A chosen item.
@@ -120,15 +151,35 @@ pub struct SelectedItem {
 }
 
 const AWAITING: &str = "awaiting_annotation";
+const PREDICTING: &str = "predicting";
 const COMPLETE: &str = "complete";
 
 /// Reports progress: phase, done, of.
 pub type Progress = Arc<dyn Fn(&str, usize, usize) + Send + Sync>;
 
+/// Where vote-k's stage 2 runs once a call starts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageTwoRun {
+    /// Inside the call, which answers the finished selection (the CLI).
+    InCall,
+    /// In a background task; the call answers at once (the server).
+    Background,
+}
+
+/// A stage 2 running in the background, or the reason the last one stopped.
+#[derive(Debug, Clone, Default)]
+struct Job {
+    progress: StageTwoProgress,
+    error: Option<String>,
+}
+
 /// Runs and stores selections.
 pub struct Selector {
     catalog: Arc<Catalog>,
     predictor: Arc<Predictor>,
+    stage_two_run: StageTwoRun,
+    /// Background stage-2 runs of this process, by selection id.
+    jobs: std::sync::Mutex<HashMap<String, Job>>,
 }
 
 fn new_id() -> String {
@@ -141,8 +192,22 @@ fn corrupt(e: serde_json::Error) -> SelectionError {
 
 impl Selector {
     /// A selector over the catalog's tasks, predicting with `predictor` for vote-k.
-    pub fn new(catalog: Arc<Catalog>, predictor: Arc<Predictor>) -> Self {
-        Self { catalog, predictor }
+    pub fn new(
+        catalog: Arc<Catalog>,
+        predictor: Arc<Predictor>,
+        stage_two_run: StageTwoRun,
+    ) -> Self {
+        Self {
+            catalog,
+            predictor,
+            stage_two_run,
+            jobs: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+        // The map holds plain progress records, whole after any panic.
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes a selection, answers a stored one for the same request and pool, or runs
@@ -152,7 +217,7 @@ impl Selector {
     /// On an unknown task, invalid parameters, a pool too small for the graph, or a
     /// failing model or database.
     pub async fn select(
-        &self,
+        self: &Arc<Self>,
         task: &str,
         request: SelectionRequest,
         progress: Progress,
@@ -213,7 +278,7 @@ impl Selector {
                 Vec::new()
             },
             items: ids,
-            timings: BTreeMap::new(),
+            ..Outcome::default()
         };
         outcome
             .timings
@@ -234,31 +299,95 @@ impl Selector {
         self.view(task, &row, &recorded, &outcome).await
     }
 
-    /// Runs vote-k's stage 2 of a stored selection, once its stage-1 items are
-    /// annotated; answers the selection as it is otherwise.
+    /// Runs vote-k's stage 2 of a stored selection once its stage-1 items are annotated
+    /// (resuming a run that was cut short), inside the call or in the background as the
+    /// selector was made; answers the selection as it is then.
     ///
     /// # Errors
     /// When the selection does not exist, or the model or database fails.
     pub async fn continue_selection(
-        &self,
+        self: &Arc<Self>,
         task: &str,
         id: &str,
         progress: Progress,
     ) -> Result<SelectionView, SelectionError> {
-        let (row, recorded, mut outcome) = self.load(task, id).await?;
-        if row.state != AWAITING {
+        let (row, recorded, outcome) = self.load(task, id).await?;
+        if row.state != AWAITING
+            || self.annotated_stage_one(task, &outcome).await?.len() < outcome.stage_one.len()
+        {
             return self.view(task, &row, &recorded, &outcome).await;
         }
+        if self.stage_two_run == StageTwoRun::InCall {
+            self.run_stage_two(task, id, progress).await?;
+            return self.get(task, id).await;
+        }
+        let start = {
+            let mut jobs = self.jobs();
+            let running = jobs.get(id).is_some_and(|job| job.error.is_none());
+            if !running {
+                jobs.insert(id.to_owned(), Job::default());
+            }
+            !running
+        };
+        let view = self.view(task, &row, &recorded, &outcome).await?;
+        if start {
+            let this = Arc::clone(self);
+            let (task, id) = (task.to_owned(), id.to_owned());
+            tokio::spawn(async move {
+                let tracker = Arc::clone(&this);
+                let job_id = id.clone();
+                let tracked: Progress = Arc::new(move |phase: &str, done: usize, of: usize| {
+                    if let Some(job) = tracker.jobs().get_mut(&job_id) {
+                        job.progress = StageTwoProgress { done, of };
+                    }
+                    progress(phase, done, of);
+                });
+                let result = this.run_stage_two(&task, &id, tracked).await;
+                let mut jobs = this.jobs();
+                match result {
+                    Ok(()) => {
+                        jobs.remove(&id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %task, selection = %id, error = %e, "vote-k stage 2 failed");
+                        if let Some(job) = jobs.get_mut(&id) {
+                            job.error = Some(e.to_string());
+                        }
+                    }
+                }
+            });
+        }
+        Ok(view)
+    }
+
+    /// The stage-1 items already annotated, by id.
+    async fn annotated_stage_one(
+        &self,
+        task: &str,
+        outcome: &Outcome,
+    ) -> Result<HashMap<String, StoredItem>, SelectionError> {
         let store = self.catalog.store();
-        let mut annotated: HashMap<String, StoredItem> = HashMap::new();
+        let mut annotated = HashMap::new();
         for item_id in &outcome.stage_one {
             if let Some(item) = store.item(task, ItemKind::Example, item_id).await? {
                 annotated.insert(item_id.clone(), item);
             }
         }
-        if annotated.len() < outcome.stage_one.len() {
-            return self.view(task, &row, &recorded, &outcome).await;
-        }
+        Ok(annotated)
+    }
+
+    /// Vote-k's stage 2: predicts the pool items it has not predicted yet, saving each
+    /// batch with the selection, then takes the rest of the budget and stores the
+    /// selection complete.
+    async fn run_stage_two(
+        &self,
+        task: &str,
+        id: &str,
+        progress: Progress,
+    ) -> Result<(), SelectionError> {
+        let (row, recorded, mut outcome) = self.load(task, id).await?;
+        let store = self.catalog.store();
+        let annotated = self.annotated_stage_one(task, &outcome).await?;
         let pool: HashMap<String, StoredItem> = store
             .all_items(task, ItemKind::PoolItem)
             .await?
@@ -279,11 +408,13 @@ impl Selector {
             .collect();
 
         let started = Instant::now();
-        let remaining: Vec<usize> = (0..items.len()).filter(|i| !selected.contains(i)).collect();
-        let mut confidence = vec![1.0f64; items.len()];
+        let unlabelled = items.len() - selected.len();
+        let remaining: Vec<usize> = (0..items.len())
+            .filter(|i| !selected.contains(i) && !outcome.stage_two.contains_key(&items[*i].id))
+            .collect();
         let options =
             PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, recorded.request.seed, false);
-        for (done, chunk) in remaining.chunks(STAGE_TWO_CHUNK).enumerate() {
+        for chunk in remaining.chunks(STAGE_TWO_CHUNK) {
             let inputs = chunk
                 .iter()
                 .map(|&i| QueryInput {
@@ -294,24 +425,33 @@ impl Selector {
                 .collect();
             let predictions = self.predictor.predict(task, inputs, &options).await?;
             for (&i, prediction) in chunk.iter().zip(predictions) {
-                confidence[i] = prediction
+                let confidence = prediction
                     .probabilities
                     .iter()
                     .map(|(_, p)| *p)
                     .fold(0.0, f64::max);
+                outcome.stage_two.insert(items[i].id.clone(), confidence);
             }
-            progress(
-                "predicting the pool",
-                (done * STAGE_TWO_CHUNK + chunk.len()).min(remaining.len()),
-                remaining.len(),
-            );
+            let saved = SelectionRow {
+                result: serde_json::to_string(&outcome).map_err(corrupt)?,
+                ..row.clone()
+            };
+            store.put_selection(task, &saved).await?;
+            let done = (0..items.len())
+                .filter(|i| !selected.contains(i) && outcome.stage_two.contains_key(&items[*i].id))
+                .count();
+            progress("predicting the pool", done, unlabelled);
         }
-        outcome.timings.insert(
-            "stage_two_predict_s".into(),
-            started.elapsed().as_secs_f64(),
-        );
+        *outcome
+            .timings
+            .entry("stage_two_predict_s".into())
+            .or_default() += started.elapsed().as_secs_f64();
 
         let started = Instant::now();
+        let confidence: Vec<f64> = items
+            .iter()
+            .map(|item| outcome.stage_two.get(&item.id).copied().unwrap_or(1.0))
+            .collect();
         let embeddings: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
         let (budget, params) = (recorded.request.budget, recorded.params);
         let chosen = tokio::task::spawn_blocking(move || {
@@ -328,13 +468,14 @@ impl Selector {
             .cloned()
             .chain(chosen.into_iter().map(|i| items[i].id.clone()))
             .collect();
+        outcome.stage_two.clear();
         let row = SelectionRow {
             state: COMPLETE.to_owned(),
             result: serde_json::to_string(&outcome).map_err(corrupt)?,
             ..row
         };
         store.put_selection(task, &row).await?;
-        self.view(task, &row, &recorded, &outcome).await
+        Ok(())
     }
 
     /// A stored selection.
@@ -394,24 +535,48 @@ impl Selector {
             });
         }
         let complete = row.state == COMPLETE;
-        let next = (!complete).then(|| {
-            format!(
-                "annotate the {} stage-1 items (POST them to /v1/tasks/{task}/examples with the same ids), \
-                 then repeat this request or POST /v1/tasks/{task}/selections/{}/continue",
-                waiting.len(),
-                row.id
-            )
+        let job = self.jobs().get(&row.id).cloned();
+        let saved = (!outcome.stage_two.is_empty()).then(|| StageTwoProgress {
+            done: outcome.stage_two.len(),
+            of: recorded.pool.len().saturating_sub(outcome.stage_one.len()),
         });
+        let (state, progress, error) = match job {
+            _ if complete => (COMPLETE, None, None),
+            Some(Job {
+                progress,
+                error: None,
+            }) => (PREDICTING, Some(progress), None),
+            Some(Job { error, .. }) => (AWAITING, saved, error),
+            None => (AWAITING, saved, None),
+        };
+        let selection = format!("/v1/tasks/{task}/selections/{}", row.id);
+        let next = match state {
+            COMPLETE => None,
+            PREDICTING => Some(format!(
+                "vote-k's stage 2 is predicting the pool: GET {selection} until it is complete"
+            )),
+            _ if waiting.is_empty() => Some(format!(
+                "stage 1 is annotated: repeat this request or POST {selection}/continue to run \
+                 stage 2 (it resumes from the predictions already saved)"
+            )),
+            _ => Some(format!(
+                "annotate the {} stage-1 items (POST them to /v1/tasks/{task}/examples with the same ids), \
+                 then repeat this request or POST {selection}/continue",
+                waiting.len()
+            )),
+        };
         Ok(SelectionView {
             id: row.id.clone(),
             method: recorded.request.method,
             budget: recorded.request.budget,
             seed: recorded.request.seed,
             params: recorded.params,
-            state: row.state.clone(),
+            state: state.to_owned(),
             complete,
             items,
             timings: outcome.timings.clone(),
+            progress,
+            error,
             next,
         })
     }
