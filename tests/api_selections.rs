@@ -324,6 +324,9 @@ async fn a_stage_two_cut_short_by_a_crash_resumes_and_chooses_the_same_items() {
     assert!(after["next"].as_str().expect("next").contains("resumes"));
     let (status, resumed) = server.post(&format!("{path}/continue"), json!({})).await;
     assert_eq!(status, 202, "{resumed}");
-    assert!(resumed["progress"]["done"].as_u64().is_some());
+    assert_eq!(
+        resumed["progress"]["done"], saved,
+        "it starts from what was saved"
+    );
     assert_eq!(ids(&wait_complete(&server, &id).await), whole);
 }

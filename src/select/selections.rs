@@ -325,7 +325,11 @@ impl Selector {
             let mut jobs = self.jobs();
             let running = jobs.get(id).is_some_and(|job| job.error.is_none());
             if !running {
-                jobs.insert(id.to_owned(), Job::default());
+                let job = Job {
+                    progress: saved_progress(&recorded, &outcome),
+                    error: None,
+                };
+                jobs.insert(id.to_owned(), job);
             }
             !running
         };
@@ -536,10 +540,7 @@ impl Selector {
         }
         let complete = row.state == COMPLETE;
         let job = self.jobs().get(&row.id).cloned();
-        let saved = (!outcome.stage_two.is_empty()).then(|| StageTwoProgress {
-            done: outcome.stage_two.len(),
-            of: recorded.pool.len().saturating_sub(outcome.stage_one.len()),
-        });
+        let saved = (!outcome.stage_two.is_empty()).then(|| saved_progress(recorded, outcome));
         let (state, progress, error) = match job {
             _ if complete => (COMPLETE, None, None),
             Some(Job {
@@ -579,6 +580,14 @@ impl Selector {
             error,
             next,
         })
+    }
+}
+
+/// Stage 2's progress as saved with the selection.
+fn saved_progress(recorded: &Recorded, outcome: &Outcome) -> StageTwoProgress {
+    StageTwoProgress {
+        done: outcome.stage_two.len(),
+        of: recorded.pool.len().saturating_sub(outcome.stage_one.len()),
     }
 }
 
