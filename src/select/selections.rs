@@ -333,7 +333,16 @@ impl Selector {
             }
             !running
         };
-        let view = self.view(task, &row, &recorded, &outcome).await?;
+        let view = match self.view(task, &row, &recorded, &outcome).await {
+            Ok(view) => view,
+            Err(e) => {
+                if start {
+                    // Nothing was started: leave no record that says otherwise.
+                    self.jobs().remove(id);
+                }
+                return Err(e);
+            }
+        };
         if start {
             let this = Arc::clone(self);
             let (task, id) = (task.to_owned(), id.to_owned());
