@@ -427,6 +427,7 @@ impl Selector {
             .collect();
         let options =
             PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, recorded.request.seed, false);
+        let mut done = unlabelled - remaining.len();
         for chunk in remaining.chunks(STAGE_TWO_CHUNK) {
             let inputs = chunk
                 .iter()
@@ -450,9 +451,7 @@ impl Selector {
                 ..row.clone()
             };
             store.put_selection(task, &saved).await?;
-            let done = (0..items.len())
-                .filter(|i| !selected.contains(i) && outcome.stage_two.contains_key(&items[*i].id))
-                .count();
+            done += chunk.len();
             progress("predicting the pool", done, unlabelled);
         }
         *outcome
