@@ -262,10 +262,23 @@ async fn model_endpoints_answer_and_reject_bad_input() {
         .expect("sent");
     assert_eq!(response.status(), 415);
 
-    let (status, body) = server
-        .post("/v1/embeddings", json!({"input": "x".repeat(200_000)}))
-        .await;
-    assert_eq!(status, 413);
+    // The unread rest of an oversized body ends the connection, and the answer says so.
+    let response = server
+        .client
+        .post(server.url("/v1/embeddings"))
+        .json(&json!({"input": "x".repeat(200_000)}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response
+            .headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
+    let body: Value = response.json().await.expect("envelope");
     assert_eq!(error_code(&body), "payload_too_large");
 
     let (status, body) = server.get("/v1/nothing-here").await;

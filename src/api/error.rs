@@ -181,6 +181,13 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
+        if matches!(self, Self::PayloadTooLarge | Self::Timeout) {
+            // The request body may be left unread, so the server drops the connection;
+            // saying so keeps clients from sending their next request on it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
