@@ -19,6 +19,7 @@ use crate::embed::EmbedderHandle;
 use crate::predict::metrics;
 use crate::predict::{PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
+use crate::select::selections::stage_two_confidences;
 use crate::select::{first_pass, second_pass, Method, ParamOverrides, Params};
 use crate::server::load_models;
 use crate::store::{ItemKind, Store};
@@ -114,39 +115,31 @@ async fn annotate(
     Ok(())
 }
 
-/// Predicts `rows` with demonstrations from the task; answers labels and confidences.
-async fn predict(
+/// The queries of `rows`.
+fn query_inputs<'a>(rows: impl Iterator<Item = &'a Row>) -> Vec<QueryInput> {
+    rows.map(|row| QueryInput {
+        text: row.text.clone(),
+        text_pair: None,
+        exclude: None,
+    })
+    .collect()
+}
+
+/// Predicts the labels of `rows` with demonstrations from the task.
+async fn predict_labels(
     predictor: &Predictor,
     task: &str,
-    rows: &[&Row],
-) -> anyhow::Result<Vec<(String, f64)>> {
-    let mut answers = Vec::with_capacity(rows.len());
+    rows: &[Row],
+) -> anyhow::Result<Vec<String>> {
+    let options = PredictOptions::classify_with(K, Strategy::Knn, 0, false);
+    let mut labels = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(CHUNK) {
-        let inputs = chunk
-            .iter()
-            .map(|row| QueryInput {
-                text: row.text.clone(),
-                text_pair: None,
-                exclude: None,
-            })
-            .collect();
-        for prediction in predictor
-            .predict(
-                task,
-                inputs,
-                &PredictOptions::classify_with(K, Strategy::Knn, 0, false),
-            )
-            .await?
-        {
-            let confidence = prediction
-                .probabilities
-                .iter()
-                .map(|(_, p)| *p)
-                .fold(0.0, f64::max);
-            answers.push((prediction.label.unwrap_or_default(), confidence));
-        }
+        let predictions = predictor
+            .predict(task, query_inputs(chunk.iter()), &options)
+            .await?;
+        labels.extend(predictions.into_iter().map(|p| p.label.unwrap_or_default()));
     }
-    Ok(answers)
+    Ok(labels)
 }
 
 /// One stage-2 prediction of vote-k, as saved in its log.
@@ -240,14 +233,19 @@ async fn stage_two(
     );
     bar.set_position(done.len() as u64);
     for chunk in todo.chunks(CHUNK) {
-        let rows: Vec<&Row> = chunk.iter().map(|&i| &pool[i]).collect();
         let started = Instant::now();
-        let answers = predict(predictor, task, &rows).await?;
+        let confidences = stage_two_confidences(
+            predictor,
+            task,
+            query_inputs(chunk.iter().map(|&i| &pool[i])),
+            0,
+        )
+        .await?;
         let share = started.elapsed().as_secs_f64() / chunk.len() as f64;
         let batch: Vec<Confidence> = chunk
             .iter()
-            .zip(answers)
-            .map(|(&item, (_, confidence))| Confidence {
+            .zip(confidences)
+            .map(|(&item, confidence)| Confidence {
                 item,
                 confidence,
                 seconds: share,
@@ -307,12 +305,7 @@ async fn run_one(
     }
     let annotated: Vec<&Row> = chosen.iter().map(|&i| &pool[i]).collect();
     annotate(catalog, &task, dataset, &annotated).await?;
-    let test_rows: Vec<&Row> = test.iter().collect();
-    let predicted: Vec<String> = predict(predictor, &task, &test_rows)
-        .await?
-        .into_iter()
-        .map(|(label, _)| label)
-        .collect();
+    let predicted = predict_labels(predictor, &task, test).await?;
     let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
     let gold: Vec<String> = test.iter().map(|r| r.label.clone()).collect();
     let evaluation = metrics::evaluate(&labels, &gold, &predicted);

@@ -182,6 +182,31 @@ pub struct Selector {
     jobs: std::sync::Mutex<HashMap<String, Job>>,
 }
 
+/// Vote-k's stage-2 confidence in each input: the probability of its most likely label
+/// with the task's annotated examples as demonstrations, the nearest eight by kNN.
+///
+/// # Errors
+/// When the task is unknown, has no examples, or the model fails.
+pub async fn stage_two_confidences(
+    predictor: &Predictor,
+    task: &str,
+    inputs: Vec<QueryInput>,
+    seed: u64,
+) -> Result<Vec<f64>, PredictError> {
+    let options = PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, seed, false);
+    let predictions = predictor.predict(task, inputs, &options).await?;
+    Ok(predictions
+        .iter()
+        .map(|prediction| {
+            prediction
+                .probabilities
+                .iter()
+                .map(|(_, p)| *p)
+                .fold(0.0, f64::max)
+        })
+        .collect())
+}
+
 fn new_id() -> String {
     format!("sel-{:016x}", rand::random::<u64>())
 }
@@ -425,8 +450,6 @@ impl Selector {
         let remaining: Vec<usize> = (0..items.len())
             .filter(|i| !selected.contains(i) && !outcome.stage_two.contains_key(&items[*i].id))
             .collect();
-        let options =
-            PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, recorded.request.seed, false);
         let mut done = unlabelled - remaining.len();
         for chunk in remaining.chunks(STAGE_TWO_CHUNK) {
             let inputs = chunk
@@ -437,13 +460,9 @@ impl Selector {
                     exclude: None,
                 })
                 .collect();
-            let predictions = self.predictor.predict(task, inputs, &options).await?;
-            for (&i, prediction) in chunk.iter().zip(predictions) {
-                let confidence = prediction
-                    .probabilities
-                    .iter()
-                    .map(|(_, p)| *p)
-                    .fold(0.0, f64::max);
+            let confidences =
+                stage_two_confidences(&self.predictor, task, inputs, recorded.request.seed).await?;
+            for (&i, confidence) in chunk.iter().zip(confidences) {
                 outcome.stage_two.insert(items[i].id.clone(), confidence);
             }
             let saved = SelectionRow {
