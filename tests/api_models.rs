@@ -1,9 +1,9 @@
 //! The model endpoints over HTTP against a real server: health, readiness, info,
-//! tokenize, embeddings and completions, and how each treats bad input.
+//! tokenize, embeddings, completions and metrics, and how each treats bad input.
 
 mod common;
 
-use common::TestServer;
+use common::{metric_sample, TestServer};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -284,6 +284,56 @@ async fn model_endpoints_answer_and_reject_bad_input() {
     let (status, body) = server.get("/v1/nothing-here").await;
     assert_eq!(status, 404);
     assert_eq!(error_code(&body), "not_found");
+}
+
+#[tokio::test]
+async fn metrics_count_answers_by_route_and_status() {
+    let server = TestServer::start(&[]).await;
+    for _ in 0..2 {
+        let (status, _) = server.post("/v1/tokenize", json!({"text": "hi"})).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = server.post("/v1/tokenize", json!({"txt": "typo"})).await;
+    assert_eq!(status, 422);
+    let (status, _) = server.get("/v1/no-such/route-42").await;
+    assert_eq!(status, 404);
+
+    let text = server.metrics().await;
+
+    let requests = |labels: &[&str]| metric_sample(&text, "exemplar_requests_total", labels);
+    let tokenize = r#"route="/v1/tokenize""#;
+    assert_eq!(
+        requests(&[tokenize, r#"status="200""#]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        requests(&[tokenize, r#"status="422""#]),
+        Some(1.0),
+        "{text}"
+    );
+    // A path no route matches is counted under one label, not under its own name.
+    assert_eq!(
+        requests(&[r#"route="unmatched""#, r#"status="404""#]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("route-42"), "{text}");
+    assert!(
+        metric_sample(
+            &text,
+            "exemplar_request_duration_seconds_count",
+            &[tokenize]
+        ) >= Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_sample(&text, "exemplar_ready", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    let llm_queue = metric_sample(&text, "exemplar_queue_waiting", &[r#"queue="llm""#]);
+    assert_eq!(llm_queue, Some(0.0), "{text}");
 }
 
 #[tokio::test]

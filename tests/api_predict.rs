@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{metric_sample, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -102,6 +102,21 @@ async fn predictions_evaluation_and_their_errors() {
     }
     let nearest = &predictions[0]["demonstrations"][3]["id"];
     assert_eq!(nearest, "pos0", "the near-duplicate sits next to the query");
+    let metrics = server.metrics().await;
+    let prompt_tokens: u64 = predictions
+        .iter()
+        .map(|p| p["prompt_tokens"].as_u64().expect("tokens"))
+        .sum();
+    assert_eq!(
+        metric_sample(&metrics, "exemplar_predictions_total", &[]),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sample(&metrics, "exemplar_prediction_prompt_tokens_total", &[]),
+        Some(prompt_tokens as f64),
+        "{metrics}"
+    );
 
     // Nearest first reverses the order; fixed ids are used as given.
     let (_, body) = server

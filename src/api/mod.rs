@@ -10,6 +10,7 @@ mod health;
 mod info;
 mod items;
 mod json;
+mod metrics;
 mod predict;
 mod retrieve;
 mod selections;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -71,6 +73,7 @@ pub struct Settings {
 pub struct AppState {
     services: Arc<OnceLock<Services>>,
     settings: Arc<Settings>,
+    metrics: PrometheusHandle,
 }
 
 impl AppState {
@@ -79,6 +82,7 @@ impl AppState {
         Self {
             services: Arc::new(OnceLock::new()),
             settings: Arc::new(settings),
+            metrics: metrics::recorder(),
         }
     }
 
@@ -100,12 +104,18 @@ impl AppState {
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
+
+    /// What renders the recorded metrics.
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.metrics
+    }
 }
 
-/// The full router with its layers: tracing, a body limit and a request timeout.
+/// The full router with its layers: tracing, metrics, a body limit and a request timeout.
 pub fn router(state: AppState, config: &Config) -> Router {
     Router::new()
         .merge(health::routes())
+        .merge(metrics::routes())
         .merge(info::routes())
         .merge(tokenize::routes())
         .merge(embeddings::routes())
@@ -125,6 +135,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             Duration::from_secs(config.request_timeout_secs),
         ))
         .layer(axum::middleware::map_response(error::envelope_layer_errors))
+        .layer(axum::middleware::from_fn(metrics::track))
         // Failures are logged once, by `ApiError`, with their cause; 503s while the
         // models load are expected and stay out of the error log.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))

@@ -12,6 +12,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -273,6 +274,7 @@ impl Predictor {
 
         let mut predictions = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.into_iter().enumerate() {
+            let started = Instant::now();
             let prepared = {
                 let builder = Arc::clone(&builder);
                 let tokenizer = Arc::clone(&tokenizer);
@@ -350,6 +352,11 @@ impl Predictor {
                 let generation = self.llm.generate(prompt, params, None).await?;
                 prediction.output = Some(generation.text.trim().to_owned());
             }
+            ::metrics::counter!("exemplar_predictions_total").increment(1);
+            ::metrics::counter!("exemplar_prediction_prompt_tokens_total")
+                .increment(prompt_tokens as u64);
+            ::metrics::histogram!("exemplar_prediction_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
             predictions.push(prediction);
         }
         Ok(predictions)

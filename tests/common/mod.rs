@@ -256,6 +256,23 @@ impl TestServer {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// GETs `/metrics`, checks that it answers Prometheus text, and returns the text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        response.text().await.expect("text")
+    }
+
     /// GETs `path` and returns status and parsed answer.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::GET, path, None).await
@@ -279,4 +296,17 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the sample of `name` in Prometheus text whose labels include every one
+/// of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name && labels.iter().all(|label| rest.contains(label))
+        })
+        .and_then(|(_, value)| value.parse().ok())
 }
