@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_TOKENS_CAP: usize = 512;
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Seconds a request may take before it is answered 408.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+/// Default milliseconds between replica syncs.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 
 /// Where the models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,6 +76,11 @@ pub struct Config {
     /// Seconds a request may run before it is cut off.
     #[arg(long, env = "EXEMPLAR_REQUEST_TIMEOUT", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
+
+    /// Milliseconds between checks for examples and tasks that other replicas wrote to
+    /// the shared database (0: never; for a single replica).
+    #[arg(long, env = "EXEMPLAR_SYNC_INTERVAL_MS", default_value_t = DEFAULT_SYNC_INTERVAL_MS)]
+    pub sync_interval_ms: u64,
 }
 
 /// Which models to load, and where they run.

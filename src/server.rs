@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -134,6 +134,26 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     })
 }
 
+/// Applies, every `interval`, what other replicas wrote to the shared database; for as
+/// long as the process lives.
+async fn sync_replicas(catalog: Arc<Catalog>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match catalog.sync().await {
+            Ok(report) if !report.is_empty() => tracing::info!(
+                tasks = report.tasks,
+                added = report.added,
+                removed = report.removed,
+                "applied other replicas' writes"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "replica sync failed; retrying"),
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then drains open requests.
 ///
 /// # Errors
@@ -160,6 +180,10 @@ pub async fn serve(
     };
     state.set_services(services.clone());
     tracing::info!("ready");
+    if config.sync_interval_ms > 0 {
+        let interval = Duration::from_millis(config.sync_interval_ms);
+        tokio::spawn(sync_replicas(Arc::clone(&services.catalog), interval));
+    }
     server.await?;
     services.catalog.close().await;
     Ok(())

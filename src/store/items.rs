@@ -232,6 +232,52 @@ impl Store {
         self.items_page(task, kind, 0, i64::MAX).await
     }
 
+    /// The `seq` of every row of a task, ascending.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn item_seqs(&self, task: &str, kind: ItemKind) -> Result<Vec<i64>, StoreError> {
+        let sql = format!(
+            "SELECT seq FROM {} WHERE task = $1 ORDER BY seq",
+            kind.table()
+        );
+        let rows = sqlx::query(&sql).bind(task).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| row.try_get("seq").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// The rows of a task whose `seq` is one of `seqs` (those still stored), in order.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn items_by_seq(
+        &self,
+        task: &str,
+        kind: ItemKind,
+        seqs: &[i64],
+    ) -> Result<Vec<StoredItem>, StoreError> {
+        let mut items = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT {} FROM {} WHERE task = $1 AND seq IN ({}) ORDER BY seq",
+                kind.columns(),
+                kind.table(),
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(task);
+            for seq in chunk {
+                query = query.bind(*seq);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                items.push(stored_item(&row)?);
+            }
+        }
+        Ok(items)
+    }
+
     /// One row by the caller's id.
     ///
     /// # Errors

@@ -1,7 +1,7 @@
 //! One task's annotated examples in memory: their texts and labels by point id, and the
 //! HNSW index of their embeddings. Rebuilt from the database at start-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use crate::index::{IndexError, VectorIndex};
@@ -32,6 +32,10 @@ pub struct Collection {
 struct Examples {
     by_point: HashMap<usize, Arc<Example>>,
     by_id: HashMap<String, usize>,
+    /// Points removed since the build. The database never reuses a `seq`, so a removed
+    /// point that arrives again is a stale copy (from a replica sync that read the row
+    /// before its delete) and must stay out.
+    removed: HashSet<usize>,
 }
 
 impl Examples {
@@ -41,9 +45,14 @@ impl Examples {
     }
 
     fn remove(&mut self, point: usize) {
+        self.removed.insert(point);
         if let Some(example) = self.by_point.remove(&point) {
             self.by_id.remove(&example.id);
         }
+    }
+
+    fn knows(&self, point: usize) -> bool {
+        self.by_point.contains_key(&point) || self.removed.contains(&point)
     }
 }
 
@@ -65,23 +74,43 @@ impl Collection {
         })
     }
 
-    /// Adds an example that the database has just stored.
+    /// Adds an example that the database has stored; one already here, or removed
+    /// before, is left as it is.
     ///
     /// # Errors
     /// When the embedding is degenerate or of the wrong length.
     pub fn insert(&self, example: Example, embedding: &[f32]) -> Result<(), IndexError> {
         let point = example.point;
-        // The example is visible before the index can return it.
-        self.examples_mut().insert(example);
+        {
+            let mut examples = self.examples_mut();
+            if examples.knows(point) {
+                return Ok(());
+            }
+            // The example is visible before the index can return it.
+            examples.insert(example);
+        }
         self.index.insert(point, embedding).inspect_err(|_| {
-            self.examples_mut().remove(point);
+            let mut examples = self.examples_mut();
+            examples.remove(point);
+            // A failed insert is not a delete: the point may be offered again.
+            examples.removed.remove(&point);
         })
     }
 
-    /// Forgets an example; later searches never return it.
+    /// Forgets an example; later searches never return it, and it is never added again.
     pub fn remove(&self, point: usize) {
         self.index.remove(point);
         self.examples_mut().remove(point);
+    }
+
+    /// Whether `point` is live here or was removed.
+    pub fn knows(&self, point: usize) -> bool {
+        self.examples().knows(point)
+    }
+
+    /// The live points.
+    pub fn points(&self) -> HashSet<usize> {
+        self.examples().by_point.keys().copied().collect()
     }
 
     /// The example stored under `point`, if it is live.
@@ -113,5 +142,58 @@ impl Collection {
     fn examples_mut(&self) -> std::sync::RwLockWriteGuard<'_, Examples> {
         // Each update is a single insert or remove, so a poisoned map is still whole.
         self.examples.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(point: usize) -> Example {
+        Example {
+            point,
+            id: format!("e{point}"),
+            text: format!("text {point}"),
+            text_pair: None,
+            label: "positive".to_owned(),
+        }
+    }
+
+    fn unit(angle: f32) -> Vec<f32> {
+        vec![angle.cos(), angle.sin()]
+    }
+
+    #[test]
+    fn inserts_are_idempotent_and_a_removed_point_never_returns() {
+        let collection = Collection::build(2, Vec::new()).expect("empty");
+        collection.insert(example(1), &unit(0.1)).expect("insert");
+        collection.insert(example(2), &unit(0.2)).expect("insert");
+        // The same point offered twice (a local write and a sync) is stored once.
+        collection.insert(example(1), &unit(0.1)).expect("again");
+        assert_eq!(collection.index.search(&unit(0.1), 5).len(), 2);
+        assert_eq!(collection.points(), HashSet::from([1, 2]));
+
+        collection.remove(1);
+        // A sync that read the row before its delete offers it again: it stays out.
+        collection
+            .insert(example(1), &unit(0.1))
+            .expect("stale copy");
+        assert!(collection.example(1).is_none());
+        assert!(collection.by_id("e1").is_none());
+        let hits = collection.index.search(&unit(0.1), 5);
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [2]);
+        assert!(collection.knows(1) && collection.knows(2) && !collection.knows(3));
+        assert_eq!(collection.points(), HashSet::from([2]));
+    }
+
+    #[test]
+    fn a_failed_insert_leaves_the_point_free_to_be_offered_again() {
+        let collection = Collection::build(2, Vec::new()).expect("empty");
+        assert!(collection.insert(example(1), &[1.0, 0.0, 0.0]).is_err());
+        assert!(!collection.knows(1));
+        collection
+            .insert(example(1), &unit(0.0))
+            .expect("right dimension");
+        assert!(collection.example(1).is_some());
     }
 }

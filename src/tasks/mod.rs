@@ -3,6 +3,7 @@
 //! every in-memory collection can be rebuilt from it.
 
 mod collection;
+mod replicas;
 mod spec;
 
 use std::collections::{HashMap, HashSet};
@@ -10,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 pub use collection::{Collection, Example};
+pub use replicas::SyncReport;
 pub use spec::{check_name, SpecError, TaskSpec, ValidTask, MAX_LABELS};
 
 use crate::embed::{EmbedError, EmbedderHandle};

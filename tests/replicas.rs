@@ -1,0 +1,135 @@
+//! Two replicas on one database, as behind a load balancer: what one writes, the other
+//! retrieves once it has synced; what one deletes, the other stops returning. On SQLite
+//! (two processes on one file) and on PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestDatabase, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Milliseconds between syncs: short, so the test waits little.
+const SYNC_MS: &str = "100";
+
+fn sentiment_task() -> Value {
+    json!({
+        "labels": ["negative", "positive"],
+        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
+    })
+}
+
+/// The ids `server` retrieves for `query` (k = 3), or `None` while it answers an error.
+async fn retrieved(server: &TestServer, query: &str) -> Option<Vec<String>> {
+    let (status, body) = server
+        .post("/v1/tasks/sst2/retrieve", json!({"text": query, "k": 3}))
+        .await;
+    (status == 200).then(|| {
+        body["demonstrations"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|d| d["id"].as_str().expect("id").to_owned())
+            .collect()
+    })
+}
+
+/// Polls `server` until it retrieves `expected` for `query`; fails after a minute.
+async fn wait_for(server: &TestServer, query: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids = retrieved(server, query).await;
+        if ids.as_deref().is_some_and(|ids| ids == expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {ids:?}, not {expected:?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post_examples(server: &TestServer, examples: Value) {
+    let (status, body) = server
+        .post("/v1/tasks/sst2/examples", json!({ "examples": examples }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn replicas_scenario(database_url: &str) {
+    let args = ["--sync-interval-ms", SYNC_MS];
+    let a = TestServer::start_on(database_url, &args).await;
+    let b = TestServer::start_on(database_url, &args).await;
+    let query = "a witty and moving film";
+
+    let (status, body) = a
+        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    post_examples(
+        &a,
+        json!([
+            {"id": "e1", "text": "a gorgeous, witty and moving film", "label": "positive"},
+            {"id": "e2", "text": "the acting was wooden and the plot made no sense", "label": "negative"},
+            {"id": "e3", "text": "I loved every minute of this delightful comedy", "label": "positive"},
+            {"id": "e4", "text": "a tedious, overlong mess", "label": "negative"}
+        ]),
+    )
+    .await;
+    let on_a = retrieved(&a, query)
+        .await
+        .expect("the writer retrieves at once");
+    assert_eq!(on_a[0], "e1", "{on_a:?}");
+    let expected: Vec<&str> = on_a.iter().map(String::as_str).collect();
+    wait_for(&b, query, &expected).await;
+
+    // A delete on B reaches A; the example never comes back.
+    let (status, _) = b
+        .call(Method::DELETE, "/v1/tasks/sst2/examples/e1", None)
+        .await;
+    assert_eq!(status, 204);
+    let without_e1 = retrieved(&b, query).await.expect("answers");
+    assert!(!without_e1.contains(&"e1".to_owned()), "{without_e1:?}");
+    let expected: Vec<&str> = without_e1.iter().map(String::as_str).collect();
+    wait_for(&a, query, &expected).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(retrieved(&a, query).await.as_deref(), Some(&without_e1[..]));
+
+    // A task deleted on A and made again with other examples: B forgets the old ones.
+    let (status, _) = a.call(Method::DELETE, "/v1/tasks/sst2", None).await;
+    assert_eq!(status, 204);
+    assert_eq!(retrieved(&b, query).await, None, "the task is gone at once");
+    let (status, body) = a
+        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    post_examples(
+        &a,
+        json!([
+            {"id": "f1", "text": "a witty, moving picture", "label": "positive"},
+            {"id": "f2", "text": "a boring waste of time", "label": "negative"},
+            {"id": "f3", "text": "clumsy and dull", "label": "negative"}
+        ]),
+    )
+    .await;
+    let on_a = retrieved(&a, query).await.expect("answers");
+    assert_eq!(on_a.len(), 3, "{on_a:?}");
+    let expected: Vec<&str> = on_a.iter().map(String::as_str).collect();
+    wait_for(&b, query, &expected).await;
+}
+
+#[tokio::test]
+async fn replicas_share_writes_on_sqlite() {
+    let database = TestDatabase::sqlite();
+    replicas_scenario(&database.url).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs this"]
+async fn replicas_share_writes_on_postgres() {
+    let database = TestDatabase::postgres().await;
+    replicas_scenario(&database.url).await;
+}
