@@ -105,6 +105,45 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &format!("HNSW search k=8 at {} examples", rows.len()),
         samples,
     );
+
+    // Replicas: a sync that finds nothing new, and one that applies a batch another
+    // replica (a second catalog on the same database) wrote.
+    let samples = {
+        let mut samples = Vec::with_capacity(20);
+        for _ in 0..20 {
+            let started = Instant::now();
+            catalog.sync().await?;
+            samples.push(started.elapsed());
+        }
+        samples
+    };
+    latency_line(
+        &format!("replica sync, nothing new, {} examples", rows.len()),
+        samples,
+    );
+    let other = Catalog::open(Store::connect(&url).await?, embedder.clone()).await?;
+    let mut samples = Vec::new();
+    for batch in rows.chunks(100).take(10) {
+        let items = batch
+            .iter()
+            .map(|(text, label)| ItemInput {
+                id: None,
+                text: format!("{text} (again)"),
+                text_pair: None,
+                label: Some(label.clone()),
+            })
+            .collect();
+        other.add_items("bench", ItemKind::Example, items).await?;
+        let started = Instant::now();
+        let report = catalog.sync().await?;
+        samples.push(started.elapsed());
+        anyhow::ensure!(report.added == batch.len(), "sync applied {report:?}");
+    }
+    other.close().await;
+    latency_line(
+        "replica sync applying 100 examples another replica wrote",
+        samples,
+    );
     // Synthetic points shaped like real embeddings: a real SST-2 embedding, a third of
     // another one, and a little noise, normalised. Uniform random vectors have no
     // neighbourhood structure at all, which no text collection looks like.
