@@ -180,11 +180,15 @@ pub async fn serve(
     };
     state.set_services(services.clone());
     tracing::info!("ready");
-    if config.sync_interval_ms > 0 {
+    let sync = (config.sync_interval_ms > 0).then(|| {
         let interval = Duration::from_millis(config.sync_interval_ms);
-        tokio::spawn(sync_replicas(Arc::clone(&services.catalog), interval));
-    }
+        tokio::spawn(sync_replicas(Arc::clone(&services.catalog), interval))
+    });
     server.await?;
+    if let Some(sync) = sync {
+        // Before the database closes under it.
+        sync.abort();
+    }
     services.catalog.close().await;
     Ok(())
 }
