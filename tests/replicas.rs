@@ -52,11 +52,26 @@ async fn wait_for(server: &TestServer, query: &str, expected: &[&str]) {
     }
 }
 
-async fn post_examples(server: &TestServer, examples: Value) {
+/// Creates the task on `server` with `examples`.
+async fn make_task(server: &TestServer, examples: Value) {
+    let (status, body) = server
+        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
+        .await;
+    assert_eq!(status, 201, "{body}");
     let (status, body) = server
         .post("/v1/tasks/sst2/examples", json!({ "examples": examples }))
         .await;
     assert_eq!(status, 201, "{body}");
+}
+
+/// What `writer` retrieves for `query` at once, once `reader` retrieves it too.
+async fn reaches(writer: &TestServer, reader: &TestServer, query: &str) -> Vec<String> {
+    let ids = retrieved(writer, query)
+        .await
+        .expect("the writer retrieves at once");
+    let expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_for(reader, query, &expected).await;
+    ids
 }
 
 async fn replicas_scenario(database_url: &str) {
@@ -65,11 +80,7 @@ async fn replicas_scenario(database_url: &str) {
     let b = TestServer::start_on(database_url, &args).await;
     let query = "a witty and moving film";
 
-    let (status, body) = a
-        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    post_examples(
+    make_task(
         &a,
         json!([
             {"id": "e1", "text": "a gorgeous, witty and moving film", "label": "positive"},
@@ -79,34 +90,24 @@ async fn replicas_scenario(database_url: &str) {
         ]),
     )
     .await;
-    let on_a = retrieved(&a, query)
-        .await
-        .expect("the writer retrieves at once");
-    assert_eq!(on_a[0], "e1", "{on_a:?}");
-    let expected: Vec<&str> = on_a.iter().map(String::as_str).collect();
-    wait_for(&b, query, &expected).await;
+    let ids = reaches(&a, &b, query).await;
+    assert_eq!(ids[0], "e1", "{ids:?}");
 
     // A delete on B reaches A; the example never comes back.
     let (status, _) = b
         .call(Method::DELETE, "/v1/tasks/sst2/examples/e1", None)
         .await;
     assert_eq!(status, 204);
-    let without_e1 = retrieved(&b, query).await.expect("answers");
+    let without_e1 = reaches(&b, &a, query).await;
     assert!(!without_e1.contains(&"e1".to_owned()), "{without_e1:?}");
-    let expected: Vec<&str> = without_e1.iter().map(String::as_str).collect();
-    wait_for(&a, query, &expected).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(retrieved(&a, query).await.as_deref(), Some(&without_e1[..]));
+    assert_eq!(retrieved(&a, query).await, Some(without_e1));
 
     // A task deleted on A and made again with other examples: B forgets the old ones.
     let (status, _) = a.call(Method::DELETE, "/v1/tasks/sst2", None).await;
     assert_eq!(status, 204);
     assert_eq!(retrieved(&b, query).await, None, "the task is gone at once");
-    let (status, body) = a
-        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    post_examples(
+    make_task(
         &a,
         json!([
             {"id": "f1", "text": "a witty, moving picture", "label": "positive"},
@@ -115,10 +116,8 @@ async fn replicas_scenario(database_url: &str) {
         ]),
     )
     .await;
-    let on_a = retrieved(&a, query).await.expect("answers");
-    assert_eq!(on_a.len(), 3, "{on_a:?}");
-    let expected: Vec<&str> = on_a.iter().map(String::as_str).collect();
-    wait_for(&b, query, &expected).await;
+    let ids = reaches(&a, &b, query).await;
+    assert_eq!(ids.len(), 3, "{ids:?}");
 }
 
 #[tokio::test]
