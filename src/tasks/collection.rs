@@ -44,11 +44,16 @@ impl Examples {
         self.by_point.insert(example.point, Arc::new(example));
     }
 
-    fn remove(&mut self, point: usize) {
-        self.removed.insert(point);
+    /// Drops `point` from the live examples without marking it removed.
+    fn forget(&mut self, point: usize) {
         if let Some(example) = self.by_point.remove(&point) {
             self.by_id.remove(&example.id);
         }
+    }
+
+    fn remove(&mut self, point: usize) {
+        self.removed.insert(point);
+        self.forget(point);
     }
 
     fn knows(&self, point: usize) -> bool {
@@ -89,12 +94,10 @@ impl Collection {
             // The example is visible before the index can return it.
             examples.insert(example);
         }
-        self.index.insert(point, embedding).inspect_err(|_| {
-            let mut examples = self.examples_mut();
-            examples.remove(point);
-            // A failed insert is not a delete: the point may be offered again.
-            examples.removed.remove(&point);
-        })
+        // A failed insert is not a delete: the point may be offered again.
+        self.index
+            .insert(point, embedding)
+            .inspect_err(|_| self.examples_mut().forget(point))
     }
 
     /// Forgets an example; later searches never return it, and it is never added again.
