@@ -96,6 +96,17 @@ fn stored_item(row: &sqlx::any::AnyRow) -> Result<StoredItem, StoreError> {
     })
 }
 
+/// Values bound per `IN (...)` query: well under SQLite's and PostgreSQL's limits.
+const IN_LIST_CHUNK: usize = 500;
+
+/// `$2, $3, ...`: the placeholders of `count` values bound after the task (`$1`).
+fn placeholders_after_task(count: usize) -> String {
+    (2..count + 2)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
 }
@@ -176,13 +187,11 @@ impl Store {
         ids: &[String],
     ) -> Result<Vec<String>, StoreError> {
         let mut found = Vec::new();
-        for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        for chunk in ids.chunks(IN_LIST_CHUNK) {
             let sql = format!(
                 "SELECT id FROM {} WHERE task = $1 AND id IN ({})",
                 kind.table(),
-                placeholders.join(", ")
+                placeholders_after_task(chunk.len())
             );
             let mut query = sqlx::query(&sql).bind(task);
             for id in chunk {
@@ -258,14 +267,12 @@ impl Store {
         seqs: &[i64],
     ) -> Result<Vec<StoredItem>, StoreError> {
         let mut items = Vec::with_capacity(seqs.len());
-        for chunk in seqs.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        for chunk in seqs.chunks(IN_LIST_CHUNK) {
             let sql = format!(
                 "SELECT {} FROM {} WHERE task = $1 AND seq IN ({}) ORDER BY seq",
                 kind.columns(),
                 kind.table(),
-                placeholders.join(", ")
+                placeholders_after_task(chunk.len())
             );
             let mut query = sqlx::query(&sql).bind(task);
             for seq in chunk {
