@@ -99,13 +99,14 @@ impl Catalog {
             .into_iter()
             .filter(|&seq| !collection.knows(seq as usize))
             .collect();
-        let rows = if missing.is_empty() {
-            Vec::new()
-        } else {
-            self.store
-                .items_by_seq(task, ItemKind::Example, &missing)
-                .await?
-        };
+        if missing.is_empty() && gone.is_empty() {
+            // The common case, every interval: no index work to hand to a thread.
+            return Ok((0, 0));
+        }
+        let rows = self
+            .store
+            .items_by_seq(task, ItemKind::Example, &missing)
+            .await?;
         let embedder_id = self.embedder_id.clone();
         let task_name = task.to_owned();
         let added = tokio::task::spawn_blocking(move || {
