@@ -11,6 +11,7 @@
 //! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth.
 //! - [`index`]: one HNSW index per task over the examples' embeddings.
 //! - [`prompt`]: task templates: parsing, checking, rendering.
+//! - [`quant`]: integer (Q8_0) matrix kernels for the LLM, chosen at run time.
 //! - [`retrieve`]: demonstration strategies: knn, mmr, random.
 //! - [`tasks`]: tasks and their data: the write path and retrieval.
 //! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.
@@ -18,20 +19,21 @@
 //! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
-//! - [`import`]: `exemplar import`, a bulk loader that speaks the HTTP API.
+//! - [`client`]: `exemplar import`, `eval` and `predict`, clients of the HTTP API.
 //! - [`experiments`]: `exemplar experiment`, the tables in `docs/results.md`.
 
 pub mod api;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod embed;
 pub mod experiments;
-pub mod import;
 pub mod index;
 pub mod llm;
 pub mod model_source;
 pub mod predict;
 pub mod prompt;
+pub mod quant;
 pub mod retrieve;
 pub mod select;
 pub mod server;

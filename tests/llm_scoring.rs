@@ -1,10 +1,13 @@
 //! Label scoring from a shared prefix equals scoring each label with its own full
 //! forward passes.
 //!
-//! With f32 weights the two agree to 1e-3 in log-probability. With quantized weights
-//! candle rounds a one-token step differently from the same token inside a longer
-//! sequence (up to ~0.5 nats measured on labels of log-probability -35), so there the
-//! test holds label probabilities to 1e-3.
+//! The shared-prefix path packs every query and every label's tokens into one forward
+//! step with a tree attention mask; the full passes run one causal sequence each. With
+//! f32 weights the two agree to 1e-4 in log-probability. With Q8_0 weights the
+//! activations are quantized to 8 bits per layer, so the ~1e-7 float differences of
+//! attention summed over a differently shaped step can move a value across a rounding
+//! boundary; the flips add up over 30 layers to ~0.015 in label probability (measured),
+//! so there the test holds probabilities to 0.05 and prints the gaps.
 
 mod common;
 
@@ -28,12 +31,60 @@ fn full_pass_score(llm: &Llm, context: &[u32], continuation: &[u32]) -> f32 {
 #[test]
 fn shared_prefix_scores_equal_full_forward_passes_with_f32_weights() {
     let gap = compare(WeightFormat::F32);
-    assert!(gap < 1e-3, "log-probability gap {gap}");
+    assert!(gap < 1e-4, "log-probability gap {gap}");
 }
 
 #[test]
 fn shared_prefix_probabilities_equal_full_forward_passes_with_q8_weights() {
     compare(WeightFormat::Q8_0);
+}
+
+/// The largest label-probability gap `compare` allows for a weight format.
+fn probability_tolerance(format: WeightFormat) -> f64 {
+    match format {
+        WeightFormat::F32 => 1e-4,
+        _ => 0.05,
+    }
+}
+
+#[test]
+fn packed_sequences_of_different_lengths_equal_one_sequence_runs_with_f32_weights() {
+    let llm = Llm::load(&common::gguf_path(), &Device::Cpu, WeightFormat::F32).expect("model");
+    let tokenizer = llm.tokenizer();
+    let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+    // No shared prefix: three whole sequences in one step, each with its own
+    // positions from 0 and a mask that keeps it to its own past.
+    let sequences: Vec<Vec<u32>> = [
+        "Review: dull.\nSentiment:",
+        "Review: a warm, funny and beautifully shot film about a family.\nSentiment:",
+        "The capital of France is",
+    ]
+    .iter()
+    .map(|s| encode(s))
+    .collect();
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    assert!(lengths[0] != lengths[1] && lengths[1] != lengths[2]);
+    let continuations = vec![
+        encode(" negative"),
+        encode(" Paris"),
+        encode(" very positive"),
+    ];
+    let packed = llm
+        .score(&ScoreRequest {
+            prefix: Vec::new(),
+            queries: sequences.clone(),
+            continuations: continuations.clone(),
+        })
+        .expect("scores");
+    let mut largest = 0f32;
+    for (q, sequence) in sequences.iter().enumerate() {
+        for (c, continuation) in continuations.iter().enumerate() {
+            let alone = full_pass_score(&llm, sequence, continuation);
+            largest = largest.max((packed[q][c] - alone).abs());
+        }
+    }
+    eprintln!("packed vs one-sequence runs (f32): largest log-probability gap {largest:.2e}");
+    assert!(largest < 1e-4, "log-probability gap {largest}");
 }
 
 #[test]
@@ -116,17 +167,13 @@ fn compare(format: WeightFormat) -> f32 {
             let gap = (shared_p[c] - full_p[c]).abs();
             largest_probability_gap = largest_probability_gap.max(gap);
             assert!(
-                gap < 1e-3,
+                gap < probability_tolerance(format),
                 "{:?} after query {q}: shared p {} vs full p {}",
                 labels[c],
                 shared_p[c],
                 full_p[c]
             );
         }
-        assert!(
-            (shared[q][0] - full[0]).abs() < 1e-2 && (shared[q][1] - full[1]).abs() < 1e-2,
-            "single-token labels agree in log-probability too"
-        );
         // Scoring a query alone gives the same as scoring it beside another.
         let alone = llm
             .score(&ScoreRequest {
@@ -135,7 +182,13 @@ fn compare(format: WeightFormat) -> f32 {
                 continuations: continuations.clone(),
             })
             .expect("scores");
-        assert_eq!(alone[0], shared[q]);
+        let (alone_p, shared_p) = (probabilities(&alone[0]), probabilities(&shared[q]));
+        for (a, b) in alone_p.iter().zip(&shared_p) {
+            assert!(
+                (a - b).abs() < probability_tolerance(format),
+                "alone {a} vs beside another {b}"
+            );
+        }
     }
     // Without a prefix, the whole prompt as the query gives the same answer.
     let unsplit = llm
@@ -149,7 +202,7 @@ fn compare(format: WeightFormat) -> f32 {
         .iter()
         .zip(probabilities(&shared[0]))
     {
-        assert!((a - b).abs() < 1e-3);
+        assert!((a - b).abs() < probability_tolerance(format), "{a} vs {b}");
     }
     eprintln!(
         "{format:?}: shared prefix vs full passes: largest probability gap \

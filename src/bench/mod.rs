@@ -70,6 +70,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     pub generate_tokens: usize,
 
+    /// llama.cpp's `llama-bench` binary (`scripts/build-llama-cpp.sh` builds it): the
+    /// models suite runs it on the same GGUF, threads and prompt, and prints the ratios.
+    #[arg(long)]
+    pub llama_bench: Option<PathBuf>,
+
     /// Timed repeats of each measurement.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,

@@ -4,11 +4,15 @@ use std::time::Instant;
 
 use clap::ValueEnum;
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
 use super::{read_rows, timed, BenchArgs};
 use crate::config::WeightFormat;
 use crate::embed::Embedder;
 use crate::llm::Llm;
 use crate::model_source;
+use crate::quant::{Isa, Q8Matrix};
 use crate::server::open_device;
 
 /// Runs the models suite.
@@ -22,12 +26,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let threads = candle_core::utils::get_num_threads();
     println!("threads: {threads}, device: {:?}", args.models.device);
+    kernels(args)?;
     println!(
         "| weights | load s | prompt tok/s ({} tokens) | generation tok/s |",
         args.prompt_tokens
     );
     println!("|---|---|---|---|");
     let model_path = model_source::resolve_gguf(&args.models.model_ref())?;
+    let mut ours = Vec::new();
     for format in formats {
         let started = Instant::now();
         let llm = Llm::load(&model_path, &device, format)?;
@@ -56,13 +62,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
             Ok(())
         })?;
+        let prompt_speed = prompt.len() as f64 / prompt_time.as_secs_f64();
+        let generation_speed = args.generate_tokens as f64 / generation_time.as_secs_f64();
         println!(
-            "| {:?} | {:.2} | {:.0} | {:.1} |",
+            "| {:?} | {:.2} | {prompt_speed:.0} | {generation_speed:.1} |",
             format,
             load.as_secs_f64(),
-            prompt.len() as f64 / prompt_time.as_secs_f64(),
-            args.generate_tokens as f64 / generation_time.as_secs_f64()
         );
+        ours.push((format, prompt_speed, generation_speed));
+    }
+    if let Some(llama_bench) = &args.llama_bench {
+        against_llama_cpp(args, llama_bench, &model_path, &ours)?;
     }
 
     let files = model_source::resolve_embedder(&args.models.embedder_ref())?;
@@ -78,6 +88,109 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "embeddings/s (batches of 32 SST-2 sentences): {:.0}",
         sentences.len() as f64 / embed_time.as_secs_f64()
     );
+    Ok(())
+}
+
+/// Runs llama.cpp's `llama-bench` on the same weights (the shipped file, and our Q8_0
+/// conversion of it written out) and prints its speeds beside ours.
+fn against_llama_cpp(
+    args: &BenchArgs,
+    llama_bench: &std::path::Path,
+    model_path: &std::path::Path,
+    ours: &[(WeightFormat, f64, f64)],
+) -> anyhow::Result<()> {
+    let threads = candle_core::utils::get_num_threads();
+    let converted = tempfile::Builder::new().suffix(".gguf").tempfile()?;
+    println!(
+        "\nllama.cpp ({}), {threads} threads, same GGUF weights:",
+        llama_bench.display()
+    );
+    println!("| weights | llama.cpp prompt tok/s | ours / llama.cpp | llama.cpp generation tok/s | ours / llama.cpp |");
+    println!("|---|---|---|---|---|");
+    for &(format, prompt_speed, generation_speed) in ours {
+        let file = match format {
+            WeightFormat::AsShipped => model_path.to_path_buf(),
+            WeightFormat::Q8_0 => {
+                crate::llm::write_converted(model_path, format, converted.path())?;
+                converted.path().to_path_buf()
+            }
+            WeightFormat::F32 => continue,
+        };
+        let output = std::process::Command::new(llama_bench)
+            .arg("-m")
+            .arg(&file)
+            .args(["-p", &args.prompt_tokens.to_string()])
+            .args(["-n", &args.generate_tokens.to_string()])
+            .args(["-t", &threads.to_string()])
+            .args(["-r", &args.repeats.max(1).to_string()])
+            .args(["-o", "json"])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let runs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+        let speed = |prompt: bool| {
+            runs.iter()
+                .find(|r| (r["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt)
+                .and_then(|r| r["avg_ts"].as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        let (their_prompt, their_generation) = (speed(true), speed(false));
+        println!(
+            "| {format:?} | {their_prompt:.0} | {:.2} | {their_generation:.1} | {:.2} |",
+            prompt_speed / their_prompt,
+            generation_speed / their_generation
+        );
+    }
+    Ok(())
+}
+
+/// Q8_0 matrix products of the model's shapes: candle's kernel against ours on each
+/// instruction set this CPU has, same threads, same run.
+fn kernels(args: &BenchArgs) -> anyhow::Result<()> {
+    let paths = Isa::available();
+    println!("\nQ8_0 matmul GOPS (2 x rows x cols x tokens / s), SmolLM2-135M shapes:");
+    let names: Vec<&str> = paths.iter().map(|isa| isa.name()).collect();
+    println!("| rows x cols | tokens | candle | {} |", names.join(" | "));
+    println!("|---|---|---|{}", "---|".repeat(paths.len()));
+    for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+        let weights: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let ours = Q8Matrix::quantize(&weights, rows, cols)?;
+        let theirs = QMatMul::from_qtensor(QTensor::quantize(
+            &Tensor::from_vec(weights, (rows, cols), &Device::Cpu)?,
+            GgmlDType::Q8_0,
+        )?)?;
+        let token_counts: &[usize] = if rows > 10_000 {
+            &[1]
+        } else {
+            &[1, args.prompt_tokens]
+        };
+        for &tokens in token_counts {
+            let x: Vec<f32> = (0..tokens * cols)
+                .map(|i| ((i * 104_729) % 2003) as f32 / 1000.0 - 1.0)
+                .collect();
+            let xt = Tensor::from_vec(x.clone(), (1, tokens, cols), &Device::Cpu)?;
+            let gops = |time: std::time::Duration| {
+                2.0 * (rows * cols * tokens) as f64 / time.as_secs_f64() / 1e9
+            };
+            let candle = gops(timed(args.repeats, || Ok(theirs.forward(&xt)?))?);
+            let mut line = format!("| {rows} x {cols} | {tokens} | {candle:.1} |");
+            for &isa in &paths {
+                let time = timed(args.repeats, || Ok(ours.matmul_with(isa, &x, tokens)))?;
+                line.push_str(&format!(
+                    " {:.1} ({:.2}x) |",
+                    gops(time),
+                    gops(time) / candle
+                ));
+            }
+            println!("{line}");
+        }
+    }
+    println!();
     Ok(())
 }
 

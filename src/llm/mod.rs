@@ -1,11 +1,12 @@
-//! The LLM: candle's quantized llama loaded from GGUF, with its tokenizer.
+//! The LLM: our llama-family forward ([`model`]) over GGUF weights, with its tokenizer.
 //!
-//! [`Llm`] holds the weights and an empty KV cache; a [`Session`] is a cheap clone
-//! (weights are shared) that owns its own cache, so a prompt prefix can be run once
-//! and continued in several ways.
+//! [`Llm`] holds the weights; a [`Session`] shares them and owns a KV cache, and is
+//! cheap to clone (the cached tensors are shared, not copied), so a prompt prefix can
+//! be run once and continued in several ways.
 
 mod generate;
 mod handle;
+mod model;
 mod prefix_cache;
 mod score;
 mod tokenizer;
@@ -16,17 +17,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use candle_core::Device;
 
 pub use generate::{Delta, FinishReason, Generation, GenerationParams, TokenLogprob};
 pub use handle::LlmHandle;
 pub use prefix_cache::PrefixCache;
 pub use score::ScoreRequest;
 pub use tokenizer::LlmTokenizer;
+pub use weights::write_converted;
 
 use crate::config::WeightFormat;
 use crate::worker::QueueError;
+use model::{KvCache, Llama, Step};
 
 /// What can go wrong loading or running the LLM.
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +50,13 @@ pub enum LlmError {
     Queue(#[from] QueueError),
 }
 
+/// Context length assumed when the GGUF does not give one.
+const DEFAULT_CONTEXT: usize = 4096;
+
 /// A loaded LLM: weights, tokenizer and the facts a request is validated against.
 pub struct Llm {
-    model: ModelWeights,
+    model: Arc<Llama>,
     tokenizer: Arc<LlmTokenizer>,
-    device: Device,
     context_length: usize,
     name: String,
 }
@@ -70,7 +74,7 @@ impl Llm {
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_SEQ_LEN, |n| n as usize);
+            .map_or(DEFAULT_CONTEXT, |n| n as usize);
         let name = content
             .metadata
             .get("general.name")
@@ -79,13 +83,11 @@ impl Llm {
                 path.file_stem()
                     .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
             });
-        let model = weights::into_model(content, &mut file, device, format)?;
+        let model = weights::into_model(content, &mut file, device, format, trained_context)?;
         Ok(Self {
-            model,
+            model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
-            device: device.clone(),
-            // candle's rotary tables stop at MAX_SEQ_LEN whatever the model was trained on.
-            context_length: trained_context.min(MAX_SEQ_LEN),
+            context_length: trained_context,
             name,
         })
     }
@@ -108,8 +110,8 @@ impl Llm {
     /// A fresh sequence with an empty KV cache.
     pub fn session(&self) -> Session {
         Session {
-            model: self.model.clone(),
-            device: self.device.clone(),
+            model: Arc::clone(&self.model),
+            cache: KvCache::default(),
             position: 0,
         }
     }
@@ -118,8 +120,8 @@ impl Llm {
 /// One sequence being run: the model with its own KV cache and position.
 #[derive(Clone)]
 pub struct Session {
-    model: ModelWeights,
-    device: Device,
+    model: Arc<Llama>,
+    cache: KvCache,
     position: usize,
 }
 
@@ -134,8 +136,15 @@ impl Session {
                 "cannot run an empty token sequence".into(),
             ));
         }
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let logits = self.model.forward(&input, self.position)?;
+        let start = self.position as u32;
+        let positions: Vec<u32> = (start..start + ids.len() as u32).collect();
+        let step = Step {
+            ids,
+            positions: &positions,
+            mask: None,
+            outputs: &[ids.len() - 1],
+        };
+        let logits = self.model.forward(&mut self.cache, &step)?;
         self.position += ids.len();
         Ok(logits
             .squeeze(0)?

@@ -1,10 +1,19 @@
 //! Scoring continuations: the sum of each continuation's token log-probabilities after
-//! a prompt, with shared work done once.
+//! a prompt, in one forward pass after the shared prefix.
 //!
-//! The prefix (instruction and demonstrations) runs once; each query continues a clone
-//! of its KV cache; the continuations are walked as a trie, so a token shared by several
-//! labels ("very" in "very good" and "very bad") is run once too.
+//! The prefix (instruction and demonstrations) runs once, or comes from the worker's
+//! prefix cache. Then every query and every continuation's tokens are packed into one
+//! step with a tree attention mask: a query's tokens see the prefix and their own
+//! query; a continuation token sees the prefix, its query and its own earlier tokens.
+//! Continuations are merged as a trie, so a token shared by several labels ("very" in
+//! "very good" and "very bad") is run once; a continuation's last token is never run,
+//! since only the logits *before* each token are needed.
 
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use super::model::Step;
 use super::{log_softmax, Llm, LlmError, PrefixCache, Session};
 
 /// What to score: several queries after one prefix, each against every continuation.
@@ -40,72 +49,190 @@ impl Llm {
         if request.continuations.iter().any(Vec::is_empty) {
             return Err(LlmError::Tokenizer("a continuation has no tokens".into()));
         }
-        let base = cache.session(self, &request.prefix)?;
-        let all: Vec<usize> = (0..request.continuations.len()).collect();
-        request
-            .queries
+        if request.queries.iter().any(Vec::is_empty) {
+            return Err(LlmError::Tokenizer("a query has no tokens".into()));
+        }
+        if request.queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut session = cache.session(self, &request.prefix)?;
+        let tree = Tree::pack(request, session.position);
+        let logits = session.run_tree(&tree)?;
+        let logprobs: Vec<Vec<f32>> = logits.iter().map(|row| log_softmax(row)).collect();
+        Ok(tree
+            .picks
             .iter()
-            .map(|query| {
-                let mut session = base.clone();
-                let logits = session.feed(query)?;
-                let mut sums = vec![0f32; request.continuations.len()];
-                score_trie(
-                    &session,
-                    &logits,
-                    &request.continuations,
-                    &all,
-                    0,
-                    &mut sums,
-                )?;
-                Ok(sums)
+            .map(|per_continuation| {
+                per_continuation
+                    .iter()
+                    .map(|picks| {
+                        picks
+                            .iter()
+                            .map(|&(row, token)| {
+                                logprobs[row]
+                                    .get(token as usize)
+                                    .copied()
+                                    .unwrap_or(f32::NEG_INFINITY)
+                            })
+                            .sum()
+                    })
+                    .collect()
             })
-            .collect()
+            .collect())
     }
 }
 
-/// Adds, for the continuations in `members` (which agree on their first `depth`
-/// tokens), the log-probability of each next token, and recurses into longer ones.
-fn score_trie(
-    session: &Session,
-    logits: &[f32],
-    continuations: &[Vec<u32>],
-    members: &[usize],
-    depth: usize,
-    sums: &mut [f32],
-) -> Result<(), LlmError> {
-    let logprobs = log_softmax(logits);
-    let mut next_tokens: Vec<u32> = members.iter().map(|&m| continuations[m][depth]).collect();
-    next_tokens.sort_unstable();
-    next_tokens.dedup();
-    for token in next_tokens {
-        let group: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|&m| continuations[m][depth] == token)
-            .collect();
-        let logprob = logprobs
-            .get(token as usize)
-            .copied()
-            .unwrap_or(f32::NEG_INFINITY);
-        for &m in &group {
-            sums[m] += logprob;
+/// The queries and continuation tries of one request, packed into one forward step.
+#[derive(Debug)]
+struct Tree {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    /// The packed token each token directly follows; `None` for a query's first token,
+    /// which follows the cached prefix.
+    parents: Vec<Option<usize>>,
+    /// The packed tokens whose next-token logits are needed, in output-row order.
+    outputs: Vec<usize>,
+    /// Per query, per continuation: the (output row, token) pairs whose
+    /// log-probabilities add up to its score.
+    picks: Vec<Vec<Vec<(usize, u32)>>>,
+}
+
+impl Tree {
+    fn pack(request: &ScoreRequest, past: usize) -> Self {
+        let mut tree = Self {
+            ids: Vec::new(),
+            positions: Vec::new(),
+            parents: Vec::new(),
+            outputs: Vec::new(),
+            picks: Vec::with_capacity(request.queries.len()),
+        };
+        for query in &request.queries {
+            let mut previous = None;
+            for (offset, &id) in query.iter().enumerate() {
+                previous = Some(tree.push(id, past + offset, previous));
+            }
+            let last = previous.unwrap_or_default();
+            let query_row = tree.output_row(last);
+            let start = past + query.len();
+            // Trie node (a continuation's first d + 1 tokens) -> its output row.
+            let mut nodes: HashMap<&[u32], (usize, usize)> = HashMap::new();
+            let picks = request
+                .continuations
+                .iter()
+                .map(|continuation| {
+                    let mut picks = vec![(query_row, continuation[0])];
+                    let mut parent = last;
+                    for depth in 1..continuation.len() {
+                        let key = &continuation[..depth];
+                        let row;
+                        (parent, row) = match nodes.get(key) {
+                            Some(&node) => node,
+                            None => {
+                                let index =
+                                    tree.push(key[depth - 1], start + depth - 1, Some(parent));
+                                let node = (index, tree.output_row(index));
+                                nodes.insert(key, node);
+                                node
+                            }
+                        };
+                        picks.push((row, continuation[depth]));
+                    }
+                    picks
+                })
+                .collect();
+            tree.picks.push(picks);
         }
-        let longer: Vec<usize> = group
-            .into_iter()
-            .filter(|&m| continuations[m].len() > depth + 1)
-            .collect();
-        if !longer.is_empty() {
-            let mut branch = session.clone();
-            let next_logits = branch.feed(&[token])?;
-            score_trie(
-                &branch,
-                &next_logits,
-                continuations,
-                &longer,
-                depth + 1,
-                sums,
-            )?;
-        }
+        tree
     }
-    Ok(())
+
+    fn push(&mut self, id: u32, position: usize, parent: Option<usize>) -> usize {
+        self.ids.push(id);
+        self.positions.push(position as u32);
+        self.parents.push(parent);
+        self.ids.len() - 1
+    }
+
+    fn output_row(&mut self, index: usize) -> usize {
+        self.outputs.push(index);
+        self.outputs.len() - 1
+    }
+
+    /// 0 where packed token `row` may attend (the `past` cached tokens, itself and its
+    /// ancestors), `-inf` elsewhere: `n` rows of `past + n` columns.
+    fn mask(&self, past: usize) -> Vec<f32> {
+        let n = self.ids.len();
+        let mut mask = vec![f32::NEG_INFINITY; n * (past + n)];
+        for row in 0..n {
+            let line = &mut mask[row * (past + n)..(row + 1) * (past + n)];
+            line[..past].fill(0.0);
+            let mut at = Some(row);
+            while let Some(token) = at {
+                line[past + token] = 0.0;
+                at = self.parents[token];
+            }
+        }
+        mask
+    }
+}
+
+impl Session {
+    /// Runs a packed tree after what the session holds; one logits row per output.
+    fn run_tree(&mut self, tree: &Tree) -> Result<Vec<Vec<f32>>, LlmError> {
+        let past = self.position;
+        let n = tree.ids.len();
+        let mask = Tensor::from_vec(tree.mask(past), (n, past + n), self.model.device())?;
+        let step = Step {
+            ids: &tree.ids,
+            positions: &tree.positions,
+            mask: Some(mask),
+            outputs: &tree.outputs,
+        };
+        let logits = self.model.forward(&mut self.cache, &step)?;
+        self.position += n;
+        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_label_tokens_are_packed_once_and_last_tokens_never() {
+        // Two queries; labels "a b", "a c", "d": only "a" is fed after each query.
+        let request = ScoreRequest {
+            prefix: vec![1, 2],
+            queries: vec![vec![10, 11], vec![20]],
+            continuations: vec![vec![5, 6], vec![5, 7], vec![8]],
+        };
+        let tree = Tree::pack(&request, 2);
+        assert_eq!(tree.ids, vec![10, 11, 5, 20, 5]);
+        assert_eq!(tree.positions, vec![2, 3, 4, 2, 3]);
+        assert_eq!(tree.parents, vec![None, Some(0), Some(1), None, Some(3)]);
+        // Output rows: query 0's last token, its "a", query 1's token, its "a".
+        assert_eq!(tree.outputs, vec![1, 2, 3, 4]);
+        assert_eq!(
+            tree.picks[0],
+            vec![vec![(0, 5), (1, 6)], vec![(0, 5), (1, 7)], vec![(0, 8)]]
+        );
+        assert_eq!(tree.picks[1][1], vec![(2, 5), (3, 7)]);
+    }
+
+    #[test]
+    fn a_token_sees_the_prefix_its_ancestors_and_nothing_else() {
+        let request = ScoreRequest {
+            prefix: vec![1],
+            queries: vec![vec![10], vec![20]],
+            continuations: vec![vec![5, 6]],
+        };
+        let tree = Tree::pack(&request, 1);
+        let inf = f32::NEG_INFINITY;
+        let mask = tree.mask(1);
+        let rows: Vec<&[f32]> = mask.chunks(5).collect();
+        // Columns: the cached token, then packed tokens 10, 5, 20, 5.
+        assert_eq!(rows[0], &[0.0, 0.0, inf, inf, inf]);
+        assert_eq!(rows[1], &[0.0, 0.0, 0.0, inf, inf]);
+        assert_eq!(rows[2], &[0.0, inf, inf, 0.0, inf]);
+        assert_eq!(rows[3], &[0.0, inf, inf, 0.0, 0.0]);
+    }
 }

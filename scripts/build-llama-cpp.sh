@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's `llama-bench` from the llama-cpp-python source package on PyPI (the
+# registry this project may use), for `exemplar bench --suite models --llama-bench PATH`.
+# Prints the binary's path on its last line; a second run only prints it.
+#   LLAMA_CPP_PYTHON_VERSION  the package version (default below)
+#   LLAMA_CPP_DIR             where to build (default target/llama.cpp)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+dest="${LLAMA_CPP_DIR:-$root/target/llama.cpp}"
+bin="$dest/build/bin/llama-bench"
+fail() { echo "build-llama-cpp: $*" >&2; exit 1; }
+
+if [ -x "$bin" ]; then
+  echo "$bin"
+  exit 0
+fi
+command -v c++ >/dev/null 2>&1 || fail "a C++ compiler is required (apt-get install g++)"
+if ! command -v cmake >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check cmake >&2 || fail "pip install cmake failed"
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo "build-llama-cpp: downloading llama-cpp-python==$version (source)" >&2
+python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python --disable-pip-version-check \
+  -d "$tmp" "llama-cpp-python==$version" >&2 || fail "pip download llama-cpp-python failed"
+tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
+rm -rf "$dest"
+mkdir -p "$(dirname "$dest")"
+cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$dest"
+# GGML_NATIVE: llama.cpp compiled for this CPU, its best case.
+cmake -S "$dest" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
+cmake --build "$dest/build" --target llama-bench -j "$(nproc)" >&2
+[ -x "$bin" ] || fail "no llama-bench after the build"
+echo "$bin"

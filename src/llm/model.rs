@@ -1,0 +1,344 @@
+//! The llama-family forward pass, owned rather than borrowed from candle-transformers.
+//!
+//! It reads the GGUF tensors itself and runs on candle tensors and ops (so the CUDA
+//! build works), with two differences from candle's `quantized_llama` that the service
+//! needs: every token carries its own position and an explicit attention mask may be
+//! given (so several continuations can share one pass), and Q8_0 matrices on the CPU
+//! go through the integer kernels of [`crate::quant`] instead of candle's.
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::LlmError;
+use crate::quant::Q8Matrix;
+
+/// A weight matrix applied as `x · Wᵀ`.
+enum Linear {
+    /// Q8_0 on the CPU: our integer kernels.
+    Int8(Q8Matrix),
+    /// Anything else (f32, other formats, any GPU): candle's matmul.
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn new(tensor: QTensor) -> Result<Self, LlmError> {
+        if tensor.device().is_cpu() && tensor.dtype() == GgmlDType::Q8_0 {
+            let (rows, cols) = tensor.shape().dims2()?;
+            let matrix = Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols)
+                .map_err(|e| LlmError::Metadata(e.to_string()))?;
+            Ok(Self::Int8(matrix))
+        } else {
+            Ok(Self::Candle(QMatMul::from_qtensor(tensor)?))
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, LlmError> {
+        match self {
+            Self::Candle(matmul) => Ok(matmul.forward(x)?),
+            Self::Int8(matrix) => {
+                let mut shape = x.dims().to_vec();
+                let tokens = x.elem_count() / matrix.cols();
+                let values = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let out = matrix.matmul(&values, tokens);
+                if let Some(last) = shape.last_mut() {
+                    *last = matrix.rows();
+                }
+                Ok(Tensor::from_vec(out, shape, x.device())?)
+            }
+        }
+    }
+}
+
+/// One transformer block's weights.
+struct Layer {
+    attention_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// The model's weights and shape; shared, read-only, by every sequence.
+pub struct Llama {
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: Linear,
+    /// Rotary tables, one row per position.
+    cos: Tensor,
+    sin: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rms_eps: f32,
+    device: Device,
+}
+
+/// Each layer's keys and values of the tokens a sequence has seen.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Tokens held.
+    fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(Option::as_ref)
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The tokens of one forward pass after what the cache holds.
+pub struct Step<'a> {
+    /// Token ids.
+    pub ids: &'a [u32],
+    /// Each token's position in its sequence.
+    pub positions: &'a [u32],
+    /// Which earlier tokens each token may attend to: `ids.len()` rows of
+    /// `cache.len() + ids.len()` columns, 0 to attend and `-inf` to not. `None` means
+    /// causal: every cached token and the step's tokens up to itself.
+    pub mask: Option<Tensor>,
+    /// The tokens whose next-token logits are wanted, by index in `ids`.
+    pub outputs: &'a [usize],
+}
+
+fn metadata_u32(content: &gguf_file::Content, key: &str) -> Result<usize, LlmError> {
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_u32().ok())
+        .map(|v| v as usize)
+        .ok_or_else(|| LlmError::Metadata(format!("missing or not an integer: {key}")))
+}
+
+impl Llama {
+    /// Reads a llama GGUF's weights onto `device`, rotary tables up to `context` tokens.
+    ///
+    /// # Errors
+    /// When a tensor or metadata field is missing or malformed.
+    pub fn from_gguf<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        context: usize,
+    ) -> Result<Self, LlmError> {
+        let heads = metadata_u32(content, "llama.attention.head_count")?;
+        let kv_heads = metadata_u32(content, "llama.attention.head_count_kv")?;
+        let blocks = metadata_u32(content, "llama.block_count")?;
+        let hidden = metadata_u32(content, "llama.embedding_length")?;
+        let rope_dim = metadata_u32(content, "llama.rope.dimension_count")?;
+        let rms_eps = content
+            .metadata
+            .get("llama.attention.layer_norm_rms_epsilon")
+            .and_then(|v| v.to_f32().ok())
+            .ok_or_else(|| LlmError::Metadata("missing layer_norm_rms_epsilon".into()))?;
+        let freq_base = content
+            .metadata
+            .get("llama.rope.freq_base")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10_000.0);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {
+            return Err(LlmError::Metadata(format!(
+                "{heads} heads, {kv_heads} key/value heads, {hidden} wide: not a llama shape"
+            )));
+        }
+
+        let mut tensor = |name: &str| content.tensor(reader, name, device);
+        let embeddings_q = tensor("token_embd.weight")?;
+        let embeddings = embeddings_q.dequantize(device)?;
+        let norm = tensor("output_norm.weight")?.dequantize(device)?;
+        let output = Linear::new(tensor("output.weight").unwrap_or(embeddings_q))?;
+        let mut layers = Vec::with_capacity(blocks);
+        for i in 0..blocks {
+            let mut weight = |part: &str| tensor(&format!("blk.{i}.{part}.weight"));
+            layers.push(Layer {
+                attention_norm: weight("attn_norm")?.dequantize(device)?,
+                wq: Linear::new(weight("attn_q")?)?,
+                wk: Linear::new(weight("attn_k")?)?,
+                wv: Linear::new(weight("attn_v")?)?,
+                wo: Linear::new(weight("attn_output")?)?,
+                ffn_norm: weight("ffn_norm")?.dequantize(device)?,
+                gate: Linear::new(weight("ffn_gate")?)?,
+                up: Linear::new(weight("ffn_up")?)?,
+                down: Linear::new(weight("ffn_down")?)?,
+            });
+        }
+        let (cos, sin) = rotary_tables(rope_dim, freq_base, context, device)?;
+        Ok(Self {
+            embeddings,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+            heads,
+            kv_heads,
+            head_dim: hidden / heads,
+            rms_eps,
+            device: device.clone(),
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Positions the rotary tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// Runs `step` after what `cache` holds, appends the step's keys and values to it,
+    /// and returns the logits of the step's `outputs` tokens (one row each).
+    ///
+    /// # Errors
+    /// When the step is empty or malformed, or a candle operation fails.
+    pub fn forward(&self, cache: &mut KvCache, step: &Step) -> Result<Tensor, LlmError> {
+        let n = step.ids.len();
+        if n == 0 || step.positions.len() != n || step.outputs.iter().any(|&i| i >= n) {
+            return Err(LlmError::Tokenizer(
+                "a forward step needs tokens, one position each, and outputs among them".into(),
+            ));
+        }
+        if let Some(&beyond) = step
+            .positions
+            .iter()
+            .find(|&&p| p as usize >= self.max_positions())
+        {
+            return Err(LlmError::Tokenizer(format!(
+                "position {beyond} is past the model's {} positions",
+                self.max_positions()
+            )));
+        }
+        cache.layers.resize(self.layers.len(), None);
+        let past = cache.len();
+        let mask = match &step.mask {
+            Some(mask) => Some(mask.clone()),
+            None if n > 1 => Some(causal_mask(n, past, &self.device)?),
+            None => None,
+        };
+        let positions = Tensor::new(step.positions, &self.device)?;
+        let cos = self.cos.index_select(&positions, 0)?;
+        let sin = self.sin.index_select(&positions, 0)?;
+        let ids = Tensor::new(step.ids, &self.device)?;
+
+        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let normed = candle_nn::ops::rms_norm(&x, &layer.attention_norm, self.rms_eps)?;
+            let attended = self.attention(layer, &normed, kv, mask.as_ref(), &cos, &sin)?;
+            x = (attended + &x)?;
+            let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.rms_eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate.forward(&normed)?)?;
+            let mixed = layer.down.forward(&(gate * layer.up.forward(&normed)?)?)?;
+            x = (mixed + &x)?;
+        }
+        let wanted: Vec<u32> = step.outputs.iter().map(|&i| i as u32).collect();
+        let picked = x.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 1)?;
+        let normed = candle_nn::ops::rms_norm(&picked, &self.norm, self.rms_eps)?;
+        Ok(self.output.forward(&normed)?.squeeze(0)?)
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        kv: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor, LlmError> {
+        let (_, n, hidden) = x.dims3()?;
+        let heads = |t: Tensor, count: usize| -> Result<Tensor, LlmError> {
+            Ok(t.reshape((1, n, count, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = heads(layer.wq.forward(x)?, self.heads)?;
+        let k = heads(layer.wk.forward(x)?, self.kv_heads)?;
+        let v = heads(layer.wv.forward(x)?, self.kv_heads)?;
+        let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?;
+        let (k, v) = match kv.take() {
+            Some((k_past, v_past)) => (
+                Tensor::cat(&[&k_past, &k], 2)?,
+                Tensor::cat(&[&v_past, &v], 2)?,
+            ),
+            None => (k, v),
+        };
+        *kv = Some((k.clone(), v.clone()));
+
+        let repeats = self.heads / self.kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, repeats)?;
+        let v = candle_transformers::utils::repeat_kv(v, repeats)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((1, n, hidden))?;
+        layer.wo.forward(&out)
+    }
+}
+
+/// `n` rows over `past + n` columns: 0 where a token may attend (every cached token,
+/// itself and the step's earlier tokens), `-inf` elsewhere.
+pub fn causal_mask(n: usize, past: usize, device: &Device) -> Result<Tensor, LlmError> {
+    let values: Vec<f32> = (0..n)
+        .flat_map(|row| {
+            (0..past + n).map(move |col| {
+                if col <= past + row {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, (n, past + n), device)?)
+}
+
+/// cos and sin of `position x frequency`, one row per position: llama's rotary tables.
+fn rotary_tables(
+    dim: usize,
+    freq_base: f32,
+    positions: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor), LlmError> {
+    let inverse_freq: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1.0 / freq_base.powf(i as f32 / dim as f32))
+        .collect();
+    let inverse_freq = Tensor::new(inverse_freq.as_slice(), device)?;
+    let angles = Tensor::arange(0, positions as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?
+        .broadcast_mul(&inverse_freq.reshape((1, dim / 2))?)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_causal_mask_lets_a_token_see_the_cache_and_its_own_past() {
+        let mask = causal_mask(2, 1, &Device::Cpu).unwrap();
+        let rows: Vec<Vec<f32>> = mask.to_vec2().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(rows, vec![vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
+    }
+}

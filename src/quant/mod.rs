@@ -1,0 +1,487 @@
+//! Integer matrix kernels for Q8_0 weights, as llama.cpp runs them.
+//!
+//! A weight matrix is kept as blocks of 32 signed bytes with one f32 scale each. The
+//! activations are quantized the same way on the fly (one scale per 32 values), so every
+//! block product is an exact integer dot product times two scales. The integer part runs
+//! on the widest instructions this CPU has, found at run time ([`Isa::detect`]): AVX-512
+//! VNNI, AVX2, or portable Rust. Every path computes the same integer sums bit for bit
+//! (the property tests in [`scalar`] pin it); only the order of the float accumulation
+//! differs.
+//!
+//! Work is split over candle's kernel thread pool (`candle_core::utils::barrier_pool`,
+//! spinning workers that start a product in microseconds, where rayon's sleeping ones
+//! take tens), so the LLM's kernels and candle's share one set of `--threads` threads.
+
+mod avx2;
+mod avx512;
+mod scalar;
+
+use std::ops::Range;
+
+/// Values per quantization block.
+pub const BLOCK: usize = 32;
+
+/// The instruction sets a kernel can be written for, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// 512-bit registers with `vpdpbusd` (two blocks per instruction).
+    Avx512Vnni,
+    /// 256-bit registers with `vpmaddubsw` / `vpmaddwd`, as llama.cpp's AVX2 path.
+    Avx2,
+    /// Plain Rust, for any CPU.
+    Portable,
+}
+
+impl Isa {
+    /// The best path this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::supported() {
+                return Self::Avx512Vnni;
+            }
+            if avx2::supported() {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+
+    /// Every path this CPU can run, best first (benchmarks and tests compare them).
+    pub fn available() -> Vec<Self> {
+        [Self::Avx512Vnni, Self::Avx2, Self::Portable]
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
+    }
+
+    fn is_supported(self) -> bool {
+        match self {
+            Self::Avx512Vnni => avx512::supported(),
+            Self::Avx2 => avx2::supported(),
+            Self::Portable => true,
+        }
+    }
+
+    /// A short name for logs and benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512Vnni => "avx512-vnni",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        }
+    }
+}
+
+/// What can be wrong with a matrix handed to [`Q8Matrix`].
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    /// The row length is not a whole number of blocks.
+    #[error("a row of {0} values is not a multiple of {BLOCK}")]
+    RaggedRow(usize),
+    /// The bytes do not hold rows x cols values of the format.
+    #[error("expected {expected} bytes of Q8_0 data, got {actual}")]
+    Size {
+        /// Bytes a matrix of that shape takes.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+    },
+}
+
+/// A row-major matrix of Q8_0 blocks: `rows` outputs, `cols` inputs.
+pub struct Q8Matrix {
+    rows: usize,
+    cols: usize,
+    /// One scale per block, `rows * cols / 32`.
+    scales: Vec<f32>,
+    /// The signed bytes, `rows * cols`.
+    quants: Vec<i8>,
+}
+
+/// Bytes of one GGUF `block_q8_0`: an f16 scale then 32 signed bytes.
+const GGUF_Q8_0_BLOCK_BYTES: usize = 2 + BLOCK;
+
+impl Q8Matrix {
+    /// Reads GGUF's Q8_0 layout (per block: f16 scale, 32 `i8`), row-major.
+    ///
+    /// # Errors
+    /// When `cols` is not a multiple of 32 or `bytes` has the wrong length.
+    pub fn from_gguf_q8_0(bytes: &[u8], rows: usize, cols: usize) -> Result<Self, QuantError> {
+        if !cols.is_multiple_of(BLOCK) {
+            return Err(QuantError::RaggedRow(cols));
+        }
+        let blocks = rows * cols / BLOCK;
+        let expected = blocks * GGUF_Q8_0_BLOCK_BYTES;
+        if bytes.len() != expected {
+            return Err(QuantError::Size {
+                expected,
+                actual: bytes.len(),
+            });
+        }
+        let mut scales = Vec::with_capacity(blocks);
+        let mut quants = Vec::with_capacity(rows * cols);
+        for block in bytes.chunks_exact(GGUF_Q8_0_BLOCK_BYTES) {
+            scales.push(half::f16::from_le_bytes([block[0], block[1]]).to_f32());
+            quants.extend(block[2..].iter().map(|&b| b as i8));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            scales,
+            quants,
+        })
+    }
+
+    /// Quantizes a row-major f32 matrix the way llama.cpp quantizes Q8_0.
+    ///
+    /// # Errors
+    /// When `cols` is not a multiple of 32 or `values` is not `rows * cols` long.
+    pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Result<Self, QuantError> {
+        if !cols.is_multiple_of(BLOCK) {
+            return Err(QuantError::RaggedRow(cols));
+        }
+        if values.len() != rows * cols {
+            return Err(QuantError::Size {
+                expected: rows * cols,
+                actual: values.len(),
+            });
+        }
+        let q = Q8Rows::quantize(values, rows, cols);
+        Ok(Self {
+            rows,
+            cols,
+            scales: q.scales,
+            quants: q.quants,
+        })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `x · selfᵀ` for `tokens` rows of `x` (row-major, `cols` each), on the best path:
+    /// `tokens x rows` values, row-major.
+    pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        self.matmul_with(Isa::detect(), x, tokens)
+    }
+
+    /// Like [`Q8Matrix::matmul`] on a chosen path, which must be one of
+    /// [`Isa::available`] (others fall back to the portable one).
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "activations of the wrong size");
+        let isa = if isa.is_supported() {
+            isa
+        } else {
+            Isa::Portable
+        };
+        let acts = Q8Rows::quantize(x, tokens, self.cols);
+        let acts = match isa {
+            Isa::Avx512Vnni => acts.with_scales_x8(),
+            _ => acts,
+        };
+        let mut out = vec![0f32; tokens * self.rows];
+        let shared = SharedOut::new(&mut out);
+        let pool = candle_core::utils::barrier_pool();
+        if tokens >= 2 * TOKEN_TILE {
+            // Prompts: a work item is a group of token tiles small enough to stay in
+            // the L1 cache while every weight row passes over it.
+            let tiles = tokens.div_ceil(TOKEN_TILE);
+            let group = (L1_ACTIVATION_BYTES / (TOKEN_TILE * self.cols)).clamp(1, 8);
+            pool.execute_chunked(tiles.div_ceil(group), |groups| {
+                for g in groups {
+                    let first = g * group * TOKEN_TILE;
+                    let last = ((g + 1) * group * TOKEN_TILE).min(tokens);
+                    for r in 0..self.rows {
+                        self.fill_row(isa, &acts, r, first..last, &shared);
+                    }
+                }
+            });
+        } else {
+            // Decoding: few tokens, so the work items are groups of weight rows.
+            pool.execute_chunked(self.rows.div_ceil(ROW_BLOCK), |groups| {
+                let rows = groups.start * ROW_BLOCK..(groups.end * ROW_BLOCK).min(self.rows);
+                for r in rows {
+                    self.fill_row(isa, &acts, r, 0..tokens, &shared);
+                }
+            });
+        }
+        out
+    }
+
+    /// Weight row `r` times `tokens`, written to `out[t * rows + r]`.
+    fn fill_row(&self, isa: Isa, acts: &Q8Rows, r: usize, tokens: Range<usize>, out: &SharedOut) {
+        let w = self.row(r);
+        let mut t = tokens.start;
+        while t < tokens.end {
+            let width = TOKEN_TILE.min(tokens.end - t);
+            let dots = dots_up_to_tile(isa, &w, acts, t, width);
+            for (j, &v) in dots[..width].iter().enumerate() {
+                // SAFETY: each (token, row) pair belongs to exactly one work item.
+                unsafe { out.write((t + j) * self.rows + r, v) };
+            }
+            t += width;
+        }
+    }
+
+    fn row(&self, row: usize) -> WeightRow<'_> {
+        let blocks = self.cols / BLOCK;
+        WeightRow {
+            quants: &self.quants[row * self.cols..(row + 1) * self.cols],
+            scales: &self.scales[row * blocks..(row + 1) * blocks],
+        }
+    }
+}
+
+/// Tokens whose dot products with one weight row are computed together, so that each
+/// weight block is loaded once for all of them.
+const TOKEN_TILE: usize = 4;
+
+/// Weight rows per work item when decoding.
+const ROW_BLOCK: usize = 16;
+
+/// Bytes of quantized activations a prompt work item keeps in the L1 cache.
+const L1_ACTIVATION_BYTES: usize = 16 * 1024;
+
+/// The output of one product, written by several workers at disjoint indices.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: workers only write through `write`, whose callers guarantee that no index is
+// written by two workers; the buffer outlives the pool call that uses it.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(out: &mut [f32]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other worker may write `index` during the same product.
+    unsafe fn write(&self, index: usize, value: f32) {
+        assert!(index < self.len, "output index out of range");
+        // SAFETY: in bounds (checked above) and not shared (the caller's promise).
+        unsafe { *self.ptr.add(index) = value };
+    }
+}
+
+/// The dot products of a weight row with tokens `first..first + N` on the given path.
+fn dots<const N: usize>(isa: Isa, w: &WeightRow, acts: &Q8Rows, first: usize) -> [f32; N] {
+    debug_assert!(first + N <= acts.rows && w.quants.len() == acts.cols);
+    match isa {
+        // SAFETY: `matmul_with` only picks a path the CPU reports, and the tokens
+        // are inside `acts`.
+        Isa::Avx512Vnni => unsafe { avx512::dots::<N>(w, acts, first) },
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::dots::<N>(w, acts, first) },
+        Isa::Portable => scalar::dots::<N>(w, acts, first),
+    }
+}
+
+/// [`dots`] for `width` (1 to [`TOKEN_TILE`]) tokens, each width its own unrolled
+/// kernel so that the accumulators stay in registers.
+fn dots_up_to_tile(
+    isa: Isa,
+    w: &WeightRow,
+    acts: &Q8Rows,
+    first: usize,
+    width: usize,
+) -> [f32; TOKEN_TILE] {
+    let mut out = [0f32; TOKEN_TILE];
+    match width {
+        4 => out = dots::<4>(isa, w, acts, first),
+        3 => out[..3].copy_from_slice(&dots::<3>(isa, w, acts, first)),
+        2 => out[..2].copy_from_slice(&dots::<2>(isa, w, acts, first)),
+        _ => out[..1].copy_from_slice(&dots::<1>(isa, w, acts, first)),
+    }
+    out
+}
+
+/// One weight row: its blocks' bytes and scales.
+struct WeightRow<'a> {
+    quants: &'a [i8],
+    scales: &'a [f32],
+}
+
+/// Rows quantized to Q8_0 blocks: the activations' side of a product.
+struct Q8Rows {
+    rows: usize,
+    cols: usize,
+    scales: Vec<f32>,
+    quants: Vec<i8>,
+    /// Each scale repeated 8 times, for the 512-bit path that multiplies two blocks'
+    /// eight lanes at once.
+    scales_x8: Vec<f32>,
+}
+
+impl Q8Rows {
+    /// Quantizes each block of 32 to `round(x / d)` with `d = max|x| / 127`, as
+    /// llama.cpp's `quantize_row_q8_0` (so no byte is ever -128).
+    fn quantize(values: &[f32], rows: usize, cols: usize) -> Self {
+        let mut scales = vec![0f32; values.len() / BLOCK];
+        let mut quants = vec![0i8; values.len()];
+        let quantize_block = |(block, (scale, out)): (&[f32], (&mut f32, &mut [i8]))| {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+            *scale = d;
+            for (q, &v) in out.iter_mut().zip(block) {
+                *q = (v * inverse).round() as i8;
+            }
+        };
+        values
+            .chunks_exact(BLOCK)
+            .zip(scales.iter_mut().zip(quants.chunks_exact_mut(BLOCK)))
+            .for_each(quantize_block);
+        Self {
+            rows,
+            cols,
+            scales,
+            quants,
+            scales_x8: Vec::new(),
+        }
+    }
+
+    fn with_scales_x8(mut self) -> Self {
+        self.scales_x8 = self
+            .scales
+            .iter()
+            .flat_map(|&s| std::iter::repeat_n(s, 8))
+            .collect();
+        self
+    }
+
+    fn blocks_per_row(&self) -> usize {
+        self.cols / BLOCK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    }
+
+    /// The float product of the dequantized operands, in f64.
+    fn reference(m: &Q8Matrix, x: &[f32], tokens: usize) -> Vec<f32> {
+        let acts = Q8Rows::quantize(x, tokens, m.cols);
+        let deq = |q: &[i8], s: &[f32], i: usize| f64::from(q[i]) * f64::from(s[i / BLOCK]);
+        let mut out = vec![0f32; tokens * m.rows];
+        for t in 0..tokens {
+            for r in 0..m.rows {
+                let mut sum = 0f64;
+                for c in 0..m.cols {
+                    sum += deq(&m.quants[r * m.cols..], &m.scales[r * m.cols / BLOCK..], c)
+                        * deq(
+                            &acts.quants[t * m.cols..],
+                            &acts.scales[t * m.cols / BLOCK..],
+                            c,
+                        );
+                }
+                out[t * m.rows + r] = sum as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_path_matches_the_dequantized_product() {
+        // Odd block counts and token counts exercise the 512-bit path's one-block tail
+        // and the four-token tiles' remainder.
+        for (rows, cols, tokens) in [(7, 96, 1), (5, 64, 6), (33, 160, 9), (3, 32, 4)] {
+            let m = Q8Matrix::quantize(&random(rows * cols, 1), rows, cols).unwrap();
+            let x = random(tokens * cols, 2);
+            let want = reference(&m, &x, tokens);
+            for isa in Isa::available() {
+                let got = m.matmul_with(isa, &x, tokens);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() < 1e-4,
+                        "{isa:?} {rows}x{cols}x{tokens}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_integer_sums_equal_the_scalar_ones_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for trial in 0..500 {
+            let blocks = 1 + trial % 7;
+            // Weights may hold -128 (a GGUF file may); our activations never do.
+            let w: Vec<i8> = (0..blocks * BLOCK).map(|_| rng.gen()).collect();
+            let x: Vec<i8> = (0..blocks * BLOCK)
+                .map(|_| rng.gen_range(-127..=127))
+                .collect();
+            let mut extremes = w.clone();
+            extremes.iter_mut().step_by(3).for_each(|v| *v = -128);
+            for w in [&w, &extremes] {
+                let want: Vec<i32> = w
+                    .chunks_exact(BLOCK)
+                    .zip(x.chunks_exact(BLOCK))
+                    .map(|(a, b)| scalar::block_dot(a, b))
+                    .collect();
+                if avx2::supported() {
+                    // SAFETY: the CPU reports AVX2 and FMA.
+                    assert_eq!(unsafe { avx2::block_sums(w, &x) }, want);
+                }
+                if avx512::supported() {
+                    // SAFETY: the CPU reports AVX-512 VNNI.
+                    assert_eq!(unsafe { avx512::block_sums(w, &x) }, want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_blocks_round_half_away_from_zero_within_127() {
+        let mut x = vec![0f32; 32];
+        x[0] = -2.0;
+        x[1] = 1.0; // 63.5 -> 64
+        x[2] = -1.0; // -63.5 -> -64
+        let q = Q8Rows::quantize(&x, 1, 32);
+        assert_eq!(q.scales[0], 2.0 / 127.0);
+        assert_eq!(&q.quants[..4], &[-127, 64, -64, 0]);
+    }
+
+    #[test]
+    fn a_zero_block_has_zero_scale_and_bytes() {
+        let q = Q8Rows::quantize(&[0f32; 32], 1, 32);
+        assert_eq!(q.scales[0], 0.0);
+        assert!(q.quants.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn gguf_bytes_are_read_as_f16_scale_then_bytes() {
+        let mut bytes = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+        bytes.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let m = Q8Matrix::from_gguf_q8_0(&bytes, 1, 32).unwrap();
+        assert_eq!(m.scales, vec![0.5]);
+        assert_eq!(m.quants[0], -16);
+        assert!(matches!(
+            Q8Matrix::from_gguf_q8_0(&bytes[1..], 1, 32),
+            Err(QuantError::Size { .. })
+        ));
+        assert!(matches!(
+            Q8Matrix::from_gguf_q8_0(&bytes, 1, 31),
+            Err(QuantError::RaggedRow(31))
+        ));
+    }
+}
