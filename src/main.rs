@@ -1,6 +1,6 @@
 //! The `exemplar` command line: `serve` runs the HTTP service, `import` loads data into
-//! it, `select` chooses pool items to annotate, `bench` measures speed, `experiment`
-//! writes the result tables.
+//! it, `eval` and `predict` run a file through it, `select` chooses pool items to
+//! annotate, `bench` measures speed, `experiment` writes the result tables.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -8,10 +8,12 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use exemplar::bench::BenchArgs;
+use exemplar::client::eval::EvalArgs;
+use exemplar::client::import::ImportArgs;
+use exemplar::client::predict::PredictArgs;
 use exemplar::config::Config;
 use exemplar::experiments::icl::IclArgs;
 use exemplar::experiments::selection::SelectionArgs;
-use exemplar::import::ImportArgs;
 use exemplar::select::cli::SelectArgs;
 
 /// An HTTP service for in-context learning.
@@ -28,6 +30,11 @@ enum Command {
     Serve(Config),
     /// Load a JSON-lines file into a task of a running server.
     Import(ImportArgs),
+    /// Evaluate a task on a labelled file through a running server: accuracy, macro-F1,
+    /// per-label scores and the confusion matrix.
+    Eval(EvalArgs),
+    /// Label every row of a file through a running server, as JSON lines.
+    Predict(PredictArgs),
     /// Choose which pool items of a task to annotate (vote-k, IDEAL, ...).
     Select(SelectArgs),
     /// Measure prompt, generation and embedding speed on this machine.
@@ -87,7 +94,9 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Import(args) => exemplar::import::run(&args),
+        Command::Import(args) => exemplar::client::import::run(&args),
+        Command::Eval(args) => exemplar::client::eval::run(&args),
+        Command::Predict(args) => exemplar::client::predict::run(&args),
         Command::Select(args) => {
             args.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::select::cli::run(&args))
