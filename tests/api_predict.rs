@@ -269,7 +269,11 @@ async fn predictions_evaluation_and_their_errors() {
         )
         .await;
     assert_eq!(status, 201);
-    let long_text = "word ".repeat(5000);
+    let (_, info) = server.get("/v1/info").await;
+    let context = info["model"]["context_length"]
+        .as_u64()
+        .expect("context length") as usize;
+    let long_text = "word ".repeat(context + 100);
     let cases = [
         (
             "/v1/tasks/nope/predict",

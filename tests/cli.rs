@@ -8,10 +8,14 @@ use std::time::Duration;
 
 use common::TestServer;
 
+/// Runs `exemplar serve` on a free port with its own database, so that tests running
+/// at once never migrate the same file.
 fn run_serve(args: &[&str]) -> std::process::Output {
+    let database = common::TestDatabase::sqlite();
     common::exemplar()
         .arg("serve")
         .args(["--addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--database-url", &database.url])
         .args(args)
         .output()
         .expect("exemplar runs")
@@ -30,11 +34,14 @@ fn an_unknown_device_is_refused_with_the_choices() {
 
 #[test]
 fn an_unknown_device_from_the_environment_is_refused_too() {
+    let database = common::TestDatabase::sqlite();
     let output = common::exemplar()
         .args([
             "serve",
             "--addr",
             &format!("127.0.0.1:{}", common::free_port()),
+            "--database-url",
+            &database.url,
         ])
         .env("EXEMPLAR_DEVICE", "gpu9")
         .output()

@@ -268,5 +268,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         per_label.as_secs_f64() * 1e3,
         per_label.as_secs_f64() / shared.as_secs_f64()
     );
+
+    // A calibrated prediction's four queries after one prefix: a step each, or packed.
+    let queries = ["What is it?", "N/A", "", "[MASK]"]
+        .iter()
+        .map(|q| llm.tokenizer().encode(&format!("\n\nQuestion: {q}\nType:")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = ScoreRequest {
+        prefix: prompt,
+        queries,
+        continuations,
+    };
+    let mut cache = crate::llm::PrefixCache::default();
+    let one_each = super::timed(args.repeats, || Ok(llm.score_cached(&request, &mut cache)?))?;
+    let packed = super::timed(args.repeats, || Ok(llm.score_packed(&request)?))?;
+    println!(
+        "4 queries after a cached {}-token prefix: a step each {:.0} ms; packed in one step (prefix run too) {:.0} ms",
+        request.prefix.len(),
+        one_each.as_secs_f64() * 1e3,
+        packed.as_secs_f64() * 1e3,
+    );
     Ok(())
 }

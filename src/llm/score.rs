@@ -2,9 +2,10 @@
 //! a prompt, in one forward pass after the shared prefix.
 //!
 //! The prefix (instruction and demonstrations) runs once, or comes from the worker's
-//! prefix cache. Then every query and every continuation's tokens are packed into one
+//! prefix cache. Then a query and every continuation's tokens are packed into one
 //! step with a tree attention mask: a query's tokens see the prefix and their own
 //! query; a continuation token sees the prefix, its query and its own earlier tokens.
+//! ([`Llm::score_packed`] packs several queries into the step the same way.)
 //! Continuations are merged as a trie, so a token shared by several labels ("very" in
 //! "very good" and "very bad") is run once; a continuation's last token is never run,
 //! since only the logits *before* each token are needed.
@@ -39,6 +40,11 @@ impl Llm {
 
     /// Like [`Llm::score`], taking the prefix's KV state from `cache` when it holds it.
     ///
+    /// Each query runs in its own step (its tokens and its continuation trie), so a
+    /// query's scores never depend on which other queries share the request: with
+    /// 8-bit activations a differently shaped step can round differently, and the same
+    /// request must always get the same answer.
+    ///
     /// # Errors
     /// When a query or continuation is empty, or the model fails.
     pub fn score_cached(
@@ -46,40 +52,53 @@ impl Llm {
         request: &ScoreRequest,
         cache: &mut PrefixCache,
     ) -> Result<Vec<Vec<f32>>, LlmError> {
-        if request.continuations.iter().any(Vec::is_empty) {
-            return Err(LlmError::Tokenizer("a continuation has no tokens".into()));
-        }
-        if request.queries.iter().any(Vec::is_empty) {
-            return Err(LlmError::Tokenizer("a query has no tokens".into()));
-        }
+        check(request)?;
         if request.queries.is_empty() {
             return Ok(Vec::new());
         }
-        let mut session = cache.session(self, &request.prefix)?;
-        let tree = Tree::pack(request, session.position);
-        let logits = session.run_tree(&tree)?;
-        let logprobs: Vec<Vec<f32>> = logits.iter().map(|row| log_softmax(row)).collect();
-        Ok(tree
-            .picks
+        let base = cache.session(self, &request.prefix)?;
+        request
+            .queries
             .iter()
-            .map(|per_continuation| {
-                per_continuation
-                    .iter()
-                    .map(|picks| {
-                        picks
-                            .iter()
-                            .map(|&(row, token)| {
-                                logprobs[row]
-                                    .get(token as usize)
-                                    .copied()
-                                    .unwrap_or(f32::NEG_INFINITY)
-                            })
-                            .sum()
-                    })
-                    .collect()
+            .map(|query| {
+                let tree = Tree::pack(
+                    std::slice::from_ref(query),
+                    &request.continuations,
+                    base.position,
+                );
+                let logits = base.clone().run_tree(&tree)?;
+                Ok(tree.sums(&logits).remove(0))
             })
-            .collect())
+            .collect()
     }
+
+    /// Like [`Llm::score`] with every query packed into one step after the prefix:
+    /// fewer, larger steps, faster when many short queries share a prefix, but each
+    /// query's scores then depend (by float rounding) on what it was packed with.
+    ///
+    /// # Errors
+    /// When a query or continuation is empty, or the model fails.
+    pub fn score_packed(&self, request: &ScoreRequest) -> Result<Vec<Vec<f32>>, LlmError> {
+        check(request)?;
+        if request.queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut session = PrefixCache::default().session(self, &request.prefix)?;
+        let tree = Tree::pack(&request.queries, &request.continuations, session.position);
+        let logits = session.run_tree(&tree)?;
+        Ok(tree.sums(&logits))
+    }
+}
+
+/// Refuses empty queries and continuations.
+fn check(request: &ScoreRequest) -> Result<(), LlmError> {
+    if request.continuations.iter().any(Vec::is_empty) {
+        return Err(LlmError::Tokenizer("a continuation has no tokens".into()));
+    }
+    if request.queries.iter().any(Vec::is_empty) {
+        return Err(LlmError::Tokenizer("a query has no tokens".into()));
+    }
+    Ok(())
 }
 
 /// The queries and continuation tries of one request, packed into one forward step.
@@ -98,15 +117,15 @@ struct Tree {
 }
 
 impl Tree {
-    fn pack(request: &ScoreRequest, past: usize) -> Self {
+    fn pack(queries: &[Vec<u32>], continuations: &[Vec<u32>], past: usize) -> Self {
         let mut tree = Self {
             ids: Vec::new(),
             positions: Vec::new(),
             parents: Vec::new(),
             outputs: Vec::new(),
-            picks: Vec::with_capacity(request.queries.len()),
+            picks: Vec::with_capacity(queries.len()),
         };
-        for query in &request.queries {
+        for query in queries {
             let mut previous = None;
             for (offset, &id) in query.iter().enumerate() {
                 previous = Some(tree.push(id, past + offset, previous));
@@ -116,8 +135,7 @@ impl Tree {
             let start = past + query.len();
             // Trie node (a continuation's first d + 1 tokens) -> its output row.
             let mut nodes: HashMap<&[u32], (usize, usize)> = HashMap::new();
-            let picks = request
-                .continuations
+            let picks = continuations
                 .iter()
                 .map(|continuation| {
                     let mut picks = vec![(query_row, continuation[0])];
@@ -143,6 +161,30 @@ impl Tree {
             tree.picks.push(picks);
         }
         tree
+    }
+
+    /// Each query's continuation scores from the step's logits (one row per output).
+    fn sums(&self, logits: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let logprobs: Vec<Vec<f32>> = logits.iter().map(|row| log_softmax(row)).collect();
+        self.picks
+            .iter()
+            .map(|per_continuation| {
+                per_continuation
+                    .iter()
+                    .map(|picks| {
+                        picks
+                            .iter()
+                            .map(|&(row, token)| {
+                                logprobs[row]
+                                    .get(token as usize)
+                                    .copied()
+                                    .unwrap_or(f32::NEG_INFINITY)
+                            })
+                            .sum()
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     fn push(&mut self, id: u32, position: usize, parent: Option<usize>) -> usize {
@@ -205,7 +247,7 @@ mod tests {
             queries: vec![vec![10, 11], vec![20]],
             continuations: vec![vec![5, 6], vec![5, 7], vec![8]],
         };
-        let tree = Tree::pack(&request, 2);
+        let tree = Tree::pack(&request.queries, &request.continuations, 2);
         assert_eq!(tree.ids, vec![10, 11, 5, 20, 5]);
         assert_eq!(tree.positions, vec![2, 3, 4, 2, 3]);
         assert_eq!(tree.parents, vec![None, Some(0), Some(1), None, Some(3)]);
@@ -225,7 +267,7 @@ mod tests {
             queries: vec![vec![10], vec![20]],
             continuations: vec![vec![5, 6]],
         };
-        let tree = Tree::pack(&request, 1);
+        let tree = Tree::pack(&request.queries, &request.continuations, 1);
         let inf = f32::NEG_INFINITY;
         let mask = tree.mask(1);
         let rows: Vec<&[f32]> = mask.chunks(5).collect();
