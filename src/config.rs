@@ -16,6 +16,8 @@ pub const DEFAULT_MODELS_DIR: &str = "models";
 pub const DEFAULT_MODEL_FILE: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The default sentence embedder folder, relative to the models folder.
 pub const DEFAULT_EMBEDDER_DIR: &str = "all-minilm-l6-v2";
+/// Megabytes of prompt-prefix KV state the LLM keeps across requests.
+pub const DEFAULT_KV_CACHE_MB: usize = 256;
 /// Requests waiting for a model beyond this many are refused with 429.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
 /// The largest `max_tokens` a completion may ask for.
@@ -110,6 +112,10 @@ pub struct ModelConfig {
     /// Threads for the models' matrix kernels (default: one per physical core).
     #[arg(long, env = "EXEMPLAR_THREADS")]
     pub threads: Option<usize>,
+
+    /// Megabytes of prompt-prefix keys and values the LLM keeps for later requests.
+    #[arg(long, env = "EXEMPLAR_KV_CACHE_MB", default_value_t = DEFAULT_KV_CACHE_MB)]
+    pub kv_cache_mb: usize,
 }
 
 impl ModelConfig {

@@ -106,7 +106,7 @@ pub fn load_models(
     );
 
     Ok((
-        LlmHandle::spawn(llm, queue_capacity)?,
+        LlmHandle::spawn(llm, queue_capacity, config.kv_cache_mb << 20)?,
         EmbedderHandle::spawn(embedder, &embedder_name, queue_capacity)?,
     ))
 }

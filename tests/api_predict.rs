@@ -117,6 +117,25 @@ async fn predictions_evaluation_and_their_errors() {
         Some(prompt_tokens as f64),
         "{metrics}"
     );
+    // Two prompts, two prefix lookups; short prompts share no whole 64-token chunk.
+    let lookups = |outcome: &str| {
+        metric_sample(
+            &metrics,
+            "exemplar_prefix_cache_lookups_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(lookups("hit") + lookups("miss"), 2.0, "{metrics}");
+    assert!(
+        metric_sample(
+            &metrics,
+            "exemplar_prefix_cache_tokens_total",
+            &["kind=\"asked\""]
+        )
+        .is_some_and(|asked| asked > 0.0),
+        "{metrics}"
+    );
 
     // Nearest first reverses the order; fixed ids are used as given.
     let (_, body) = server

@@ -114,6 +114,55 @@ fn a_remembered_prefix_scores_exactly_as_a_fresh_pass() {
     assert_ne!(other, first);
 }
 
+#[test]
+fn a_shared_run_of_whole_chunks_is_reused_and_scores_exactly_as_a_fresh_pass() {
+    let llm = Llm::load(&common::gguf_path(), &Device::Cpu, WeightFormat::Q8_0).expect("model");
+    let tokenizer = llm.tokenizer();
+    let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+    let demonstrations: String =
+        common::read_jsonl(common::shared_dir().join("data/sst2/train.jsonl"))[..8]
+            .iter()
+            .map(|row| {
+                format!(
+                    "Review: {}\nSentiment: {}\n\n",
+                    row["text"].as_str().unwrap_or(""),
+                    row["label"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+    let request = |last: &str| ScoreRequest {
+        prefix: encode(&format!("{demonstrations}{last}")),
+        queries: vec![encode("\n\nReview: two dull hours.\nSentiment:")],
+        continuations: vec![encode(" negative"), encode(" positive")],
+    };
+    let first = request("Review: a joy from start to end.\nSentiment: positive");
+    let second = request("Review: a bore.\nSentiment: negative");
+    let shared = first
+        .prefix
+        .iter()
+        .zip(&second.prefix)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        shared >= 64,
+        "the prompts share a whole chunk ({shared} tokens)"
+    );
+
+    let mut cache = PrefixCache::default();
+    llm.score_cached(&first, &mut cache).expect("scores");
+    let continued = llm.score_cached(&second, &mut cache).expect("scores");
+    assert_eq!(
+        cache.hits(),
+        1,
+        "the second prompt reuses the first one's chunks"
+    );
+    assert_eq!(
+        continued,
+        llm.score(&second).expect("scores"),
+        "bit for bit"
+    );
+}
+
 /// Checks label probabilities and answers the largest log-probability gap.
 fn compare(format: WeightFormat) -> f32 {
     let llm = Llm::load(&common::gguf_path(), &Device::Cpu, format).expect("model");

@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
 use serde::Serialize;
 
-use super::{log_softmax, Llm, LlmError};
+use super::{log_softmax, Llm, LlmError, PrefixCache};
 
 /// How to continue a prompt.
 #[derive(Debug, Clone)]
@@ -99,15 +99,24 @@ impl Llm {
     ///
     /// # Errors
     /// When the prompt is empty, would overflow the context, or the model fails.
+    ///
+    /// All of the prompt but its last token is taken from (and left in) `prefixes`,
+    /// so a prompt that repeats an earlier one's start skips that part.
     pub fn generate(
         &self,
         prompt: &[u32],
         params: &GenerationParams,
+        prefixes: &mut PrefixCache,
         on_delta: &mut dyn FnMut(Delta) -> bool,
     ) -> Result<Generation, LlmError> {
         let tokenizer = self.tokenizer();
-        let mut session = self.session();
-        let mut logits = session.feed(prompt)?;
+        let Some((&last, start)) = prompt.split_last() else {
+            return Err(LlmError::Tokenizer(
+                "cannot continue an empty prompt".into(),
+            ));
+        };
+        let mut session = prefixes.session(self, start)?;
+        let mut logits = session.feed(&[last])?;
         let temperature = (params.temperature > 0.0).then_some(params.temperature);
         let mut sampler = LogitsProcessor::new(params.seed, temperature, None);
 

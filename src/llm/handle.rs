@@ -33,15 +33,16 @@ pub struct LlmHandle {
 }
 
 impl LlmHandle {
-    /// Moves `llm` onto its own thread with a queue of `capacity` jobs.
+    /// Moves `llm` onto its own thread with a queue of `capacity` jobs and a prefix
+    /// cache of at most `kv_cache_bytes`.
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn spawn(llm: Llm, capacity: usize) -> std::io::Result<Self> {
+    pub fn spawn(llm: Llm, capacity: usize, kv_cache_bytes: usize) -> std::io::Result<Self> {
         let tokenizer = llm.tokenizer();
         let context_length = llm.context_length();
         let name: Arc<str> = llm.name().into();
-        let state = (llm, PrefixCache::default());
+        let state = (llm, PrefixCache::with_budget(kv_cache_bytes));
         let worker = Worker::spawn("exemplar-llm", capacity, state, run_job)?;
         Ok(Self {
             worker,
@@ -138,7 +139,7 @@ fn run_job((llm, prefixes): &mut (Llm, PrefixCache), job: LlmJob) {
                 Some(tx) => tx.send(delta).is_ok(),
                 None => !reply.is_closed(),
             };
-            let result = llm.generate(&prompt, &params, &mut on_delta);
+            let result = llm.generate(&prompt, &params, prefixes, &mut on_delta);
             let _ = reply.send(result);
         }
         LlmJob::Score { request, reply } => {

@@ -126,6 +126,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session as it was after its first `tokens` tokens.
+    fn truncated(&self, tokens: usize) -> Result<Self, LlmError> {
+        Ok(Self {
+            model: Arc::clone(&self.model),
+            cache: self.cache.truncated(tokens)?,
+            position: tokens.min(self.position),
+        })
+    }
+
+    /// Bytes of keys and values the session holds.
+    fn kv_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
     /// Runs `ids` after what the session has seen and returns the next token's logits.
     ///
     /// # Errors

@@ -95,6 +95,28 @@ impl KvCache {
             .and_then(|(k, _)| k.dim(2).ok())
             .unwrap_or(0)
     }
+
+    /// The keys and values of the first `tokens` tokens only (views, not copies).
+    pub(super) fn truncated(&self, tokens: usize) -> Result<Self, LlmError> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|kv| match kv {
+                Some((k, v)) => Ok(Some((k.narrow(2, 0, tokens)?, v.narrow(2, 0, tokens)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<_, LlmError>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Bytes of keys and values held.
+    pub(super) fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
 }
 
 /// The tokens of one forward pass after what the cache holds.

@@ -1,42 +1,155 @@
-//! The KV state of the last prompt prefix, kept by the LLM worker for the next request.
+//! Prompt prefixes' KV state kept across requests, under a memory budget, so that a new
+//! prompt reuses the longest run of tokens it shares with a recent one (as SGLang's
+//! RadixAttention does): the instruction always, and the demonstrations it shares with
+//! an earlier prompt (fixed demonstrations, evaluation pages, vote-k's second stage).
 //!
-//! Consecutive score requests often share their prefix: fixed demonstrations, the
-//! pages of a batch evaluation, or vote-k's second stage when few examples are
-//! annotated. Keeping the last prefix's session turns the second and later prefix
-//! passes into a clone of its KV cache, which candle shares rather than copies.
+//! Prefixes are run in chunks of [`CHUNK`] tokens aligned to position 0, and only whole
+//! chunks are reused. A chunk's keys and values then come out of a step of the same
+//! shape over the same inputs whether they are computed now or were cached, so a
+//! reused prefix gives bit for bit what a fresh one gives (with 8-bit activations a
+//! step of another shape could round differently, and an answer would depend on what
+//! ran before it).
+//!
+//! Entries are whole prefixes with their sessions (the cached tensors of two entries
+//! that share chunks are shared, not copied: a continued session concatenates onto a
+//! view of the reused one). When the budget is passed the least recently used entries
+//! go first.
 
 use super::{Llm, LlmError, Session};
 
-/// One remembered prefix and the session that has run it.
-#[derive(Default)]
+/// Tokens per prefill step, and the unit of reuse.
+pub const CHUNK: usize = 64;
+
+/// Budget when none is given: about 5,000 tokens of SmolLM2-135M's KV.
+const DEFAULT_BUDGET_BYTES: usize = 256 << 20;
+
+/// One remembered prefix.
+struct Entry {
+    tokens: Vec<u32>,
+    session: Session,
+    last_used: u64,
+}
+
+/// Recent prefixes and their KV state.
 pub struct PrefixCache {
-    last: Option<(Vec<u32>, Session)>,
+    entries: Vec<Entry>,
+    budget_bytes: usize,
+    clock: u64,
     hits: u64,
 }
 
+impl Default for PrefixCache {
+    fn default() -> Self {
+        Self::with_budget(DEFAULT_BUDGET_BYTES)
+    }
+}
+
 impl PrefixCache {
-    /// A session that has run `prefix`: the remembered one when it is the same prefix,
-    /// else a fresh pass, which is then remembered in its place.
+    /// An empty cache that keeps at most `budget_bytes` of keys and values.
+    pub fn with_budget(budget_bytes: usize) -> Self {
+        Self {
+            entries: Vec::new(),
+            budget_bytes,
+            clock: 0,
+            hits: 0,
+        }
+    }
+
+    /// A session that has run `prefix`: continued from the remembered prefix sharing
+    /// the most whole chunks with it, else run afresh; then remembered itself.
     ///
     /// # Errors
     /// When the model fails on the prefix.
     pub fn session(&mut self, llm: &Llm, prefix: &[u32]) -> Result<Session, LlmError> {
-        if let Some((tokens, session)) = &self.last {
-            if tokens == prefix {
+        self.clock += 1;
+        let best = self
+            .entries
+            .iter_mut()
+            .map(|entry| (common_prefix(&entry.tokens, prefix), entry))
+            .max_by_key(|(shared, _)| *shared);
+        let (mut session, reused) = match best {
+            Some((shared, entry)) if shared == prefix.len() && shared == entry.tokens.len() => {
+                entry.last_used = self.clock;
                 self.hits += 1;
-                return Ok(session.clone());
+                record(prefix.len(), prefix.len());
+                return Ok(entry.session.clone());
             }
+            Some((shared, entry)) if shared >= CHUNK => {
+                entry.last_used = self.clock;
+                let whole_chunks = shared / CHUNK * CHUNK;
+                (entry.session.truncated(whole_chunks)?, whole_chunks)
+            }
+            _ => (llm.session(), 0),
+        };
+        if reused > 0 {
+            self.hits += 1;
         }
-        let mut session = llm.session();
-        if !prefix.is_empty() {
-            session.feed(prefix)?;
+        record(prefix.len(), reused);
+        for chunk in prefix[reused..].chunks(CHUNK) {
+            session.feed(chunk)?;
         }
-        self.last = Some((prefix.to_vec(), session.clone()));
+        self.remember(prefix, &session);
         Ok(session)
     }
 
-    /// How many requests found their prefix already run.
+    fn remember(&mut self, prefix: &[u32], session: &Session) {
+        if prefix.is_empty() {
+            return;
+        }
+        self.entries.push(Entry {
+            tokens: prefix.to_vec(),
+            session: session.clone(),
+            last_used: self.clock,
+        });
+        // Entries may share storage, so this counts shared chunks more than once: the
+        // budget is an upper bound on what is held.
+        while self.entries.len() > 1
+            && self
+                .entries
+                .iter()
+                .map(|e| e.session.kv_bytes())
+                .sum::<usize>()
+                > self.budget_bytes
+        {
+            let oldest = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .map_or(0, |(i, _)| i);
+            self.entries.swap_remove(oldest);
+        }
+    }
+
+    /// How many requests reused at least one cached chunk (or the whole prefix).
     pub fn hits(&self) -> u64 {
         self.hits
+    }
+}
+
+/// Counts a lookup in `/metrics`: prefix tokens asked for and tokens reused.
+fn record(asked: usize, reused: usize) {
+    let outcome = if reused > 0 { "hit" } else { "miss" };
+    ::metrics::counter!("exemplar_prefix_cache_lookups_total", "outcome" => outcome).increment(1);
+    ::metrics::counter!("exemplar_prefix_cache_tokens_total", "kind" => "asked")
+        .increment(asked as u64);
+    ::metrics::counter!("exemplar_prefix_cache_tokens_total", "kind" => "reused")
+        .increment(reused as u64);
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_prefixes_are_counted_token_by_token() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
     }
 }
