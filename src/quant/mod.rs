@@ -189,7 +189,7 @@ impl Q8Matrix {
         let mut out = vec![0f32; tokens * self.rows];
         let shared = SharedOut::new(&mut out);
         let pool = candle_core::utils::barrier_pool();
-        if tokens >= 2 * TOKEN_TILE {
+        if tokens >= TOKEN_SPLIT_FROM {
             // Prompts: a work item is a group of token tiles small enough to stay in
             // the L1 cache while every weight row passes over it.
             let tiles = tokens.div_ceil(TOKEN_TILE);
@@ -204,7 +204,8 @@ impl Q8Matrix {
                 }
             });
         } else {
-            // Decoding: few tokens, so the work items are groups of weight rows.
+            // Decoding and short steps: too few token tiles to keep every thread busy,
+            // so the work items are groups of weight rows.
             pool.execute_chunked(self.rows.div_ceil(ROW_BLOCK), |groups| {
                 let rows = groups.start * ROW_BLOCK..(groups.end * ROW_BLOCK).min(self.rows);
                 for r in rows {
@@ -242,6 +243,10 @@ impl Q8Matrix {
 /// Tokens whose dot products with one weight row are computed together, so that each
 /// weight block is loaded once for all of them.
 const TOKEN_TILE: usize = 4;
+
+/// Steps of at least this many tokens split the work by tokens; shorter ones by
+/// weight rows (a step of a few dozen tokens makes only one or two token items).
+const TOKEN_SPLIT_FROM: usize = 128;
 
 /// Weight rows per work item when decoding.
 const ROW_BLOCK: usize = 16;
@@ -402,8 +407,14 @@ mod tests {
     #[test]
     fn every_path_matches_the_dequantized_product() {
         // Odd block counts and token counts exercise the 512-bit path's one-block tail
-        // and the four-token tiles' remainder.
-        for (rows, cols, tokens) in [(7, 96, 1), (5, 64, 6), (33, 160, 9), (3, 32, 4)] {
+        // and the four-token tiles' remainder; 131 tokens take the token-split path.
+        for (rows, cols, tokens) in [
+            (7, 96, 1),
+            (5, 64, 6),
+            (33, 160, 9),
+            (3, 32, 4),
+            (9, 64, 131),
+        ] {
             let m = Q8Matrix::quantize(&random(rows * cols, 1), rows, cols).unwrap();
             let x = random(tokens * cols, 2);
             let want = reference(&m, &x, tokens);
