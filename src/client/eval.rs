@@ -145,13 +145,9 @@ pub fn table(evaluation: &Evaluation) -> String {
         "n {}  accuracy {:.4}  macro-F1 {:.4}\n\n",
         evaluation.n, evaluation.accuracy, evaluation.macro_f1
     );
-    let width = evaluation
-        .labels
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max("gold \\ predicted".len());
+    let corner = "gold \\ predicted";
+    let longest_label = evaluation.labels.iter().map(String::len).max().unwrap_or(0);
+    let width = longest_label.max(corner.len());
     out.push_str(&format!(
         "{:width$}  precision  recall     F1  support\n",
         "label"
@@ -162,14 +158,8 @@ pub fn table(evaluation: &Evaluation) -> String {
             scores.label, scores.precision, scores.recall, scores.f1, scores.support
         ));
     }
-    let column = evaluation
-        .labels
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    out.push_str(&format!("\n{:width$}", "gold \\ predicted"));
+    let column = longest_label.max(5);
+    out.push_str(&format!("\n{corner:width$}"));
     for label in &evaluation.labels {
         out.push_str(&format!("  {label:>column$}"));
     }

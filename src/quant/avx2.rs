@@ -33,10 +33,11 @@ fn block_lanes(abs_w: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
 }
 
+/// The sum of the eight lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn horizontal_sum(v: __m256) -> f32 {
+pub(super) fn horizontal_sum(v: __m256) -> f32 {
     let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let pairs = _mm_hadd_ps(halves, halves);
     _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))

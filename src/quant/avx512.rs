@@ -10,6 +10,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx2::horizontal_sum;
 use super::{Q8Rows, WeightRow, BLOCK};
 
 /// Whether this CPU has AVX-512 (F, BW, VL) with VNNI.
@@ -45,15 +47,6 @@ fn pair_lanes(abs_w: __m512i, negative_w: __mmask64, x: __m512i) -> __m512i {
 fn block_lanes(w: __m256i, x: __m256i) -> __m256i {
     let signed_x = _mm256_sign_epi8(x, w);
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), signed_x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-fn horizontal_sum(v: __m256) -> f32 {
-    let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let pairs = _mm_hadd_ps(halves, halves);
-    _mm_cvtss_f32(_mm_hadd_ps(pairs, pairs))
 }
 
 /// The dot products of the weight row with tokens `first..first + N`, each pair of
