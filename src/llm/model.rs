@@ -4,7 +4,8 @@
 //! build works), with two differences from candle's `quantized_llama` that the service
 //! needs: every token carries its own position and an explicit attention mask may be
 //! given (so several continuations can share one pass), and Q8_0 matrices on the CPU
-//! go through the integer kernels of [`crate::quant`] instead of candle's.
+//! go through the integer kernels of [`crate::quant`] instead of candle's (so do
+//! Q4_0 and Q4_1 ones).
 
 use std::io::{Read, Seek};
 
@@ -12,43 +13,68 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::LlmError;
-use crate::quant::Q8Matrix;
+use crate::quant::{Q4Format, Q4Matrix, Q8Matrix};
 
 /// A weight matrix applied as `x · Wᵀ`.
 enum Linear {
     /// Q8_0 on the CPU: our integer kernels.
     Int8(Q8Matrix),
+    /// Q4_0 or Q4_1 on the CPU: our integer kernels.
+    Int4(Q4Matrix),
     /// Anything else (f32, other formats, any GPU): candle's matmul.
     Candle(QMatMul),
 }
 
 impl Linear {
     fn new(tensor: QTensor) -> Result<Self, LlmError> {
-        if tensor.device().is_cpu() && tensor.dtype() == GgmlDType::Q8_0 {
-            let (rows, cols) = tensor.shape().dims2()?;
-            let matrix = Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols)
-                .map_err(|e| LlmError::Metadata(e.to_string()))?;
-            Ok(Self::Int8(matrix))
-        } else {
-            Ok(Self::Candle(QMatMul::from_qtensor(tensor)?))
+        let q4 = match tensor.dtype() {
+            GgmlDType::Q4_0 => Some(Q4Format::Q4_0),
+            GgmlDType::Q4_1 => Some(Q4Format::Q4_1),
+            _ => None,
+        };
+        if !tensor.device().is_cpu() {
+            return Ok(Self::Candle(QMatMul::from_qtensor(tensor)?));
+        }
+        let (rows, cols) = tensor.shape().dims2()?;
+        let malformed = |e: crate::quant::QuantError| LlmError::Metadata(e.to_string());
+        match (tensor.dtype(), q4) {
+            (GgmlDType::Q8_0, _) => Ok(Self::Int8(
+                Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols).map_err(malformed)?,
+            )),
+            (_, Some(format)) => Ok(Self::Int4(
+                Q4Matrix::from_gguf(format, &tensor.data()?, rows, cols).map_err(malformed)?,
+            )),
+            _ => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
         }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, LlmError> {
         match self {
             Self::Candle(matmul) => Ok(matmul.forward(x)?),
-            Self::Int8(matrix) => {
-                let mut shape = x.dims().to_vec();
-                let tokens = x.elem_count() / matrix.cols();
-                let values = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let out = matrix.matmul(&values, tokens);
-                if let Some(last) = shape.last_mut() {
-                    *last = matrix.rows();
-                }
-                Ok(Tensor::from_vec(out, shape, x.device())?)
-            }
+            Self::Int8(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
+            Self::Int4(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
         }
     }
+}
+
+/// Runs one of our integer products on `x` (`[.., cols]`), answering `[.., rows]`.
+fn integer_forward(
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    matmul: impl Fn(&[f32], usize) -> Vec<f32>,
+) -> Result<Tensor, LlmError> {
+    let tokens = x.elem_count() / cols;
+    let values = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let mut shape = x.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = rows;
+    }
+    Ok(Tensor::from_vec(
+        matmul(&values, tokens),
+        shape,
+        x.device(),
+    )?)
 }
 
 /// One transformer block's weights.

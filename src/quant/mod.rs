@@ -1,6 +1,7 @@
-//! Integer matrix kernels for Q8_0 weights, as llama.cpp runs them.
+//! Integer matrix kernels for Q8_0, Q4_0 and Q4_1 weights, as llama.cpp runs them.
 //!
-//! A weight matrix is kept as blocks of 32 signed bytes with one f32 scale each. The
+//! A Q8_0 weight matrix is kept as blocks of 32 signed bytes with one f32 scale each
+//! (the 4-bit formats: [`q4`]). The
 //! activations are quantized the same way on the fly (one scale per 32 values), so every
 //! block product is an exact integer dot product times two scales. The integer part runs
 //! on the widest instructions this CPU has, found at run time ([`Isa::detect`]): AVX-512
@@ -14,7 +15,10 @@
 
 mod avx2;
 mod avx512;
+mod q4;
 mod scalar;
+
+pub use q4::{Q4Format, Q4Matrix};
 
 use std::ops::Range;
 
@@ -175,60 +179,7 @@ impl Q8Matrix {
     /// Like [`Q8Matrix::matmul`] on a chosen path, which must be one of
     /// [`Isa::available`] (others fall back to the portable one).
     pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
-        assert_eq!(x.len(), tokens * self.cols, "activations of the wrong size");
-        let isa = if isa.is_supported() {
-            isa
-        } else {
-            Isa::Portable
-        };
-        let acts = Q8Rows::quantize(x, tokens, self.cols);
-        let acts = match isa {
-            Isa::Avx512Vnni => acts.with_scales_x8(),
-            _ => acts,
-        };
-        let mut out = vec![0f32; tokens * self.rows];
-        let shared = SharedOut::new(&mut out);
-        let pool = candle_core::utils::barrier_pool();
-        if tokens >= TOKEN_SPLIT_FROM {
-            // Prompts: a work item is a group of token tiles small enough to stay in
-            // the L1 cache while every weight row passes over it.
-            let tiles = tokens.div_ceil(TOKEN_TILE);
-            let group = (L1_ACTIVATION_BYTES / (TOKEN_TILE * self.cols)).clamp(1, 8);
-            pool.execute_chunked(tiles.div_ceil(group), |groups| {
-                for g in groups {
-                    let first = g * group * TOKEN_TILE;
-                    let last = ((g + 1) * group * TOKEN_TILE).min(tokens);
-                    for r in 0..self.rows {
-                        self.fill_row(isa, &acts, r, first..last, &shared);
-                    }
-                }
-            });
-        } else {
-            // Decoding and short steps: too few token tiles to keep every thread busy,
-            // so the work items are groups of weight rows.
-            pool.execute_chunked(self.rows.div_ceil(ROW_BLOCK), |groups| {
-                let rows = groups.start * ROW_BLOCK..(groups.end * ROW_BLOCK).min(self.rows);
-                for r in rows {
-                    self.fill_row(isa, &acts, r, 0..tokens, &shared);
-                }
-            });
-        }
-        out
-    }
-
-    /// Weight row `r` times `tokens`, written to `out[t * rows + r]`.
-    fn fill_row(&self, isa: Isa, acts: &Q8Rows, r: usize, tokens: Range<usize>, out: &SharedOut) {
-        let w = self.row(r);
-        let mut t = tokens.start;
-        while t < tokens.end {
-            let width = TOKEN_TILE.min(tokens.end - t);
-            let dots = dots_up_to_tile(isa, &w, acts, t, width);
-            for (j, &v) in dots[..width].iter().enumerate() {
-                // SAFETY: each (token, row) pair belongs to exactly one work item.
-                unsafe { out.write((t + j) * self.rows + r, v) };
-            }
-            t += width;
-        }
+        product(self, isa, x, tokens)
     }
 
     fn row(&self, row: usize) -> WeightRow<'_> {
@@ -237,6 +188,114 @@ impl Q8Matrix {
             quants: &self.quants[row * self.cols..(row + 1) * self.cols],
             scales: &self.scales[row * blocks..(row + 1) * blocks],
         }
+    }
+}
+
+impl RowKernel for Q8Matrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn dots_up_to_tile(
+        &self,
+        isa: Isa,
+        row: usize,
+        acts: &Q8Rows,
+        first: usize,
+        width: usize,
+    ) -> [f32; TOKEN_TILE] {
+        dots_up_to_tile(isa, &self.row(row), acts, first, width)
+    }
+}
+
+/// A quantized weight matrix the product driver can run: its shape and the dot
+/// products of one row with up to [`TOKEN_TILE`] tokens.
+trait RowKernel: Sync {
+    /// Output features.
+    fn rows(&self) -> usize;
+    /// Input features.
+    fn cols(&self) -> usize;
+    /// Row `row` times tokens `first..first + width` (the rest of the array is 0).
+    fn dots_up_to_tile(
+        &self,
+        isa: Isa,
+        row: usize,
+        acts: &Q8Rows,
+        first: usize,
+        width: usize,
+    ) -> [f32; TOKEN_TILE];
+}
+
+/// `x · matrixᵀ` for `tokens` rows of `x` on `isa` (the portable path when the CPU
+/// lacks it), split over candle's kernel pool: `tokens x rows` values, row-major.
+fn product<M: RowKernel>(matrix: &M, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        tokens * matrix.cols(),
+        "activations of the wrong size"
+    );
+    let isa = if isa.is_supported() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let acts = Q8Rows::quantize(x, tokens, matrix.cols());
+    let acts = match isa {
+        Isa::Avx512Vnni => acts.with_scales_x8(),
+        _ => acts,
+    };
+    let mut out = vec![0f32; tokens * matrix.rows()];
+    let shared = SharedOut::new(&mut out);
+    let pool = candle_core::utils::barrier_pool();
+    if tokens >= TOKEN_SPLIT_FROM {
+        // Prompts: a work item is a group of token tiles small enough to stay in
+        // the L1 cache while every weight row passes over it.
+        let tiles = tokens.div_ceil(TOKEN_TILE);
+        let group = (L1_ACTIVATION_BYTES / (TOKEN_TILE * matrix.cols())).clamp(1, 8);
+        pool.execute_chunked(tiles.div_ceil(group), |groups| {
+            for g in groups {
+                let first = g * group * TOKEN_TILE;
+                let last = ((g + 1) * group * TOKEN_TILE).min(tokens);
+                for r in 0..matrix.rows() {
+                    fill_row(matrix, isa, &acts, r, first..last, &shared);
+                }
+            }
+        });
+    } else {
+        // Decoding and short steps: too few token tiles to keep every thread busy,
+        // so the work items are groups of weight rows.
+        pool.execute_chunked(matrix.rows().div_ceil(ROW_BLOCK), |groups| {
+            let rows = groups.start * ROW_BLOCK..(groups.end * ROW_BLOCK).min(matrix.rows());
+            for r in rows {
+                fill_row(matrix, isa, &acts, r, 0..tokens, &shared);
+            }
+        });
+    }
+    out
+}
+
+/// Weight row `r` of `matrix` times `tokens`, written to `out[t * rows + r]`.
+fn fill_row<M: RowKernel>(
+    matrix: &M,
+    isa: Isa,
+    acts: &Q8Rows,
+    r: usize,
+    tokens: Range<usize>,
+    out: &SharedOut,
+) {
+    let mut t = tokens.start;
+    while t < tokens.end {
+        let width = TOKEN_TILE.min(tokens.end - t);
+        let dots = matrix.dots_up_to_tile(isa, r, acts, t, width);
+        for (j, &v) in dots[..width].iter().enumerate() {
+            // SAFETY: each (token, row) pair belongs to exactly one work item.
+            unsafe { out.write((t + j) * matrix.rows() + r, v) };
+        }
+        t += width;
     }
 }
 
@@ -325,6 +384,8 @@ struct Q8Rows {
     cols: usize,
     scales: Vec<f32>,
     quants: Vec<i8>,
+    /// Each block's value sum, `d * Σ q` (4-bit weights' offsets multiply it).
+    sums: Vec<f32>,
     /// Each scale repeated 8 times, for the 512-bit path that multiplies two blocks'
     /// eight lanes at once.
     scales_x8: Vec<f32>,
@@ -349,11 +410,17 @@ impl Q8Rows {
             .chunks_exact(BLOCK)
             .zip(scales.iter_mut().zip(quants.chunks_exact_mut(BLOCK)))
             .for_each(quantize_block);
+        let sums = quants
+            .chunks_exact(BLOCK)
+            .zip(&scales)
+            .map(|(block, d)| d * block.iter().map(|&q| i32::from(q)).sum::<i32>() as f32)
+            .collect();
         Self {
             rows,
             cols,
             scales,
             quants,
+            sums,
             scales_x8: Vec::new(),
         }
     }
@@ -459,6 +526,88 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_path_matches_the_dequantized_4_bit_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for format in [Q4Format::Q4_0, Q4Format::Q4_1] {
+            for (rows, cols, tokens) in [(5, 96, 1), (7, 64, 6), (3, 64, 131)] {
+                let mut bytes = Vec::new();
+                for _ in 0..rows * cols / BLOCK {
+                    bytes.extend(half::f16::from_f32(rng.gen_range(0.01..0.1)).to_le_bytes());
+                    if format == Q4Format::Q4_1 {
+                        bytes.extend(half::f16::from_f32(rng.gen_range(-0.5..0.5)).to_le_bytes());
+                    }
+                    bytes.extend((0..BLOCK / 2).map(|_| rng.gen::<u8>()));
+                }
+                let m = Q4Matrix::from_gguf(format, &bytes, rows, cols).unwrap();
+                let weights = m.dequantize();
+                let x = random(tokens * cols, 5);
+                let acts = Q8Rows::quantize(&x, tokens, cols);
+                for isa in Isa::available() {
+                    let got = m.matmul_with(isa, &x, tokens);
+                    for t in 0..tokens {
+                        for r in 0..rows {
+                            let want: f64 = (0..cols)
+                                .map(|c| {
+                                    f64::from(weights[r * cols + c])
+                                        * f64::from(acts.quants[t * cols + c])
+                                        * f64::from(acts.scales[(t * cols + c) / BLOCK])
+                                })
+                                .sum();
+                            let g = got[t * rows + r];
+                            assert!(
+                                (f64::from(g) - want).abs() < 1e-3,
+                                "{format:?} {isa:?}: {g} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_4_bit_integer_sums_equal_the_scalar_ones_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for trial in 0..500 {
+            let blocks = 1 + trial % 5;
+            let nibbles: Vec<u8> = (0..blocks * BLOCK / 2).map(|_| rng.gen()).collect();
+            let x: Vec<i8> = (0..blocks * BLOCK)
+                .map(|_| rng.gen_range(-127..=127))
+                .collect();
+            let want: Vec<i32> = nibbles
+                .chunks_exact(BLOCK / 2)
+                .zip(x.chunks_exact(BLOCK))
+                .map(|(n, b)| scalar::q4_block_dot(n, b))
+                .collect();
+            if avx2::supported() {
+                // SAFETY: the CPU reports AVX2 and FMA.
+                assert_eq!(unsafe { avx2::q4_block_sums(&nibbles, &x) }, want);
+            }
+            if avx512::supported() {
+                // SAFETY: the CPU reports AVX-512 VNNI.
+                assert_eq!(unsafe { avx512::q4_block_sums(&nibbles, &x) }, want);
+            }
+        }
+    }
+
+    #[test]
+    fn q4_bytes_are_read_with_their_offsets() {
+        let mut q4_0 = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+        q4_0.extend([0x21u8; 16]);
+        let m = Q4Matrix::from_gguf(Q4Format::Q4_0, &q4_0, 1, 32).unwrap();
+        let values = m.dequantize();
+        // Low nibble 1, high nibble 2: (1 - 8) / 2 and (2 - 8) / 2.
+        assert_eq!((values[0], values[16]), (-3.5, -3.0));
+        let mut q4_1 = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+        q4_1.extend(half::f16::from_f32(1.0).to_le_bytes());
+        q4_1.extend([0x21u8; 16]);
+        let m = Q4Matrix::from_gguf(Q4Format::Q4_1, &q4_1, 1, 32).unwrap();
+        assert_eq!((m.dequantize()[0], m.dequantize()[31]), (1.5, 2.0));
+        assert!(Q4Matrix::from_gguf(Q4Format::Q4_1, &q4_0, 1, 32).is_err());
     }
 
     #[test]
