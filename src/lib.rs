@@ -5,13 +5,13 @@
 //!
 //! - [`config`]: one `Config`, from flags, then `EXEMPLAR_*` variables, then defaults.
 //! - [`model_source`]: turns `--model` / `--embedder` into local files (path or hub repo).
-//! - [`llm`]: the candle quantized llama, its GGUF tokenizer, and generation.
+//! - [`llm`]: our llama forward on candle, its GGUF tokenizer, scoring, generation, the prefix cache.
 //! - [`embed`]: the candle BERT sentence embedder (mean pooling, L2 normalisation).
 //! - [`worker`]: a model owned by one OS thread behind a bounded queue.
 //! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth.
 //! - [`index`]: one HNSW index per task over the examples' embeddings.
 //! - [`prompt`]: task templates: parsing, checking, rendering.
-//! - [`quant`]: integer (Q8_0) matrix kernels for the LLM, chosen at run time.
+//! - [`quant`]: integer (Q8_0, Q4_0, Q4_1) matrix kernels for the LLM, chosen at run time.
 //! - [`retrieve`]: demonstration strategies: knn, mmr, random.
 //! - [`tasks`]: tasks and their data: the write path and retrieval.
 //! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.

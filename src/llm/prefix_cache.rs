@@ -10,10 +10,10 @@
 //! step of another shape could round differently, and an answer would depend on what
 //! ran before it).
 //!
-//! Entries are whole prefixes with their sessions (the cached tensors of two entries
-//! that share chunks are shared, not copied: a continued session concatenates onto a
-//! view of the reused one). When the budget is passed the least recently used entries
-//! go first.
+//! Entries are whole prefixes with their sessions; a continued session concatenates its
+//! new keys and values onto the reused chunks, which copies them, so entries never
+//! share storage and their sizes add up. When the budget is passed the least recently
+//! used entries go first.
 
 use super::{Llm, LlmError, Session};
 
@@ -101,8 +101,6 @@ impl PrefixCache {
             session: session.clone(),
             last_used: self.clock,
         });
-        // Entries may share storage, so this counts shared chunks more than once: the
-        // budget is an upper bound on what is held.
         while self.entries.len() > 1
             && self
                 .entries
