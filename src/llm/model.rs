@@ -64,6 +64,12 @@ fn integer_forward(
     cols: usize,
     matmul: impl Fn(&[f32], usize) -> Vec<f32>,
 ) -> Result<Tensor, LlmError> {
+    let width = x.dims().last().copied().unwrap_or(0);
+    if width != cols {
+        return Err(LlmError::Metadata(format!(
+            "a matrix of {cols} inputs was given rows of {width}"
+        )));
+    }
     let tokens = x.elem_count() / cols;
     let values = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let mut shape = x.dims().to_vec();
