@@ -164,68 +164,7 @@ fn nibble_lanes(q: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
 }
 
-/// The dot products of a 4-bit weight row with tokens `first..first + N`, with
-/// `vpdpbusd` on 256-bit registers (the nibbles need no sign handling).
-///
-/// # Safety
-/// As [`dots`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-pub(super) unsafe fn q4_dots<const N: usize>(w: &Q4Row, acts: &Q8Rows, first: usize) -> [f32; N] {
-    let blocks = acts.blocks_per_row();
-    let cols = acts.cols;
-    // SAFETY (all pointer reads below): blocks `0..blocks` of the row and of tokens
-    // `first..first + N` are inside the slices, as the caller promises.
-    let xq = unsafe { acts.quants.as_ptr().add(first * cols) };
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut offsets = [0f32; N];
-    for b in 0..blocks {
-        let packed = unsafe { _mm_loadu_si128(w.nibbles.as_ptr().add(b * BLOCK / 2).cast()) };
-        let q = unpack_nibbles(packed);
-        for j in 0..N {
-            let at = (first + j) * blocks + b;
-            let x = unsafe { _mm256_loadu_si256(xq.add(j * cols + b * BLOCK).cast()) };
-            let scale = _mm256_set1_ps(w.scales[b] * acts.scales[at]);
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(nibble_lanes(q, x)), scale, acc[j]);
-            offsets[j] += w.offsets[b] * acts.sums[at];
-        }
-    }
-    let mut out = [0f32; N];
-    for j in 0..N {
-        out[j] = horizontal_sum(acc[j]) + offsets[j];
-    }
-    out
-}
-
-/// The exact integer sum of each 4-bit block, by the same instructions as the kernel.
-///
-/// # Safety
-/// The CPU must support the features of [`supported`].
-#[cfg(all(test, target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-pub(super) unsafe fn q4_block_sums(nibbles: &[u8], x: &[i8]) -> Vec<i32> {
-    nibbles
-        .chunks_exact(BLOCK / 2)
-        .zip(x.chunks_exact(BLOCK))
-        .map(|(nb, xb)| {
-            // SAFETY: the chunks are exactly 16 and 32 bytes.
-            let (packed, xv) = unsafe {
-                (
-                    _mm_loadu_si128(nb.as_ptr().cast()),
-                    _mm256_loadu_si256(xb.as_ptr().cast()),
-                )
-            };
-            let mut out = [0i32; 8];
-            let lanes = nibble_lanes(unpack_nibbles(packed), xv);
-            // SAFETY: `out` holds eight i32.
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), lanes) };
-            out.iter().sum()
-        })
-        .collect()
-}
-
-/// Never called off x86-64: [`supported`] is false there.
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn q4_dots<const N: usize>(w: &Q4Row, acts: &Q8Rows, first: usize) -> [f32; N] {
-    super::scalar::q4_dots::<N>(w, acts, first)
-}
+nibble_kernels!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma",
+    nibble_lanes
+);
