@@ -38,7 +38,7 @@ pub struct EvalArgs {
 }
 
 /// The task's labels, from the server.
-pub(super) fn task_labels(server: &Server, task: &str) -> anyhow::Result<Vec<String>> {
+fn task_labels(server: &Server, task: &str) -> anyhow::Result<Vec<String>> {
     let task_body = server
         .get(&format!("/v1/tasks/{task}"))
         .with_context(|| format!("reading task `{task}`"))?;

@@ -281,6 +281,13 @@ impl RowKernel for Q8Matrix {
         self.cols
     }
 
+    fn prepare(&self, isa: Isa, acts: Q8Rows) -> Q8Rows {
+        match isa {
+            Isa::Avx512Vnni => acts.with_scales_x8(),
+            _ => acts,
+        }
+    }
+
     fn dots_up_to_tile(
         &self,
         isa: Isa,
@@ -300,6 +307,9 @@ trait RowKernel: Sync {
     fn rows(&self) -> usize;
     /// Input features.
     fn cols(&self) -> usize;
+    /// Adds to quantized activations what this matrix's kernels on `isa` read
+    /// besides the bytes and scales.
+    fn prepare(&self, isa: Isa, acts: Q8Rows) -> Q8Rows;
     /// Row `row` times tokens `first..first + width` (the rest of the array is 0).
     fn dots_up_to_tile(
         &self,
@@ -324,11 +334,7 @@ fn product<M: RowKernel>(matrix: &M, isa: Isa, x: &[f32], tokens: usize) -> Vec<
     } else {
         Isa::Portable
     };
-    let acts = Q8Rows::quantize(x, tokens, matrix.cols());
-    let acts = match isa {
-        Isa::Avx512Vnni => acts.with_scales_x8(),
-        _ => acts,
-    };
+    let acts = matrix.prepare(isa, Q8Rows::quantize(x, tokens, matrix.cols()));
     let mut out = vec![0f32; tokens * matrix.rows()];
     let shared = SharedOut::new(&mut out);
     let pool = candle_core::utils::barrier_pool();
@@ -465,7 +471,8 @@ struct Q8Rows {
     cols: usize,
     scales: Vec<f32>,
     quants: Vec<i8>,
-    /// Each block's value sum, `d * Σ q` (4-bit weights' offsets multiply it).
+    /// Each block's value sum, `d * Σ q`, for the 4-bit kernels (their offsets
+    /// multiply it).
     sums: Vec<f32>,
     /// Each scale repeated 8 times, for the 512-bit path that multiplies two blocks'
     /// eight lanes at once.
@@ -491,19 +498,24 @@ impl Q8Rows {
             .chunks_exact(BLOCK)
             .zip(scales.iter_mut().zip(quants.chunks_exact_mut(BLOCK)))
             .for_each(quantize_block);
-        let sums = quants
-            .chunks_exact(BLOCK)
-            .zip(&scales)
-            .map(|(block, d)| d * block.iter().map(|&q| i32::from(q)).sum::<i32>() as f32)
-            .collect();
         Self {
             rows,
             cols,
             scales,
             quants,
-            sums,
+            sums: Vec::new(),
             scales_x8: Vec::new(),
         }
+    }
+
+    fn with_sums(mut self) -> Self {
+        self.sums = self
+            .quants
+            .chunks_exact(BLOCK)
+            .zip(&self.scales)
+            .map(|(block, d)| d * block.iter().map(|&q| i32::from(q)).sum::<i32>() as f32)
+            .collect();
+        self
     }
 
     fn with_scales_x8(mut self) -> Self {

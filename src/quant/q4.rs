@@ -132,6 +132,10 @@ impl RowKernel for Q4Matrix {
         self.cols
     }
 
+    fn prepare(&self, _isa: Isa, acts: Q8Rows) -> Q8Rows {
+        acts.with_sums()
+    }
+
     fn dots_up_to_tile(
         &self,
         isa: Isa,
