@@ -109,7 +109,23 @@ async fn eval_answers_what_the_evaluate_api_answers_and_checks_lines_first() {
     );
     assert_eq!(predictions_total(&server).await, before);
 
-    // A server error names the page.
+    // A page the server refuses (line 6 is longer than the model's context) is named,
+    // and the rows evaluated before it are reported.
+    let (_, info) = server.get("/v1/info").await;
+    let context = info["model"]["context_length"].as_u64().expect("context") as usize;
+    let mut too_long = test_rows.clone();
+    too_long[5]["text"] = json!("word ".repeat(context + 100));
+    write_lines(&file, &too_long);
+    let output = client(&server, "eval", &file, &["--page-size", "4"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("page 2 (lines 5 to 8)"), "{stderr}");
+    assert!(
+        stderr.contains("the 4 rows evaluated before the failure"),
+        "{stderr}"
+    );
+
+    // An unknown task is named.
     write_lines(&file, &test_rows);
     let output = common::exemplar()
         .args([
