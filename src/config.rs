@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_TOKENS_CAP: usize = 512;
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Seconds a request may take before it is answered 408.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+/// Seconds a stopping server keeps serving, with `/ready` at 503, before it closes.
+pub const DEFAULT_DRAIN_SECS: u64 = 0;
 /// Default milliseconds between replica syncs.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 
@@ -83,6 +85,12 @@ pub struct Config {
     /// the shared database (0: never; for a single replica).
     #[arg(long, env = "EXEMPLAR_SYNC_INTERVAL_MS", default_value_t = DEFAULT_SYNC_INTERVAL_MS)]
     pub sync_interval_ms: u64,
+
+    /// Seconds to go on serving after SIGTERM, with `/ready` answering 503, so that a
+    /// load balancer stops sending before the listener closes (then requests in flight
+    /// finish and a running vote-k stage 2 saves its progress).
+    #[arg(long, env = "EXEMPLAR_DRAIN_SECONDS", default_value_t = DEFAULT_DRAIN_SECS)]
+    pub drain_seconds: u64,
 }
 
 /// Which models to load, and where they run.

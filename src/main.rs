@@ -2,8 +2,10 @@
 //! it, `eval` and `predict` run a file through it, `select` chooses pool items to
 //! annotate, `bench` measures speed, `experiment` writes the result tables.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -20,8 +22,22 @@ use exemplar::select::cli::SelectArgs;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// How log lines are written: `json` (one object per line, for log collectors) or
+    /// `text` (coloured only when standard error is a terminal).
+    #[arg(long, global = true, env = "EXEMPLAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The shape of log lines on standard error.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -75,13 +91,16 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,hnsw_rs=warn")),
-        )
-        .init();
+        );
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match cli.command {
         Command::Serve(config) => {
             config.models.apply_thread_count();

@@ -154,7 +154,9 @@ async fn sync_replicas(catalog: Arc<Catalog>, interval: Duration) {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains open requests.
+/// Serves the API on `listener` until `shutdown` completes; then answers `/ready` with
+/// 503 while serving on for the configured drain period, closes the listener, finishes
+/// the requests in flight and lets background stage-2 runs save their progress.
 ///
 /// # Errors
 /// When the models fail to load or the listener fails.
@@ -171,7 +173,19 @@ pub async fn serve(
     let app = api::router(state.clone(), &config);
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let draining = state.clone();
+    let drain = Duration::from_secs(config.drain_seconds);
+    let stop_accepting = async move {
+        shutdown.await;
+        draining.begin_drain();
+        tracing::info!(
+            drain_seconds = drain.as_secs(),
+            "shutting down: /ready answers 503, requests are still served"
+        );
+        tokio::time::sleep(drain).await;
+        tracing::info!("closing the listener; finishing the requests in flight");
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
 
     let services = tokio::select! {
@@ -185,6 +199,7 @@ pub async fn serve(
         tokio::spawn(sync_replicas(Arc::clone(&services.catalog), interval))
     });
     server.await?;
+    services.selector.stop().await;
     if let Some(sync) = sync {
         // Before the database closes under it.
         sync.abort();

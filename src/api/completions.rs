@@ -8,13 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, Route};
 use crate::llm::{FinishReason, Generation, GenerationParams, LlmHandle, TokenLogprob};
 
 /// Tokens generated when the request does not say.
@@ -27,8 +26,8 @@ const MAX_LOGPROBS: usize = 20;
 const MAX_TEMPERATURE: f64 = 2.0;
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/completions", post(completions))
+pub fn routes() -> Vec<Route> {
+    vec![Route::post("/v1/completions", completions)]
 }
 
 #[derive(Deserialize)]

@@ -1,15 +1,14 @@
 //! `POST /v1/embeddings`: sentence embeddings in the OpenAI shape.
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, AppState, MAX_EMBEDDING_INPUTS};
+use super::{ApiError, ApiJson, AppState, Route, MAX_EMBEDDING_INPUTS};
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/embeddings", post(embeddings))
+pub fn routes() -> Vec<Route> {
+    vec![Route::post("/v1/embeddings", embeddings)]
 }
 
 #[derive(Deserialize)]

@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The models are still loading.
     #[error("the models are still loading; poll GET /ready")]
     NotReady,
+    /// The server is stopping; the load balancer should send elsewhere.
+    #[error("the server is shutting down")]
+    Draining,
     /// A task operation failed.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -98,6 +101,7 @@ impl ApiError {
             Self::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::Task(error) => task_status_and_code(error),
             Self::Predict(error) => predict_status_and_code(error),
             Self::Selection(error) => match error {
@@ -113,6 +117,7 @@ impl ApiError {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
                 }
                 SelectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "selection_not_found"),
+                SelectionError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 SelectionError::Select(SelectError::Graph(_)) | SelectionError::Store(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }

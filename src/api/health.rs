@@ -1,17 +1,14 @@
 //! Liveness and readiness: `GET /health` and `GET /ready`.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Route};
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+pub fn routes() -> Vec<Route> {
+    vec![Route::get("/health", health), Route::get("/ready", ready)]
 }
 
 async fn health() -> Json<Value> {
@@ -19,6 +16,9 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.draining() {
+        return Err(ApiError::Draining);
+    }
     state.services()?;
     Ok(Json(json!({"status": "ready"})))
 }

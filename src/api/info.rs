@@ -1,15 +1,14 @@
 //! `GET /v1/info`: which models run where.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Route};
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/info", get(info))
+pub fn routes() -> Vec<Route> {
+    vec![Route::get("/v1/info", info)]
 }
 
 async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -6,12 +6,11 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, Route};
 use crate::store::ItemKind;
 use crate::tasks::{ItemInput, ItemView};
 
@@ -19,28 +18,35 @@ use crate::tasks::{ItemInput, ItemView};
 const DEFAULT_PAGE_SIZE: usize = 100;
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/v1/tasks/{task}/examples", |s, p, q| {
+            page(ItemKind::Example, s, p, q)
+        }),
+        Route::post(
             "/v1/tasks/{task}/examples",
-            get(|s, p, q| page(ItemKind::Example, s, p, q))
-                .post(|s, p, ApiJson(b): ApiJson<ExampleBatch>| add(ItemKind::Example, s, p, b)),
-        )
-        .route(
-            "/v1/tasks/{task}/examples/{id}",
-            get(|s, p| show(ItemKind::Example, s, p))
-                .delete(|s, p| delete(ItemKind::Example, s, p)),
-        )
-        .route(
+            |s, p, ApiJson(b): ApiJson<ExampleBatch>| add(ItemKind::Example, s, p, b),
+        ),
+        Route::get("/v1/tasks/{task}/examples/{id}", |s, p| {
+            show(ItemKind::Example, s, p)
+        }),
+        Route::delete("/v1/tasks/{task}/examples/{id}", |s, p| {
+            delete(ItemKind::Example, s, p)
+        }),
+        Route::get("/v1/tasks/{task}/pool", |s, p, q| {
+            page(ItemKind::PoolItem, s, p, q)
+        }),
+        Route::post(
             "/v1/tasks/{task}/pool",
-            get(|s, p, q| page(ItemKind::PoolItem, s, p, q))
-                .post(|s, p, ApiJson(b): ApiJson<PoolBatch>| add(ItemKind::PoolItem, s, p, b)),
-        )
-        .route(
-            "/v1/tasks/{task}/pool/{id}",
-            get(|s, p| show(ItemKind::PoolItem, s, p))
-                .delete(|s, p| delete(ItemKind::PoolItem, s, p)),
-        )
+            |s, p, ApiJson(b): ApiJson<PoolBatch>| add(ItemKind::PoolItem, s, p, b),
+        ),
+        Route::get("/v1/tasks/{task}/pool/{id}", |s, p| {
+            show(ItemKind::PoolItem, s, p)
+        }),
+        Route::delete("/v1/tasks/{task}/pool/{id}", |s, p| {
+            delete(ItemKind::PoolItem, s, p)
+        }),
+    ]
 }
 
 /// The JSON field that holds the rows of each resource.

@@ -10,11 +10,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use super::AppState;
+use super::{AppState, Route};
 
 /// Histogram buckets in seconds: from a quick retrieval to an hour-long selection.
 const SECONDS_BUCKETS: [f64; 14] = [
@@ -26,8 +24,8 @@ const SECONDS_BUCKETS: [f64; 14] = [
 const UNMATCHED: &str = "unmatched";
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(render))
+pub fn routes() -> Vec<Route> {
+    vec![Route::get("/metrics", render)]
 }
 
 /// The process's Prometheus recorder, installed on the first call.

@@ -17,11 +17,14 @@ mod selections;
 mod tasks;
 mod tokenize;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, Uri};
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{self, MethodRouter};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -72,6 +75,7 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct AppState {
     services: Arc<OnceLock<Services>>,
+    draining: Arc<AtomicBool>,
     settings: Arc<Settings>,
     metrics: PrometheusHandle,
 }
@@ -81,6 +85,7 @@ impl AppState {
     pub fn new(settings: Settings) -> Self {
         Self {
             services: Arc::new(OnceLock::new()),
+            draining: Arc::new(AtomicBool::new(false)),
             settings: Arc::new(settings),
             metrics: metrics::recorder(),
         }
@@ -100,6 +105,17 @@ impl AppState {
         self.services.get().ok_or(ApiError::NotReady)
     }
 
+    /// Marks the server as stopping: `/ready` answers 503 from now on, other routes
+    /// go on serving.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server is stopping.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// The configured limits.
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -111,20 +127,77 @@ impl AppState {
     }
 }
 
+/// One endpoint: a method on a path, and the handler that answers it.
+pub struct Route {
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn new(method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
+        Self {
+            method,
+            path,
+            handler,
+        }
+    }
+
+    /// `GET path`.
+    pub fn get<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::GET, path, routing::get(handler))
+    }
+
+    /// `POST path`.
+    pub fn post<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::POST, path, routing::post(handler))
+    }
+
+    /// `PUT path`.
+    pub fn put<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::PUT, path, routing::put(handler))
+    }
+
+    /// `DELETE path`.
+    pub fn delete<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self::new(Method::DELETE, path, routing::delete(handler))
+    }
+}
+
+/// Every route of the API, from the resource modules.
+fn routes() -> Vec<Route> {
+    [
+        health::routes(),
+        metrics::routes(),
+        info::routes(),
+        tokenize::routes(),
+        embeddings::routes(),
+        completions::routes(),
+        tasks::routes(),
+        items::routes(),
+        retrieve::routes(),
+        predict::routes(),
+        selections::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The method and path of every route, as the router serves them (`openapi.yaml` must
+/// describe exactly these).
+pub fn endpoints() -> Vec<(Method, &'static str)> {
+    routes().into_iter().map(|r| (r.method, r.path)).collect()
+}
+
 /// The full router with its layers: tracing, metrics, a body limit and a request timeout.
 pub fn router(state: AppState, config: &Config) -> Router {
-    Router::new()
-        .merge(health::routes())
-        .merge(metrics::routes())
-        .merge(info::routes())
-        .merge(tokenize::routes())
-        .merge(embeddings::routes())
-        .merge(completions::routes())
-        .merge(tasks::routes())
-        .merge(items::routes())
-        .merge(retrieve::routes())
-        .merge(predict::routes())
-        .merge(selections::routes())
+    routes()
+        .into_iter()
+        // Routes on one path with different methods merge into one method router.
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, route.handler)
+        })
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
         .with_state(state)
         // The configured limit below is the only one, not axum's 2 MB default.

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::retrieve::{StrategyName, DEFAULT_K};
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, Route};
 use crate::predict::metrics::{self, Evaluation};
 use crate::predict::{GenerationOptions, Order, PredictOptions, Prediction, QueryInput, Selection};
 
@@ -21,10 +20,11 @@ pub const MAX_EVALUATION_EXAMPLES: usize = 2000;
 const DEFAULT_MAX_NEW_TOKENS: usize = 32;
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tasks/{task}/predict", post(predict))
-        .route("/v1/tasks/{task}/evaluate", post(evaluate))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::post("/v1/tasks/{task}/predict", predict),
+        Route::post("/v1/tasks/{task}/evaluate", evaluate),
+    ]
 }
 
 /// How a request chooses demonstrations: a retrieval strategy or fixed ids.

@@ -1,11 +1,10 @@
 //! `POST /v1/tasks/{task}/retrieve`: the demonstrations a query would get.
 
 use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, Route};
 use crate::retrieve::{Strategy, DEFAULT_MMR_LAMBDA};
 use crate::tasks::{Demonstration, RetrieveQuery};
 
@@ -13,8 +12,8 @@ use crate::tasks::{Demonstration, RetrieveQuery};
 pub const DEFAULT_K: usize = 8;
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/tasks/{task}/retrieve", post(retrieve))
+pub fn routes() -> Vec<Route> {
+    vec![Route::post("/v1/tasks/{task}/retrieve", retrieve)]
 }
 
 /// The strategies a request may name.

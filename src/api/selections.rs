@@ -5,20 +5,20 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, Route};
 use crate::select::selections::{Progress, SelectionRequest, SelectionView};
 use crate::select::{Method, ParamOverrides};
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tasks/{task}/selections", post(create))
-        .route("/v1/tasks/{task}/selections/{id}", get(show))
-        .route("/v1/tasks/{task}/selections/{id}/continue", post(resume))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::post("/v1/tasks/{task}/selections", create),
+        Route::get("/v1/tasks/{task}/selections/{id}", show),
+        Route::post("/v1/tasks/{task}/selections/{id}/continue", resume),
+    ]
 }
 
 #[derive(Deserialize)]

@@ -2,18 +2,20 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, Route};
 use crate::tasks::{TaskSpec, TaskView};
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tasks", get(list))
-        .route("/v1/tasks/{task}", get(show).put(put).delete(delete))
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/v1/tasks", list),
+        Route::get("/v1/tasks/{task}", show),
+        Route::put("/v1/tasks/{task}", put),
+        Route::delete("/v1/tasks/{task}", delete),
+    ]
 }
 
 #[derive(Serialize)]

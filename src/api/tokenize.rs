@@ -1,15 +1,14 @@
 //! `POST /v1/tokenize`: the LLM tokenizer's view of a text.
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, Route};
 
 /// Routes of this resource.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/tokenize", post(tokenize))
+pub fn routes() -> Vec<Route> {
+    vec![Route::post("/v1/tokenize", tokenize)]
 }
 
 #[derive(Deserialize)]

@@ -13,10 +13,12 @@
 //! the selection, so a stage 2 cut short by a crash resumes where it stopped.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tokio_util::task::TaskTracker;
 
 use super::{first_pass, second_pass, Method, ParamOverrides, Params, SelectError};
 use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput};
@@ -55,6 +57,11 @@ pub enum SelectionError {
     /// Vote-k's stage 2 scores labels, which the task lacks.
     #[error("vote-k's stage 2 ranks items by label confidence, and task `{0}` has no labels: use fast-vote-k or ideal")]
     NeedsLabels(String),
+    /// The server is shutting down; stage 2 stopped after saving its last batch.
+    #[error(
+        "stage 2 stopped because the server is shutting down; continue the selection to resume it"
+    )]
+    ShuttingDown,
 }
 
 /// A selection request.
@@ -180,6 +187,10 @@ pub struct Selector {
     stage_two_run: StageTwoRun,
     /// Background stage-2 runs of this process, by selection id.
     jobs: std::sync::Mutex<HashMap<String, Job>>,
+    /// The background stage-2 tasks, awaited at shutdown.
+    runs: TaskTracker,
+    /// Set at shutdown: stage 2 stops after the batch it is predicting.
+    stopping: AtomicBool,
 }
 
 /// Vote-k's stage-2 confidence in each input: the probability of its most likely label
@@ -227,7 +238,17 @@ impl Selector {
             predictor,
             stage_two_run,
             jobs: std::sync::Mutex::new(HashMap::new()),
+            runs: TaskTracker::new(),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Stops the background stage-2 runs once each has saved the batch it is
+    /// predicting, and waits for them; a later `continue` resumes from there.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.runs.close();
+        self.runs.wait().await;
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
@@ -371,7 +392,7 @@ impl Selector {
         if start {
             let this = Arc::clone(self);
             let (task, id) = (task.to_owned(), id.to_owned());
-            tokio::spawn(async move {
+            self.runs.spawn(async move {
                 let tracker = Arc::clone(&this);
                 let job_id = id.clone();
                 let tracked: Progress = Arc::new(move |phase: &str, done: usize, of: usize| {
@@ -385,6 +406,9 @@ impl Selector {
                 match result {
                     Ok(()) => {
                         jobs.remove(&id);
+                    }
+                    Err(SelectionError::ShuttingDown) => {
+                        tracing::info!(task = %task, selection = %id, "vote-k stage 2 saved and stopped for shutdown");
                     }
                     Err(e) => {
                         tracing::warn!(task = %task, selection = %id, error = %e, "vote-k stage 2 failed");
@@ -452,6 +476,9 @@ impl Selector {
             .collect();
         let mut done = unlabelled - remaining.len();
         for chunk in remaining.chunks(STAGE_TWO_CHUNK) {
+            if self.stopping.load(Ordering::Relaxed) {
+                return Err(SelectionError::ShuttingDown);
+            }
             let inputs = chunk
                 .iter()
                 .map(|&i| QueryInput {

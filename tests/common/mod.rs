@@ -186,6 +186,15 @@ impl TestServer {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM, as a container runtime does to stop the process.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
     /// Kills this server and starts another on the same database and flags.
     pub async fn restart(mut self) -> Self {
         self.kill();

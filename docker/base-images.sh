@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Makes, from Debian's packages, the base images that docker/Dockerfile and
+# docker/compose.yaml name: debian:bookworm-slim (debootstrap, then `docker import`),
+# and postgres:15-bookworm and nginx:stable-bookworm built on it with the interface of
+# the official images (the environment variables, paths and ports compose.yaml uses).
+# Only for machines that cannot pull from a registry; an image already present is kept.
+# Needs root (debootstrap) and a reachable Debian mirror ($DEBIAN_MIRROR).
+set -euo pipefail
+cd "$(dirname "$0")"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+fail() { echo "base-images: $*" >&2; exit 1; }
+present() { docker image inspect "$1" >/dev/null 2>&1; }
+
+docker info >/dev/null 2>&1 || fail "no Docker daemon answers"
+
+if present debian:bookworm-slim; then
+  echo "base-images: debian:bookworm-slim already present"
+else
+  if ! command -v debootstrap >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || fail "debootstrap is missing; run as root to install it"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap </dev/null >/dev/null \
+      || fail "apt-get install debootstrap failed"
+  fi
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  echo "base-images: debootstrap bookworm (minbase) from $mirror"
+  log="$root.log"
+  debootstrap --variant=minbase bookworm "$root" "$mirror" >"$log" 2>&1 \
+    || { tail -n 20 "$log" >&2; fail "debootstrap failed"; }
+  # What the official slim image leaves out: package lists, caches, docs.
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/usr/share/doc/* \
+    "$root"/usr/share/man/* "$root"/usr/share/locale/*
+  tar -C "$root" -c . | docker import --change 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+  rm -f "$log"
+  echo "base-images: debian:bookworm-slim imported"
+fi
+
+for image in postgres:15-bookworm nginx:stable-bookworm; do
+  if present "$image"; then
+    echo "base-images: $image already present"
+  else
+    echo "base-images: building $image"
+    docker build --quiet -t "$image" -f "base/${image%%:*}.Dockerfile" base >/dev/null \
+      || fail "building $image failed"
+  fi
+done
