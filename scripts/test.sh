@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite as CI does: fetches the models, starts PostgreSQL for the
-# PostgreSQL tests (when EXEMPLAR_TEST_POSTGRES_URL is not already set), then cargo test
-# including those tests.
+# PostgreSQL tests (when EXEMPLAR_TEST_POSTGRES_URL is not already set), runs cargo test
+# including those tests and the Docker deployment test, then fuzzes a live server
+# against openapi.yaml with schemathesis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
@@ -10,3 +11,4 @@ if [ -z "${EXEMPLAR_TEST_POSTGRES_URL:-}" ]; then
   export EXEMPLAR_TEST_POSTGRES_URL
 fi
 cargo test --locked --no-fail-fast "$@" -- --include-ignored
+scripts/schemathesis.sh target/debug/exemplar

@@ -13,13 +13,12 @@ use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::llm::{FinishReason, Generation, GenerationParams, LlmHandle, TokenLogprob};
 
 /// Tokens generated when the request does not say.
 const DEFAULT_MAX_TOKENS: usize = 16;
-/// The most stop strings one request may give.
-const MAX_STOP_STRINGS: usize = 4;
 /// The most alternatives per token `logprobs` may ask for.
 const MAX_LOGPROBS: usize = 20;
 /// The highest sampling temperature accepted.
@@ -65,6 +64,7 @@ fn validate(
     if request.prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "must not be empty"));
     }
+    limits::texts_at_most("prompt", [request.prompt.as_str()], limits::MAX_QUERY_BYTES)?;
     let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     if max_tokens == 0 || max_tokens > max_tokens_cap {
         return Err(ApiError::invalid(
@@ -84,12 +84,12 @@ fn validate(
         Some(StopStrings::One(s)) => vec![s],
         Some(StopStrings::Many(v)) => v,
     };
-    if stop.len() > MAX_STOP_STRINGS {
-        return Err(ApiError::invalid(
-            "stop",
-            format!("{} strings given; at most {MAX_STOP_STRINGS}", stop.len()),
-        ));
-    }
+    limits::at_most("stop", "strings", stop.len(), limits::MAX_STOP_STRINGS)?;
+    limits::texts_at_most(
+        "stop",
+        stop.iter().map(String::as_str),
+        limits::MAX_STOP_BYTES,
+    )?;
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop strings must not be empty"));
     }

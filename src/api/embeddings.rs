@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::{ApiError, ApiJson, AppState, Route, MAX_EMBEDDING_INPUTS};
 
 /// Routes of this resource.
@@ -58,6 +59,11 @@ fn validate(input: EmbeddingInput) -> Result<Vec<String>, ApiError> {
     if let Some(index) = texts.iter().position(|t| t.trim().is_empty()) {
         return Err(ApiError::invalid("input", format!("text {index} is empty")));
     }
+    limits::texts_at_most(
+        "input",
+        texts.iter().map(String::as_str),
+        limits::MAX_QUERY_BYTES,
+    )?;
     Ok(texts)
 }
 

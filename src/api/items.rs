@@ -10,9 +10,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::store::ItemKind;
-use crate::tasks::{ItemInput, ItemView};
+use crate::tasks::{ItemInput, ItemView, MAX_BATCH};
 
 /// Rows per page when the request does not say.
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -128,8 +129,13 @@ async fn add(
     Path(task): Path<String>,
     batch: impl Batch,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let rows = batch
-        .into_rows()
+    let rows = batch.into_rows();
+    let field = match kind {
+        ItemKind::Example => "examples",
+        ItemKind::PoolItem => "items",
+    };
+    limits::in_range(field, rows.len(), 1, MAX_BATCH)?;
+    let rows = rows
         .into_iter()
         .map(|r| ItemInput {
             id: r.id,

@@ -10,6 +10,7 @@ mod health;
 mod info;
 mod items;
 mod json;
+mod limits;
 mod metrics;
 mod predict;
 mod retrieve;

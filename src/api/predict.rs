@@ -7,10 +7,12 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::retrieve::{StrategyName, DEFAULT_K};
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::predict::metrics::{self, Evaluation};
 use crate::predict::{GenerationOptions, Order, PredictOptions, Prediction, QueryInput, Selection};
+use crate::tasks::MAX_ID_BYTES;
 
 /// The most inputs one predict request may carry.
 pub const MAX_INPUTS: usize = 64;
@@ -71,6 +73,8 @@ impl OptionsBody {
                         "strategy `fixed` needs the example ids",
                     ));
                 }
+                limits::at_most("ids", "ids", ids.len(), limits::MAX_K)?;
+                limits::texts_at_most("ids", ids.iter().map(String::as_str), MAX_ID_BYTES)?;
                 Selection::Fixed(ids)
             }
             other => {
@@ -85,6 +89,15 @@ impl OptionsBody {
                 Selection::Retrieve(name.with(self.lambda, Some(seed)))
             }
         };
+        let k = self.k.unwrap_or(DEFAULT_K);
+        limits::in_range("k", k, 0, limits::MAX_K)?;
+        let stop = self.stop.unwrap_or_default();
+        limits::at_most("stop", "strings", stop.len(), limits::MAX_STOP_STRINGS)?;
+        limits::texts_at_most(
+            "stop",
+            stop.iter().map(String::as_str),
+            limits::MAX_STOP_BYTES,
+        )?;
         let max_new_tokens = self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
         if max_new_tokens == 0 || max_new_tokens > max_tokens_cap {
             return Err(ApiError::invalid(
@@ -103,7 +116,7 @@ impl OptionsBody {
             return Err(ApiError::invalid("max_prompt_tokens", "must be at least 1"));
         }
         Ok(PredictOptions {
-            k: self.k.unwrap_or(DEFAULT_K),
+            k,
             selection,
             order: self.order,
             seed,
@@ -112,7 +125,7 @@ impl OptionsBody {
             max_prompt_tokens: self.max_prompt_tokens,
             generation: GenerationOptions {
                 max_new_tokens,
-                stop: self.stop.unwrap_or_default(),
+                stop,
                 temperature,
             },
         })
@@ -186,6 +199,16 @@ fn check_texts<'a>(
         if text.trim().is_empty() {
             return Err(ApiError::invalid(field, format!("text {i} is empty")));
         }
+        if text.len() > limits::MAX_QUERY_BYTES {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "text {i} has {} bytes; at most {}",
+                    text.len(),
+                    limits::MAX_QUERY_BYTES
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -205,6 +228,11 @@ async fn predict(
         ));
     }
     check_texts(request.inputs.iter().map(|i| i.text.as_str()), "inputs")?;
+    limits::texts_at_most(
+        "inputs",
+        request.inputs.iter().filter_map(|i| i.text_pair.as_deref()),
+        limits::MAX_QUERY_BYTES,
+    )?;
     let options = request.options.validate(state.settings().max_tokens_cap)?;
     let inputs = request
         .inputs
@@ -280,6 +308,14 @@ async fn evaluate(
             .unzip()
     } else {
         check_texts(request.examples.iter().map(|e| e.text.as_str()), "examples")?;
+        limits::texts_at_most(
+            "examples",
+            request
+                .examples
+                .iter()
+                .filter_map(|e| e.text_pair.as_deref()),
+            limits::MAX_QUERY_BYTES,
+        )?;
         request
             .examples
             .into_iter()

@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::retrieve::{Strategy, DEFAULT_MMR_LAMBDA};
 use crate::tasks::{Demonstration, RetrieveQuery};
@@ -91,10 +92,14 @@ async fn retrieve(
     if request.text.trim().is_empty() {
         return Err(ApiError::invalid("text", "must not be empty"));
     }
+    let texts = std::iter::once(request.text.as_str()).chain(request.text_pair.as_deref());
+    limits::texts_at_most("text", texts, limits::MAX_QUERY_BYTES)?;
+    let k = request.k.unwrap_or(DEFAULT_K);
+    limits::in_range("k", k, 0, limits::MAX_K)?;
     let query = RetrieveQuery {
         text: request.text,
         text_pair: request.text_pair,
-        k: request.k.unwrap_or(DEFAULT_K),
+        k,
         strategy: request.strategy.with(request.lambda, request.seed),
     };
     let demonstrations = state.services()?.catalog.retrieve(&task, query).await?;

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
+use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::select::selections::{Progress, SelectionRequest, SelectionView};
 use crate::select::{Method, ParamOverrides};
@@ -57,6 +58,16 @@ async fn create(
     Path(task): Path<String>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<SelectionView>), ApiError> {
+    limits::in_range("budget", body.budget, 1, limits::MAX_BUDGET)?;
+    if let Some(k) = body.params.k {
+        limits::in_range("params.k", k, 1, limits::MAX_GRAPH_K)?;
+    }
+    if let Some(runs) = body.params.runs {
+        limits::in_range("params.runs", runs, 1, limits::MAX_RUNS)?;
+    }
+    if let Some(stage_one) = body.params.stage_one {
+        limits::in_range("params.stage_one", stage_one, 1, body.budget)?;
+    }
     let request = SelectionRequest {
         method: body.method,
         budget: body.budget,

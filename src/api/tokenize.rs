@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
 
 /// Routes of this resource.
@@ -27,6 +28,7 @@ async fn tokenize(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
+    limits::texts_at_most("text", [request.text.as_str()], limits::MAX_QUERY_BYTES)?;
     let llm = state.services()?.llm.clone();
     let (ids, tokens) =
         tokio::task::spawn_blocking(move || llm.tokenizer().encode_with_pieces(&request.text))

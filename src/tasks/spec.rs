@@ -6,6 +6,10 @@ use crate::prompt::{PromptTemplates, TemplateSpec};
 
 /// The most labels a task may have.
 pub const MAX_LABELS: usize = 100;
+/// The longest label, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+/// The longest instruction, in bytes.
+pub const MAX_INSTRUCTION_BYTES: usize = 16 * 1024;
 /// The longest task name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -92,9 +96,27 @@ impl TaskSpec {
             if label.trim().is_empty() {
                 return Err(spec_error("labels", format!("label {i} is empty")));
             }
+            if label.len() > MAX_LABEL_BYTES {
+                return Err(spec_error(
+                    "labels",
+                    format!(
+                        "label {i} has {} bytes; at most {MAX_LABEL_BYTES}",
+                        label.len()
+                    ),
+                ));
+            }
             if self.labels[..i].contains(label) {
                 return Err(spec_error("labels", format!("label `{label}` is repeated")));
             }
+        }
+        if self.instruction.len() > MAX_INSTRUCTION_BYTES {
+            return Err(spec_error(
+                "instruction",
+                format!(
+                    "{} bytes given; at most {MAX_INSTRUCTION_BYTES}",
+                    self.instruction.len()
+                ),
+            ));
         }
         let templates = PromptTemplates::parse(&self.template).map_err(|(field, e)| SpecError {
             field,

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Fuzzes a live server against openapi.yaml with schemathesis (from PyPI, in a venv under
+# target/): no answer may be a server error, break its schema or use an undocumented
+# status. Starts `exemplar serve` (the binary given, else target/debug/exemplar) on a
+# temporary SQLite database with one task, so that task routes are reached too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+binary="${1:-target/debug/exemplar}"
+version=4.32.5
+fail() { echo "schemathesis: $*" >&2; exit 1; }
+[ -x "$binary" ] || fail "no binary at $binary: build it first"
+
+venv=target/schemathesis
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q "schemathesis==$version" \
+    || fail "installing schemathesis $version failed"
+fi
+
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+base="http://127.0.0.1:$port"
+EXEMPLAR_MODELS_DIR="${EXEMPLAR_MODELS_DIR:-$PWD/models}" "$binary" serve --addr "127.0.0.1:$port" \
+  --database-url "sqlite://$work/exemplar.db" --queue-capacity 256 >"$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 120); do
+  curl -fsS "$base/ready" >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { cat "$work/server.log" >&2; fail "the server exited"; }
+  sleep 1
+done
+json=(-fsS -H 'content-type: application/json')
+curl "${json[@]}" -X PUT "$base/v1/tasks/films" -d '{"labels":["negative","positive"],
+  "template":{"input":"Review: {text}","output":"Sentiment: {label}"}}' >/dev/null
+curl "${json[@]}" -X POST "$base/v1/tasks/films/examples" -d '{"examples":[
+  {"id":"good","text":"a warm and funny film","label":"positive"},
+  {"id":"bad","text":"a dull mess","label":"negative"}]}' >/dev/null
+
+# Path parameters name the task made above, so that task routes get past the 404.
+cat >"$work/schemathesis.toml" <<'TOML'
+[parameters]
+"path.task" = "films"
+TOML
+status=0
+"$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run openapi.yaml --url "$base" --workers 1 \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --phases examples,fuzzing,stateful --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
+  --request-timeout 300 --no-color || status=$?
+if grep -q '"level":"ERROR"\|ERROR' "$work/server.log"; then
+  grep 'ERROR' "$work/server.log" | tail -n 20 >&2
+fi
+exit $status

@@ -1,0 +1,90 @@
+//! Every cap on a size a request controls, in one place. The validated request types
+//! check them before anything reaches the domain; a value past its cap is answered 422
+//! naming the field and the limit (`openapi.yaml` lists the same numbers).
+
+use super::ApiError;
+
+/// The most demonstrations one prompt may ask for (`k`), and the most `fixed` ids.
+pub const MAX_K: usize = 64;
+/// The longest query text (`text`, `text_pair`, a completion's `prompt`, a text to
+/// tokenize), in bytes: far past the model's context, short of costly tokenizing.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// The most stop strings of a generation.
+pub const MAX_STOP_STRINGS: usize = 4;
+/// The longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 64;
+/// The largest selection budget.
+pub const MAX_BUDGET: usize = 10_000;
+/// The most neighbours per item of a selection's graph.
+pub const MAX_GRAPH_K: usize = 1_000;
+/// The most diffusion runs of IDEAL.
+pub const MAX_RUNS: usize = 100;
+
+/// A 422 unless `value` lies in `min..=max`.
+pub fn in_range(field: &'static str, value: usize, min: usize, max: usize) -> Result<(), ApiError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("{value} is out of range: give {min} to {max}"),
+        ))
+    }
+}
+
+/// A 422 unless `count` `what` are at most `max`.
+pub fn at_most(field: &'static str, what: &str, count: usize, max: usize) -> Result<(), ApiError> {
+    if count <= max {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("{count} {what} given; at most {max}"),
+        ))
+    }
+}
+
+/// A 422 unless every text is at most `max` bytes long.
+pub fn texts_at_most<'a>(
+    field: &'static str,
+    texts: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Result<(), ApiError> {
+    for (i, text) in texts.into_iter().enumerate() {
+        if text.len() > max {
+            return Err(ApiError::invalid(
+                field,
+                format!("text {i} has {} bytes; at most {max}", text.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(result: Result<(), ApiError>) -> String {
+        result.map_or_else(|e| e.to_string(), |()| "ok".to_owned())
+    }
+
+    #[test]
+    fn caps_name_the_field_and_the_limit() {
+        assert_eq!(message(in_range("k", 64, 0, 64)), "ok");
+        assert_eq!(
+            message(in_range("k", 65, 0, 64)),
+            "`k`: 65 is out of range: give 0 to 64"
+        );
+        assert_eq!(message(at_most("stop", "strings", 4, 4)), "ok");
+        assert_eq!(
+            message(at_most("stop", "strings", 5, 4)),
+            "`stop`: 5 strings given; at most 4"
+        );
+        assert_eq!(message(texts_at_most("inputs", ["ab", "abc"], 3)), "ok");
+        assert_eq!(
+            message(texts_at_most("inputs", ["ab", "abcd"], 3)),
+            "`inputs`: text 1 has 4 bytes; at most 3"
+        );
+    }
+}
