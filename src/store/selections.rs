@@ -37,34 +37,23 @@ impl Store {
     /// When the database fails.
     pub async fn put_selection(&self, task: &str, row: &SelectionRow) -> Result<(), StoreError> {
         let now = now();
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE selections SET state = $1, result = $2, updated_at = $3 WHERE task = $4 AND id = $5",
+        // One statement, so that replicas writing the same selection at once never
+        // both insert.
+        sqlx::query(
+            "INSERT INTO selections (task, id, method, state, request, result, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (task, id) DO UPDATE \
+             SET state = excluded.state, result = excluded.result, updated_at = excluded.updated_at",
         )
-        .bind(&row.state)
-        .bind(&row.result)
-        .bind(now)
         .bind(task)
         .bind(&row.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            sqlx::query(
-                "INSERT INTO selections (task, id, method, state, request, result, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            )
-            .bind(task)
-            .bind(&row.id)
-            .bind(&row.method)
-            .bind(&row.state)
-            .bind(&row.request)
-            .bind(&row.result)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        .bind(&row.method)
+        .bind(&row.state)
+        .bind(&row.request)
+        .bind(&row.result)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

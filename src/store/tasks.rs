@@ -38,26 +38,31 @@ impl Store {
     /// When the database fails.
     pub async fn put_task(&self, name: &str, spec: &str) -> Result<bool, StoreError> {
         let now = now();
+        // Insert first, then update: two replicas creating the same task at once both
+        // succeed (the second insert waits for the first and does nothing), where an
+        // update-then-insert lets both inserts run and one fail on the primary key.
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query("UPDATE tasks SET spec = $1, updated_at = $2 WHERE name = $3")
-            .bind(spec)
-            .bind(now)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            sqlx::query(
-                "INSERT INTO tasks (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3)",
-            )
-            .bind(name)
-            .bind(spec)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let created = sqlx::query(
+            "INSERT INTO tasks (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(spec)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !created {
+            sqlx::query("UPDATE tasks SET spec = $1, updated_at = $2 WHERE name = $3")
+                .bind(spec)
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
-        Ok(updated == 0)
+        Ok(created)
     }
 
     /// The task named `name`, with its counts.
