@@ -69,6 +69,9 @@ impl Graph {
 }
 
 /// A vector index that supports insert, delete and k-nearest search.
+///
+/// Locks are always taken in the order graph, vectors, deleted (a later one may be
+/// taken while holding an earlier one, never the reverse), so no two calls deadlock.
 pub struct VectorIndex {
     dimension: usize,
     graph: RwLock<Graph>,
@@ -162,12 +165,12 @@ impl VectorIndex {
     /// When the vector has the wrong length or is degenerate.
     pub fn insert(&self, id: usize, vector: &[f32]) -> Result<(), IndexError> {
         check(vector, self.dimension)?;
-        {
-            let mut graph = write(&self.graph);
-            graph.hnsw.insert_slice((vector, id));
-            graph.size += 1;
-        }
+        // Graph and vectors change under the graph's lock, so that a compaction, which
+        // swaps graphs under it, sees the point in both or in neither.
+        let mut graph = write(&self.graph);
         write(&self.vectors).insert(id, Arc::from(vector));
+        graph.hnsw.insert_slice((vector, id));
+        graph.size += 1;
         write(&self.deleted).remove(&id);
         Ok(())
     }
@@ -196,9 +199,9 @@ impl VectorIndex {
         if k == 0 || check(query, self.dimension).is_err() {
             return Vec::new();
         }
+        let graph = read(&self.graph);
         let vectors = read(&self.vectors);
         let is_live = |id: &usize| vectors.contains_key(id);
-        let graph = read(&self.graph);
         let ef = EF_SEARCH.max(2 * k);
         let mut hits: Vec<Hit> = graph
             .hnsw
@@ -316,6 +319,75 @@ mod tests {
                 got: 1
             })
         );
+    }
+
+    /// A seeded pseudo-random unit vector of 16 dimensions.
+    fn random_vector(seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..16)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn searches_inserts_removes_and_compactions_in_threads_neither_deadlock_nor_lose_points() {
+        let index = Arc::new(VectorIndex::new(16));
+        let (done, finished) = std::sync::mpsc::channel();
+        let workers = {
+            let index = Arc::clone(&index);
+            std::thread::spawn(move || {
+                std::thread::scope(|scope| {
+                    for writer in 0..2u64 {
+                        let index = &index;
+                        scope.spawn(move || {
+                            for i in 0..1500u64 {
+                                let id = (writer * 100_000 + i) as usize;
+                                index.insert(id, &random_vector(id as u64)).expect("valid");
+                                if i % 3 == 0 {
+                                    index.remove(id);
+                                }
+                            }
+                        });
+                    }
+                    for _ in 0..2 {
+                        let index = &index;
+                        scope.spawn(move || {
+                            for i in 0..3000u64 {
+                                index.search(&random_vector(i + 7), 5);
+                            }
+                        });
+                    }
+                    let index = &index;
+                    scope.spawn(move || {
+                        for _ in 0..15 {
+                            index.compact();
+                        }
+                    });
+                });
+                let _ = done.send(());
+            })
+        };
+        finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the threads finish: no deadlock");
+        workers.join().expect("no thread panicked");
+        index.compact();
+        let live = index.ids();
+        assert_eq!(live.len(), 2 * 1000);
+        let lost: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let hits = index.search(&random_vector(id as u64), 1);
+                hits.first().map(|h| h.id) != Some(id)
+            })
+            .collect();
+        assert!(lost.is_empty(), "live points the graph lost: {lost:?}");
     }
 
     #[test]

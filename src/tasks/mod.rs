@@ -573,16 +573,22 @@ impl Catalog {
             .await?;
         if kind == ItemKind::Example {
             if let Some(collection) = self.collection(task) {
-                for (item, seq) in items.into_iter().zip(seqs) {
-                    let example = Example {
-                        point: seq as usize,
-                        id: item.id,
-                        text: item.text,
-                        text_pair: item.text_pair,
-                        label: item.label.unwrap_or_default(),
-                    };
-                    collection.insert(example, &item.embedding)?;
-                }
+                // Graph inserts of a large batch take a while: on a blocking thread they
+                // leave the async workers free, and searches go on between inserts.
+                tokio::task::spawn_blocking(move || {
+                    items.into_iter().zip(seqs).try_for_each(|(item, seq)| {
+                        let example = Example {
+                            point: seq as usize,
+                            id: item.id,
+                            text: item.text,
+                            text_pair: item.text_pair,
+                            label: item.label.unwrap_or_default(),
+                        };
+                        collection.insert(example, &item.embedding)
+                    })
+                })
+                .await
+                .map_err(|_| TaskError::Aborted("indexing a batch"))??;
             }
         }
         Ok(ids)
