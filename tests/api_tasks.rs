@@ -339,3 +339,33 @@ async fn task_api_on_postgres() {
     let database = TestDatabase::postgres().await;
     task_api_scenario(&database.url).await;
 }
+
+#[tokio::test]
+async fn a_batch_sent_again_is_stored_once_and_answered_the_same() {
+    let server = TestServer::start(&[]).await;
+    let (status, body) = server
+        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, first) = server.post("/v1/tasks/sst2/examples", examples()).await;
+    assert_eq!(status, 201, "{first}");
+    // The client never saw the answer, say, and sends the batch again.
+    let (status, again) = server.post("/v1/tasks/sst2/examples", examples()).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["ids"], first["ids"]);
+    assert_eq!(counts(&server).await.0, 6);
+    let ids = retrieve_ids(&server, json!({"text": "a wonderful film", "k": 6})).await;
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    // The same batch with one row changed is refused, and nothing of it is stored.
+    let mut changed = examples();
+    changed["examples"][2]["label"] = json!("negative");
+    let (status, body) = server.post("/v1/tasks/sst2/examples", changed).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("row 2") && m.contains("other content")),
+        "{body}"
+    );
+    assert_eq!(counts(&server).await.0, 6);
+}

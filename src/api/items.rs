@@ -10,10 +10,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::store::ItemKind;
-use crate::tasks::{ItemInput, ItemView, MAX_BATCH};
+use crate::tasks::{ItemInput, ItemView};
 
 /// Rows per page when the request does not say.
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -129,13 +128,8 @@ async fn add(
     Path(task): Path<String>,
     batch: impl Batch,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let rows = batch.into_rows();
-    let field = match kind {
-        ItemKind::Example => "examples",
-        ItemKind::PoolItem => "items",
-    };
-    limits::in_range(field, rows.len(), 1, MAX_BATCH)?;
-    let rows = rows
+    let rows = batch
+        .into_rows()
         .into_iter()
         .map(|r| ItemInput {
             id: r.id,

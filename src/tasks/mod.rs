@@ -246,8 +246,12 @@ fn validate_rows(
         return Err(TaskError::InvalidBatch("the batch is empty".into()));
     }
     if rows.len() > MAX_BATCH {
+        let field = match kind {
+            ItemKind::Example => "examples",
+            ItemKind::PoolItem => "items",
+        };
         return Err(TaskError::InvalidBatch(format!(
-            "{} rows given; at most {MAX_BATCH} per request",
+            "`{field}`: {} rows given; at most {MAX_BATCH} per request",
             rows.len()
         )));
     }
@@ -542,56 +546,115 @@ impl Catalog {
         let spec = self.spec(task).await?;
         let rows = validate_rows(&spec, kind, rows)?;
         let ids: Vec<String> = rows.iter().filter_map(|r| r.id.clone()).collect();
-
-        // Refuse known ids before paying for embeddings; the insert re-checks them.
-        self.refuse_existing(task, kind, &ids, "already exists")
-            .await?;
         if kind == ItemKind::PoolItem {
             self.refuse_existing(task, ItemKind::Example, &ids, "is already annotated")
                 .await?;
         }
-
-        let texts = rows
-            .iter()
-            .map(|r| embedding_text(&r.text, r.text_pair.as_deref()))
-            .collect();
-        let vectors = self.embedder.embed(texts).await?;
-        let items: Vec<NewItem> = rows
+        // A retry of a batch that was stored (its answer lost, or indexing cut short
+        // after the commit) finds its rows there: identical rows count as written and
+        // are indexed again below; the same id with other content is refused.
+        let copies = self.stored_copies(task, kind, &rows).await?;
+        let copied: HashSet<&str> = copies.iter().map(|c| c.id.as_str()).collect();
+        let rows: Vec<ItemInput> = rows
             .into_iter()
-            .zip(vectors)
-            .map(|(row, embedding)| NewItem {
-                id: row.id.unwrap_or_default(),
-                text: row.text,
-                text_pair: row.text_pair,
-                label: row.label,
-                embedding,
+            .filter(|r| !r.id.as_deref().is_some_and(|id| copied.contains(id)))
+            .collect();
+
+        let mut indexed: Vec<(Example, Vec<f32>)> = copies
+            .into_iter()
+            .map(|mut item| {
+                let embedding = std::mem::take(&mut item.embedding);
+                (example_from(item), embedding)
             })
             .collect();
-        let seqs = self
-            .store
-            .insert_items(task, kind, &items, &self.embedder_id)
-            .await?;
+        if !rows.is_empty() {
+            let texts = rows
+                .iter()
+                .map(|r| embedding_text(&r.text, r.text_pair.as_deref()))
+                .collect();
+            let vectors = self.embedder.embed(texts).await?;
+            let items: Vec<NewItem> = rows
+                .into_iter()
+                .zip(vectors)
+                .map(|(row, embedding)| NewItem {
+                    id: row.id.unwrap_or_default(),
+                    text: row.text,
+                    text_pair: row.text_pair,
+                    label: row.label,
+                    embedding,
+                })
+                .collect();
+            let seqs = self
+                .store
+                .insert_items(task, kind, &items, &self.embedder_id)
+                .await?;
+            indexed.extend(items.into_iter().zip(seqs).map(|(item, seq)| {
+                let example = Example {
+                    point: seq as usize,
+                    id: item.id,
+                    text: item.text,
+                    text_pair: item.text_pair,
+                    label: item.label.unwrap_or_default(),
+                };
+                (example, item.embedding)
+            }));
+        }
         if kind == ItemKind::Example {
             if let Some(collection) = self.collection(task) {
                 // Graph inserts of a large batch take a while: on a blocking thread they
                 // leave the async workers free, and searches go on between inserts.
+                // Inserting a point the index holds already does nothing.
                 tokio::task::spawn_blocking(move || {
-                    items.into_iter().zip(seqs).try_for_each(|(item, seq)| {
-                        let example = Example {
-                            point: seq as usize,
-                            id: item.id,
-                            text: item.text,
-                            text_pair: item.text_pair,
-                            label: item.label.unwrap_or_default(),
-                        };
-                        collection.insert(example, &item.embedding)
-                    })
+                    indexed
+                        .into_iter()
+                        .try_for_each(|(example, embedding)| collection.insert(example, &embedding))
                 })
                 .await
                 .map_err(|_| TaskError::Aborted("indexing a batch"))??;
             }
         }
         Ok(ids)
+    }
+
+    /// The stored rows of the batch whose id, text, pair and label are all the same as
+    /// the batch's; fails on a row whose id is stored with other content.
+    async fn stored_copies(
+        &self,
+        task: &str,
+        kind: ItemKind,
+        rows: &[ItemInput],
+    ) -> Result<Vec<StoredItem>, TaskError> {
+        let ids: Vec<String> = rows.iter().filter_map(|r| r.id.clone()).collect();
+        let existing: HashSet<String> = self
+            .store
+            .existing_ids(task, kind, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let mut copies = Vec::new();
+        for (row, input) in rows.iter().enumerate() {
+            let Some(id) = input.id.as_deref().filter(|id| existing.contains(*id)) else {
+                continue;
+            };
+            match self.store.item(task, kind, id).await? {
+                Some(item)
+                    if item.text == input.text
+                        && item.text_pair == input.text_pair
+                        && item.label == input.label =>
+                {
+                    copies.push(item);
+                }
+                Some(_) => {
+                    return Err(TaskError::InvalidRow {
+                        row,
+                        message: format!("id `{id}` already exists with other content"),
+                    })
+                }
+                // Deleted since: stored anew.
+                None => {}
+            }
+        }
+        Ok(copies)
     }
 
     /// Fails on the first of `ids` that the task already holds as `kind`.
