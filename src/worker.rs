@@ -54,12 +54,21 @@ impl<J: Send + 'static> Worker<J> {
         let (sender, receiver) = sync_channel::<J>(capacity.max(1));
         let waiting = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&waiting);
+        let worker = name.to_owned();
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 while let Ok(job) = receiver.recv() {
                     counter.fetch_sub(1, Ordering::Relaxed);
-                    handle(&mut state, job);
+                    // A panic fails its own job (the caller's reply channel is dropped,
+                    // so its request gets an error) and the worker takes the next one,
+                    // rather than ending for good while `/ready` still answers 200.
+                    let run = std::panic::AssertUnwindSafe(|| handle(&mut state, job));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!(worker = %worker, "a model job panicked; the worker goes on");
+                        ::metrics::counter!("exemplar_worker_panics_total", "worker" => worker.clone())
+                            .increment(1);
+                    }
                 }
             })?;
         Ok(Self { sender, waiting })
@@ -68,7 +77,8 @@ impl<J: Send + 'static> Worker<J> {
     /// Queues `job`, or refuses it at once when the queue is full.
     ///
     /// # Errors
-    /// [`QueueError::Full`] under overload, [`QueueError::Stopped`] after a worker panic.
+    /// [`QueueError::Full`] under overload, [`QueueError::Stopped`] once the worker has
+    /// ended.
     pub fn submit(&self, job: J) -> Result<(), QueueError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         self.sender.try_send(job).map_err(|e| {
@@ -112,5 +122,24 @@ mod tests {
         gate_tx.send(()).expect("worker alive");
         assert_eq!(done_rx.recv().ok(), Some(0));
         assert_eq!(done_rx.recv().ok(), Some(1));
+    }
+
+    #[test]
+    fn a_panicking_job_fails_alone_and_the_worker_goes_on() {
+        let (done_tx, done_rx) = channel::<u32>();
+        let worker = Worker::spawn("test", 4, 0u32, move |jobs_run, job: u32| {
+            *jobs_run += 1;
+            assert_ne!(job, 1, "job 1 panics");
+            done_tx.send(*jobs_run).ok();
+        })
+        .expect("thread");
+        for job in 0..3 {
+            worker.submit(job).expect("the worker takes every job");
+        }
+        assert_eq!(done_rx.recv().ok(), Some(1));
+        // Job 1 panicked; job 2 still runs on the same state.
+        assert_eq!(done_rx.recv().ok(), Some(3));
+        worker.submit(3).expect("the worker is alive");
+        assert_eq!(done_rx.recv().ok(), Some(4));
     }
 }
