@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_TOKENS_CAP: usize = 512;
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Seconds a request may take before it is answered 408.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+/// Requests one client may have in flight at once.
+pub const DEFAULT_CLIENT_MAX_IN_FLIGHT: usize = 32;
+/// Requests one client may send per second (bursts of twice that).
+pub const DEFAULT_CLIENT_RATE: u32 = 100;
 /// Seconds a stopping server keeps serving, with `/ready` at 503, before it closes.
 pub const DEFAULT_DRAIN_SECS: u64 = 0;
 /// Default milliseconds between replica syncs.
@@ -91,6 +95,20 @@ pub struct Config {
     /// finish and a running vote-k stage 2 saves its progress).
     #[arg(long, env = "EXEMPLAR_DRAIN_SECONDS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_seconds: u64,
+
+    /// Requests one client may have in flight on /v1 routes before 429 (0: no limit).
+    #[arg(long, env = "EXEMPLAR_CLIENT_MAX_IN_FLIGHT", default_value_t = DEFAULT_CLIENT_MAX_IN_FLIGHT)]
+    pub client_max_in_flight: usize,
+
+    /// Requests one client may send per second to /v1 routes, in bursts of twice that,
+    /// before 429 (0: no limit).
+    #[arg(long, env = "EXEMPLAR_CLIENT_RATE", default_value_t = DEFAULT_CLIENT_RATE)]
+    pub client_rate: u32,
+
+    /// Tell clients apart by the last `X-Forwarded-For` address (the one the load
+    /// balancer appended), not the peer's: set it behind a balancer, and only then.
+    #[arg(long, env = "EXEMPLAR_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
 }
 
 /// Which models to load, and where they run.

@@ -185,6 +185,7 @@ pub async fn serve(
         tokio::time::sleep(drain).await;
         tracing::info!("closing the listener; finishing the requests in flight");
     };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
 

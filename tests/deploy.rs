@@ -23,7 +23,7 @@ const EXAMPLES: usize = 1000;
 const KILL_STREAM: usize = 200;
 /// Clients sending at once.
 const CLIENTS: usize = 4;
-/// Tries per request, as the README advises for 502/503 and refused connections.
+/// Tries per request, as the README advises for 429, 502, 503 and refused connections.
 const TRIES: usize = 6;
 /// The image the test builds and the compose file runs.
 const IMAGE: &str = "exemplar:deploy-test";
@@ -189,7 +189,8 @@ fn build_image() {
     );
 }
 
-/// A client that retries refused connections and 502/503 answers, as the README advises.
+/// A client that retries refused connections and 429/502/503 answers, as the README
+/// advises.
 #[derive(Clone)]
 struct Client {
     http: reqwest::Client,
@@ -223,7 +224,7 @@ impl Client {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let value = response.json().await.unwrap_or(Value::Null);
-                    if status != 502 && status != 503 {
+                    if ![429, 502, 503].contains(&status) {
                         return (status, value);
                     }
                     last = (status, value);

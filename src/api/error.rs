@@ -55,6 +55,14 @@ pub enum ApiError {
     /// The model queue is full.
     #[error("the server is busy: the model queue is full, retry shortly")]
     Overloaded,
+    /// The client has as many requests in flight as it may.
+    #[error(
+        "this client has {0} requests in flight, as many as it may; retry when one has finished"
+    )]
+    TooManyInFlight(usize),
+    /// The client sends faster than it may.
+    #[error("this client sends requests faster than it may; retry after Retry-After seconds")]
+    RateLimited,
     /// The models are still loading.
     #[error("the models are still loading; poll GET /ready")]
     NotReady,
@@ -100,6 +108,8 @@ impl ApiError {
             Self::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             Self::UnknownRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::TooManyInFlight(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_in_flight"),
+            Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::Task(error) => task_status_and_code(error),

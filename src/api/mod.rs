@@ -6,6 +6,7 @@
 mod completions;
 mod embeddings;
 mod error;
+mod fairness;
 mod health;
 mod info;
 mod items;
@@ -207,6 +208,14 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(fairness::ClientLimits::new(
+                config.client_max_in_flight,
+                config.client_rate,
+                config.trust_forwarded_for,
+            )),
+            fairness::limit,
         ))
         .layer(axum::middleware::map_response(error::envelope_layer_errors))
         .layer(axum::middleware::from_fn(metrics::track))

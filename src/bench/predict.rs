@@ -72,9 +72,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let queue = QUEUE.to_string();
-    let mut config =
-        ServeFlags::try_parse_from(["bench", "--database-url", &url, "--queue-capacity", &queue])?
-            .config;
+    // Every bench client shares one address: the per-client limits are off, so that
+    // what is measured is the model and its queue.
+    let mut config = ServeFlags::try_parse_from([
+        "bench",
+        "--database-url",
+        &url,
+        "--queue-capacity",
+        &queue,
+        "--client-max-in-flight",
+        "0",
+        "--client-rate",
+        "0",
+    ])?
+    .config;
     config.models = args.models.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

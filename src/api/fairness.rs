@@ -1,0 +1,136 @@
+//! Fair sharing between clients: each client (its address, or behind a trusted
+//! balancer the last `X-Forwarded-For` address, the one the balancer appended) may have a bounded number of
+//! requests in flight and a bounded request rate; past either it is answered 429 with
+//! `Retry-After`, so one client flooding cannot fill the model queues that every other
+//! client waits in. Liveness, readiness and metrics are never limited.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::ApiError;
+
+/// Requests between sweeps of the rate limiter's idle clients.
+const SWEEP_EVERY: u64 = 1024;
+
+/// The per-client limits and what each client uses of them.
+pub struct ClientLimits {
+    max_in_flight: usize,
+    in_flight: Mutex<HashMap<IpAddr, usize>>,
+    rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    trust_forwarded_for: bool,
+    seen: AtomicU64,
+}
+
+impl ClientLimits {
+    /// At most `max_in_flight` requests at once and `per_second` a second (bursts of
+    /// twice that) per client; 0 turns a limit off.
+    pub fn new(max_in_flight: usize, per_second: u32, trust_forwarded_for: bool) -> Self {
+        let rate = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self {
+            max_in_flight,
+            in_flight: Mutex::new(HashMap::new()),
+            rate,
+            trust_forwarded_for,
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Each update is one increment or decrement; a poisoned map is still whole.
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Who sent `request`: the peer, or when the balancer is trusted the address it
+    /// appended to `X-Forwarded-For` (the last; earlier ones are the client's to forge).
+    fn client(&self, request: &Request, peer: IpAddr) -> IpAddr {
+        if !self.trust_forwarded_for {
+            return peer;
+        }
+        request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok())
+            .unwrap_or(peer)
+    }
+
+    /// Takes a slot for `client`, or says why not.
+    fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, ApiError> {
+        if let Some(rate) = &self.rate {
+            if self
+                .seen
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(SWEEP_EVERY)
+            {
+                rate.retain_recent();
+            }
+            if rate.check_key(&client).is_err() {
+                return Err(ApiError::RateLimited);
+            }
+        }
+        if self.max_in_flight > 0 {
+            let mut counts = self.counts();
+            let count = counts.entry(client).or_insert(0);
+            if *count >= self.max_in_flight {
+                return Err(ApiError::TooManyInFlight(self.max_in_flight));
+            }
+            *count += 1;
+        }
+        Ok(Slot {
+            limits: Arc::clone(self),
+            client,
+        })
+    }
+}
+
+/// A request in flight; gives its slot back when the request ends or is dropped.
+struct Slot {
+    limits: Arc<ClientLimits>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.limits.max_in_flight == 0 {
+            return;
+        }
+        let mut counts = self.limits.counts();
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The middleware: admits the request under its client's limits, or answers 429.
+pub async fn limit(
+    State(limits): State<Arc<ClientLimits>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !request.uri().path().starts_with("/v1/") {
+        return next.run(request).await;
+    }
+    let client = limits.client(&request, peer.ip());
+    match limits.admit(client) {
+        // The slot is held until the answer's head is sent (a stream's body is not
+        // counted).
+        Ok(_slot) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
