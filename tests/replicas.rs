@@ -132,3 +132,44 @@ async fn replicas_share_writes_on_postgres() {
     let database = TestDatabase::postgres().await;
     replicas_scenario(&database.url).await;
 }
+
+/// How many task scans `server`'s replica sync has made.
+async fn scans(server: &TestServer) -> f64 {
+    let metrics = server.metrics().await;
+    common::metric_sample(&metrics, "exemplar_sync_task_scans_total", &[]).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_idle_sync_reads_no_task_twice() {
+    let database = TestDatabase::sqlite();
+    let args = ["--sync-interval-ms", SYNC_MS];
+    let a = TestServer::start_on(&database.url, &args).await;
+    let b = TestServer::start_on(&database.url, &args).await;
+    make_task(
+        &a,
+        json!([
+            {"id": "e1", "text": "a gorgeous, witty and moving film", "label": "positive"},
+            {"id": "e2", "text": "a tedious, overlong mess", "label": "negative"}
+        ]),
+    )
+    .await;
+    let query = "a witty and moving film";
+    reaches(&a, &b, query).await;
+
+    // Ten sync intervals with no write: no task is scanned again.
+    let before = scans(&b).await;
+    tokio::time::sleep(Duration::from_millis(10 * 100)).await;
+    assert_eq!(scans(&b).await, before, "an idle sync scanned a task");
+
+    // A write on A: B scans that task again and retrieves the new example.
+    let (status, body) = a
+        .post(
+            "/v1/tasks/sst2/examples",
+            json!({"examples": [{"id": "e3", "text": "a witty, moving and gorgeous film", "label": "positive"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let ids = reaches(&a, &b, query).await;
+    assert!(ids.contains(&"e3".to_owned()), "{ids:?}");
+    assert!(scans(&b).await > before);
+}

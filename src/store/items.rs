@@ -172,6 +172,9 @@ impl Store {
                     .await?;
             }
         }
+        if kind == ItemKind::Example {
+            bump_examples_version(&mut tx, task).await?;
+        }
         tx.commit().await?;
         Ok(seqs)
     }
@@ -322,12 +325,34 @@ impl Store {
             "DELETE FROM {} WHERE task = $1 AND id = $2 RETURNING seq",
             kind.table()
         );
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&sql)
             .bind(task)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+        if row.is_some() && kind == ItemKind::Example {
+            bump_examples_version(&mut tx, task).await?;
+        }
+        tx.commit().await?;
         Ok(row.map(|r| r.try_get("seq")).transpose()?)
+    }
+
+    /// Every task's examples version (see [`bump_examples_version`]) with the task's
+    /// creation time, by name: a task deleted and made again restarts its count.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn examples_versions(&self) -> Result<Vec<(String, (i64, i64))>, StoreError> {
+        let rows = sqlx::query("SELECT name, created_at, examples_version FROM tasks")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let version = (r.try_get("created_at")?, r.try_get("examples_version")?);
+                Ok((r.try_get("name")?, version))
+            })
+            .collect()
     }
 
     /// Replaces the embeddings of rows made by another embedder.
@@ -356,6 +381,19 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Counts a change to the task's examples, in the transaction that makes it: replicas
+/// compare this number to learn, in one read, whether the task's examples changed.
+async fn bump_examples_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    task: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE tasks SET examples_version = examples_version + 1 WHERE name = $1")
+        .bind(task)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

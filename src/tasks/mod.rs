@@ -310,6 +310,8 @@ pub struct Catalog {
     embedder: EmbedderHandle,
     embedder_id: String,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Each task's creation time and examples version as of its last replica sync.
+    synced_versions: std::sync::Mutex<HashMap<String, (i64, i64)>>,
 }
 
 impl Catalog {
@@ -325,6 +327,7 @@ impl Catalog {
             embedder,
             embedder_id,
             collections: RwLock::new(HashMap::new()),
+            synced_versions: std::sync::Mutex::new(HashMap::new()),
         };
         for task in catalog.store.tasks().await? {
             catalog

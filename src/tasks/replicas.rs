@@ -33,6 +33,13 @@ impl SyncReport {
 }
 
 impl Catalog {
+    fn synced_versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64)>> {
+        // Each update is one insert or retain; a poisoned map is still whole.
+        self.synced_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Brings every in-memory collection up to date with the database, which other
     /// replicas may have written.
     ///
@@ -45,13 +52,11 @@ impl Catalog {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let stored: HashSet<String> = self
-            .store
-            .tasks()
-            .await?
-            .into_iter()
-            .map(|t| t.name)
-            .collect();
+        // One number per task says whether its examples changed since the last sync:
+        // an idle sync reads nothing else.
+        let versions: HashMap<String, (i64, i64)> =
+            self.store.examples_versions().await?.into_iter().collect();
+        let stored: HashSet<&String> = versions.keys().collect();
         for (name, collection) in &before {
             if !stored.contains(name) {
                 let mut collections = self.collections_mut();
@@ -66,8 +71,10 @@ impl Catalog {
                 }
             }
         }
-        for name in stored {
-            let collection = match self.collection(&name) {
+        self.synced_versions()
+            .retain(|name, _| versions.contains_key(name));
+        for (name, &version) in &versions {
+            let collection = match self.collection(name) {
                 Some(collection) => collection,
                 None => {
                     report.tasks += 1;
@@ -75,9 +82,17 @@ impl Catalog {
                     Arc::clone(self.collections_mut().entry(name.clone()).or_insert(empty))
                 }
             };
-            let (added, removed) = self.sync_examples(&name, collection).await?;
+            let unchanged = self.synced_versions().get(name) == Some(&version);
+            if unchanged {
+                continue;
+            }
+            ::metrics::counter!("exemplar_sync_task_scans_total").increment(1);
+            let (added, removed) = self.sync_examples(name, collection).await?;
             report.added += added;
             report.removed += removed;
+            // The version read before the scan: a change made during it is scanned
+            // again next time.
+            self.synced_versions().insert(name.clone(), version);
         }
         Ok(report)
     }
