@@ -192,7 +192,8 @@ pub fn endpoints() -> Vec<(Method, &'static str)> {
     routes().into_iter().map(|r| (r.method, r.path)).collect()
 }
 
-/// The full router with its layers: tracing, metrics, a body limit and a request timeout.
+/// The full router with its layers: tracing, metrics, per-client limits, a body limit
+/// and a request timeout.
 pub fn router(state: AppState, config: &Config) -> Router {
     routes()
         .into_iter()
