@@ -84,12 +84,7 @@ fn validate(
         Some(StopStrings::One(s)) => vec![s],
         Some(StopStrings::Many(v)) => v,
     };
-    limits::at_most("stop", "strings", stop.len(), limits::MAX_STOP_STRINGS)?;
-    limits::texts_at_most(
-        "stop",
-        stop.iter().map(String::as_str),
-        limits::MAX_STOP_BYTES,
-    )?;
+    limits::stop_strings(&stop)?;
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop strings must not be empty"));
     }

@@ -50,15 +50,33 @@ pub fn texts_at_most<'a>(
     texts: impl IntoIterator<Item = &'a str>,
     max: usize,
 ) -> Result<(), ApiError> {
-    for (i, text) in texts.into_iter().enumerate() {
-        if text.len() > max {
-            return Err(ApiError::invalid(
-                field,
-                format!("text {i} has {} bytes; at most {max}", text.len()),
-            ));
-        }
+    texts
+        .into_iter()
+        .enumerate()
+        .try_for_each(|(i, text)| text_at_most(field, i, text, max))
+}
+
+/// A 422 unless text `index` of `field` is at most `max` bytes long.
+pub fn text_at_most(
+    field: &'static str,
+    index: usize,
+    text: &str,
+    max: usize,
+) -> Result<(), ApiError> {
+    if text.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("text {index} has {} bytes; at most {max}", text.len()),
+        ));
     }
     Ok(())
+}
+
+/// A 422 unless `stop` holds at most [`MAX_STOP_STRINGS`] strings of at most
+/// [`MAX_STOP_BYTES`] bytes.
+pub fn stop_strings(stop: &[String]) -> Result<(), ApiError> {
+    at_most("stop", "strings", stop.len(), MAX_STOP_STRINGS)?;
+    texts_at_most("stop", stop.iter().map(String::as_str), MAX_STOP_BYTES)
 }
 
 #[cfg(test)]

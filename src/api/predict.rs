@@ -92,12 +92,7 @@ impl OptionsBody {
         let k = self.k.unwrap_or(DEFAULT_K);
         limits::in_range("k", k, 0, limits::MAX_K)?;
         let stop = self.stop.unwrap_or_default();
-        limits::at_most("stop", "strings", stop.len(), limits::MAX_STOP_STRINGS)?;
-        limits::texts_at_most(
-            "stop",
-            stop.iter().map(String::as_str),
-            limits::MAX_STOP_BYTES,
-        )?;
+        limits::stop_strings(&stop)?;
         let max_new_tokens = self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
         if max_new_tokens == 0 || max_new_tokens > max_tokens_cap {
             return Err(ApiError::invalid(
@@ -199,16 +194,7 @@ fn check_texts<'a>(
         if text.trim().is_empty() {
             return Err(ApiError::invalid(field, format!("text {i} is empty")));
         }
-        if text.len() > limits::MAX_QUERY_BYTES {
-            return Err(ApiError::invalid(
-                field,
-                format!(
-                    "text {i} has {} bytes; at most {}",
-                    text.len(),
-                    limits::MAX_QUERY_BYTES
-                ),
-            ));
-        }
+        limits::text_at_most(field, i, text, limits::MAX_QUERY_BYTES)?;
     }
     Ok(())
 }

@@ -56,9 +56,8 @@ impl Catalog {
         // an idle sync reads nothing else.
         let versions: HashMap<String, (i64, i64)> =
             self.store.examples_versions().await?.into_iter().collect();
-        let stored: HashSet<&String> = versions.keys().collect();
         for (name, collection) in &before {
-            if !stored.contains(name) {
+            if !versions.contains_key(name) {
                 let mut collections = self.collections_mut();
                 // Only the collection that was here before the listing: one made since
                 // belongs to a task created after it.
