@@ -46,21 +46,12 @@ fn long(bytes: usize) -> String {
 #[ignore = "loads the models; run with --include-ignored"]
 async fn every_request_size_has_a_cap_named_in_the_answer() {
     let server = TestServer::start(&[]).await;
-    let task = json!({
-        "labels": ["negative", "positive"],
-        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
-    });
-    let (status, body) = server
-        .call(Method::PUT, "/v1/tasks/films", Some(task))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = server
-        .post(
-            "/v1/tasks/films/examples",
-            json!({"examples": [{"id": "good", "text": "a fine film", "label": "positive"}]}),
+    server
+        .sentiment_task(
+            "films",
+            json!([{"id": "good", "text": "a fine film", "label": "positive"}]),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
 
     let predict = "/v1/tasks/films/predict";
     let one = || json!([{"text": "a film"}]);

@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use common::TestServer;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// A client whose requests come from `address` (any 127.x.y.z reaches the server).
@@ -18,23 +17,6 @@ fn client_from(address: [u8; 4]) -> reqwest::Client {
         .timeout(Duration::from_secs(300))
         .build()
         .expect("HTTP client")
-}
-
-async fn task_with_examples(server: &TestServer) {
-    let task = json!({
-        "labels": ["negative", "positive"],
-        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
-    });
-    let (status, body) = server
-        .call(Method::PUT, "/v1/tasks/films", Some(task))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let examples = json!({"examples": [
-        {"text": "a warm, funny and moving film", "label": "positive"},
-        {"text": "a dull and tedious mess", "label": "negative"}
-    ]});
-    let (status, body) = server.post("/v1/tasks/films/examples", examples).await;
-    assert_eq!(status, 201, "{body}");
 }
 
 async fn predict(client: &reqwest::Client, server: &TestServer) -> (u16, Option<String>, Value) {
@@ -64,7 +46,15 @@ async fn predict(client: &reqwest::Client, server: &TestServer) -> (u16, Option<
 #[ignore = "loads the models; run with --include-ignored"]
 async fn a_flooding_client_is_held_to_its_requests_in_flight_and_another_is_served() {
     let server = TestServer::start(&["--client-max-in-flight", "2", "--client-rate", "0"]).await;
-    task_with_examples(&server).await;
+    server
+        .sentiment_task(
+            "films",
+            json!([
+                {"text": "a warm, funny and moving film", "label": "positive"},
+                {"text": "a dull and tedious mess", "label": "negative"}
+            ]),
+        )
+        .await;
     let flooder = client_from([127, 0, 0, 1]);
     let flood: Vec<_> = (0..8)
         .map(|_| {

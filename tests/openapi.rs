@@ -97,24 +97,63 @@ fn check(spec: &Value, method: &str, template: &str, status: u16, body: &Value) 
     );
 }
 
-/// Sends a request and checks the answer against the spec; returns status and body.
-async fn call(
-    server: &TestServer,
-    spec: &Value,
-    method: Method,
-    path: &str,
-    template: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let (status, answer) = server.call(method.clone(), path, body).await;
-    check(
-        spec,
-        &method.as_str().to_lowercase(),
-        template,
-        status,
-        &answer,
-    );
-    (status, answer)
+/// The spec path that `path` (query string and all) is an instance of.
+fn template_of<'a>(spec: &'a Value, path: &str) -> &'a str {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    spec["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .find(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(part, segment)| part.starts_with('{') || part == segment)
+        })
+        .unwrap_or_else(|| panic!("no path of the spec matches {path}"))
+}
+
+/// A live server and the spec its answers are checked against.
+struct Probe<'a> {
+    server: &'a TestServer,
+    spec: &'a Value,
+}
+
+impl Probe<'_> {
+    /// Sends a JSON request and checks the answer; returns status and body.
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, answer) = self.server.call(method.clone(), path, body).await;
+        let template = template_of(self.spec, path);
+        check(
+            self.spec,
+            &method.as_str().to_lowercase(),
+            template,
+            status,
+            &answer,
+        );
+        (status, answer)
+    }
+
+    /// POSTs `body` as it is, with `content_type` if given, and checks the answer.
+    async fn send_raw(&self, path: &str, content_type: Option<&str>, body: &'static str) {
+        let mut request = self.server.client.post(self.server.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("sent");
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.expect("JSON");
+        check(
+            self.spec,
+            "post",
+            template_of(self.spec, path),
+            status,
+            &answer,
+        );
+    }
 }
 
 #[tokio::test]
@@ -122,350 +161,207 @@ async fn call(
 async fn live_answers_match_the_spec() {
     let spec = spec();
     let server = TestServer::start(&[]).await;
-    let s = &server;
-    let spec = &spec;
+    let probe = Probe {
+        server: &server,
+        spec: &spec,
+    };
 
-    let (status, _) = call(s, spec, Method::GET, "/health", "/health", None).await;
+    let (status, _) = probe.send(Method::GET, "/health", None).await;
     assert_eq!(status, 200);
-    call(s, spec, Method::GET, "/ready", "/ready", None).await;
-    call(s, spec, Method::GET, "/v1/info", "/v1/info", None).await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tokenize",
-        "/v1/tokenize",
-        Some(json!({"text": "Hello world"})),
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tokenize",
-        "/v1/tokenize",
-        Some(json!({"txt": 1})),
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/embeddings",
-        "/v1/embeddings",
-        Some(json!({"input": ["a", "b"]})),
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/embeddings",
-        "/v1/embeddings",
-        Some(json!({"input": []})),
-    )
-    .await;
+    probe.send(Method::GET, "/ready", None).await;
+    probe.send(Method::GET, "/v1/info", None).await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/tokenize",
+            Some(json!({"text": "Hello world"})),
+        )
+        .await;
+    probe
+        .send(Method::POST, "/v1/tokenize", Some(json!({"txt": 1})))
+        .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/embeddings",
+            Some(json!({"input": ["a", "b"]})),
+        )
+        .await;
+    probe
+        .send(Method::POST, "/v1/embeddings", Some(json!({"input": []})))
+        .await;
     let completion = json!({"prompt": "Review: fine\nSentiment:", "max_tokens": 3, "logprobs": 2});
-    let (status, _) = call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/completions",
-        "/v1/completions",
-        Some(completion),
-    )
-    .await;
+    let (status, _) = probe
+        .send(Method::POST, "/v1/completions", Some(completion))
+        .await;
     assert_eq!(status, 200);
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/completions",
-        "/v1/completions",
-        Some(json!({"prompt": "x", "temperature": 9})),
-    )
-    .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/completions",
+            Some(json!({"prompt": "x", "temperature": 9})),
+        )
+        .await;
 
     let task = json!({
         "labels": ["negative", "positive"],
         "instruction": "Classify the sentiment of each movie review.",
         "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
     });
-    let t = "/v1/tasks/{task}";
-    let (status, _) = call(
-        s,
-        spec,
-        Method::PUT,
-        "/v1/tasks/films",
-        t,
-        Some(task.clone()),
-    )
-    .await;
+    let (status, _) = probe
+        .send(Method::PUT, "/v1/tasks/films", Some(task.clone()))
+        .await;
     assert_eq!(status, 201);
-    call(s, spec, Method::PUT, "/v1/tasks/films", t, Some(task)).await;
-    call(
-        s,
-        spec,
-        Method::PUT,
-        "/v1/tasks/films",
-        t,
-        Some(json!({"labels": ["a"]})),
-    )
-    .await;
-    call(s, spec, Method::GET, "/v1/tasks", "/v1/tasks", None).await;
-    call(s, spec, Method::GET, "/v1/tasks/films", t, None).await;
-    call(s, spec, Method::GET, "/v1/tasks/nothing", t, None).await;
+    probe.send(Method::PUT, "/v1/tasks/films", Some(task)).await;
+    probe
+        .send(
+            Method::PUT,
+            "/v1/tasks/films",
+            Some(json!({"labels": ["a"]})),
+        )
+        .await;
+    probe.send(Method::GET, "/v1/tasks", None).await;
+    probe.send(Method::GET, "/v1/tasks/films", None).await;
+    probe.send(Method::GET, "/v1/tasks/nothing", None).await;
 
     let examples = json!({"examples": [
         {"id": "good", "text": "a warm, funny and moving film", "label": "positive"},
         {"id": "bad", "text": "a dull and tedious mess", "label": "negative"},
         {"text": "the best film of the year", "label": "positive"}
     ]});
-    let e = "/v1/tasks/{task}/examples";
-    let (status, _) = call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/examples",
-        e,
-        Some(examples.clone()),
-    )
-    .await;
+    let (status, _) = probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/examples",
+            Some(examples.clone()),
+        )
+        .await;
     assert_eq!(status, 201);
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/examples",
-        e,
-        Some(examples),
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/examples",
-        e,
-        Some(json!({"examples": [{"text": "x", "label": "maybe"}]})),
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::GET,
-        "/v1/tasks/films/examples?limit=2",
-        e,
-        None,
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::GET,
-        "/v1/tasks/films/examples?limit=0",
-        e,
-        None,
-    )
-    .await;
-    let one = "/v1/tasks/{task}/examples/{id}";
-    call(
-        s,
-        spec,
-        Method::GET,
-        "/v1/tasks/films/examples/good",
-        one,
-        None,
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::GET,
-        "/v1/tasks/films/examples/missing",
-        one,
-        None,
-    )
-    .await;
+    probe
+        .send(Method::POST, "/v1/tasks/films/examples", Some(examples))
+        .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/examples",
+            Some(json!({"examples": [{"text": "x", "label": "maybe"}]})),
+        )
+        .await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/examples?limit=2", None)
+        .await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/examples?limit=0", None)
+        .await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/examples/good", None)
+        .await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/examples/missing", None)
+        .await;
 
-    let p = "/v1/tasks/{task}/pool";
     let pool: Vec<Value> = (0..12)
         .map(|i| json!({"id": format!("p{i}"), "text": format!("pool review number {i}, neither good nor bad")}))
         .collect();
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/pool",
-        p,
-        Some(json!({ "items": pool })),
-    )
-    .await;
-    call(s, spec, Method::GET, "/v1/tasks/films/pool", p, None).await;
-    call(
-        s,
-        spec,
-        Method::GET,
-        "/v1/tasks/films/pool/p1",
-        "/v1/tasks/{task}/pool/{id}",
-        None,
-    )
-    .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/pool",
+            Some(json!({ "items": pool })),
+        )
+        .await;
+    probe.send(Method::GET, "/v1/tasks/films/pool", None).await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/pool/p1", None)
+        .await;
 
-    let r = "/v1/tasks/{task}/retrieve";
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/retrieve",
-        r,
-        Some(json!({"text": "funny", "k": 2})),
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/retrieve",
-        r,
-        Some(json!({"text": ""})),
-    )
-    .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/retrieve",
+            Some(json!({"text": "funny", "k": 2})),
+        )
+        .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/retrieve",
+            Some(json!({"text": ""})),
+        )
+        .await;
 
-    let pr = "/v1/tasks/{task}/predict";
     let request = json!({"inputs": [{"text": "a lovely film"}], "k": 2, "return_prompt": true, "calibrate": true});
-    let (status, _) = call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/predict",
-        pr,
-        Some(request),
-    )
-    .await;
+    let (status, _) = probe
+        .send(Method::POST, "/v1/tasks/films/predict", Some(request))
+        .await;
     assert_eq!(status, 200);
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/predict",
-        pr,
-        Some(json!({"inputs": []})),
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/nothing/predict",
-        pr,
-        Some(json!({"inputs": [{"text": "x"}]})),
-    )
-    .await;
-    let ev = "/v1/tasks/{task}/evaluate";
+    probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/predict",
+            Some(json!({"inputs": []})),
+        )
+        .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/tasks/nothing/predict",
+            Some(json!({"inputs": [{"text": "x"}]})),
+        )
+        .await;
     let request = json!({"examples": [{"text": "a lovely film", "label": "positive"}], "k": 2});
-    let (status, _) = call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/evaluate",
-        ev,
-        Some(request),
-    )
-    .await;
+    let (status, _) = probe
+        .send(Method::POST, "/v1/tasks/films/evaluate", Some(request))
+        .await;
     assert_eq!(status, 200);
 
-    let sel = "/v1/tasks/{task}/selections";
-    let (status, body) = call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/selections",
-        sel,
-        Some(json!({"method": "fast-vote-k", "budget": 3, "params": {"k": 3}})),
-    )
-    .await;
+    let (status, body) = probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/selections",
+            Some(json!({"method": "fast-vote-k", "budget": 3, "params": {"k": 3}})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let id = body["id"].as_str().expect("id").to_owned();
-    call(
-        s,
-        spec,
-        Method::GET,
-        &format!("/v1/tasks/films/selections/{id}"),
-        "/v1/tasks/{task}/selections/{id}",
-        None,
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        &format!("/v1/tasks/films/selections/{id}/continue"),
-        "/v1/tasks/{task}/selections/{id}/continue",
-        None,
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::GET,
-        "/v1/tasks/films/selections/nope",
-        "/v1/tasks/{task}/selections/{id}",
-        None,
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::POST,
-        "/v1/tasks/films/selections",
-        sel,
-        Some(json!({"method": "best", "budget": 3})),
-    )
-    .await;
+    probe
+        .send(
+            Method::GET,
+            &format!("/v1/tasks/films/selections/{id}"),
+            None,
+        )
+        .await;
+    probe
+        .send(
+            Method::POST,
+            &format!("/v1/tasks/films/selections/{id}/continue"),
+            None,
+        )
+        .await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/selections/nope", None)
+        .await;
+    probe
+        .send(
+            Method::POST,
+            "/v1/tasks/films/selections",
+            Some(json!({"method": "best", "budget": 3})),
+        )
+        .await;
 
-    call(
-        s,
-        spec,
-        Method::DELETE,
-        "/v1/tasks/films/pool/p1",
-        "/v1/tasks/{task}/pool/{id}",
-        None,
-    )
-    .await;
-    call(
-        s,
-        spec,
-        Method::DELETE,
-        "/v1/tasks/films/examples/good",
-        one,
-        None,
-    )
-    .await;
-    let (status, _) = call(s, spec, Method::DELETE, "/v1/tasks/films", t, None).await;
+    probe
+        .send(Method::DELETE, "/v1/tasks/films/pool/p1", None)
+        .await;
+    probe
+        .send(Method::DELETE, "/v1/tasks/films/examples/good", None)
+        .await;
+    let (status, _) = probe.send(Method::DELETE, "/v1/tasks/films", None).await;
     assert_eq!(status, 204);
-    call(s, spec, Method::DELETE, "/v1/tasks/films", t, None).await;
+    probe.send(Method::DELETE, "/v1/tasks/films", None).await;
 
     // Bodies that are not JSON, or not sent as JSON.
-    let response = s
-        .client
-        .post(s.url("/v1/tokenize"))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON");
-    check(spec, "post", "/v1/tokenize", status, &body);
-    let response = s
-        .client
-        .post(s.url("/v1/tokenize"))
-        .body("text")
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON");
-    check(spec, "post", "/v1/tokenize", status, &body);
+    probe
+        .send_raw("/v1/tokenize", Some("application/json"), "{not json")
+        .await;
+    probe.send_raw("/v1/tokenize", None, "text").await;
 }

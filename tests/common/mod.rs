@@ -265,6 +265,21 @@ impl TestServer {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// Creates the sentiment task `name` (labels negative and positive, "Review:" and
+    /// "Sentiment:" templates) holding `examples`; fails the test if either write fails.
+    pub async fn sentiment_task(&self, name: &str, examples: serde_json::Value) {
+        let task = serde_json::json!({
+            "labels": ["negative", "positive"],
+            "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
+        });
+        let path = format!("/v1/tasks/{name}");
+        let (status, body) = self.call(reqwest::Method::PUT, &path, Some(task)).await;
+        assert_eq!(status, 201, "{body}");
+        let examples = serde_json::json!({ "examples": examples });
+        let (status, body) = self.post(&format!("{path}/examples"), examples).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
     /// GETs `/metrics`, checks that it answers Prometheus text, and returns the text.
     pub async fn metrics(&self) -> String {
         let response = self
