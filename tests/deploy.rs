@@ -56,26 +56,25 @@ impl Stack {
         Self { compose, port }
     }
 
-    /// Runs a compose command and returns its output.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.compose[0])
+    /// A compose command on this project.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.compose[0]);
+        command
             .args(&self.compose[1..])
             .args(args)
             .env("EXEMPLAR_PORT", self.port.to_string())
-            .env("EXEMPLAR_IMAGE", IMAGE)
-            .output()
-            .expect("compose runs")
+            .env("EXEMPLAR_IMAGE", IMAGE);
+        command
+    }
+
+    /// Runs a compose command and returns its output.
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("compose runs")
     }
 
     /// Runs a compose command that must succeed.
     fn must(&self, args: &[&str]) {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "compose {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        must(&mut self.command(args));
     }
 
     /// Sends a request to one replica directly, from inside its container.
