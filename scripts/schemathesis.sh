@@ -2,7 +2,8 @@
 # Fuzzes a live server against openapi.yaml with schemathesis (from PyPI, in a venv under
 # target/): no answer may be a server error, break its schema or use an undocumented
 # status. Starts `exemplar serve` (the binary given, else target/debug/exemplar) on a
-# temporary SQLite database with one task, so that task routes are reached too.
+# temporary SQLite database with one task, so that task routes are reached too, with auth
+# required and every request sent with an admin key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 binary="${1:-target/debug/exemplar}"
@@ -19,7 +20,9 @@ fi
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
-EXEMPLAR_MODELS_DIR="${EXEMPLAR_MODELS_DIR:-$PWD/models}" "$binary" serve --addr "127.0.0.1:$port" \
+key="exm_$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+EXEMPLAR_BOOTSTRAP_KEY="$key" EXEMPLAR_MODELS_DIR="${EXEMPLAR_MODELS_DIR:-$PWD/models}" \
+  "$binary" serve --addr "127.0.0.1:$port" --require-auth \
   --database-url "sqlite://$work/exemplar.db" --queue-capacity 256 >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
@@ -28,7 +31,8 @@ for _ in $(seq 1 120); do
   kill -0 $server 2>/dev/null || { cat "$work/server.log" >&2; fail "the server exited"; }
   sleep 1
 done
-json=(-fsS -H 'content-type: application/json')
+auth="authorization: Bearer $key"
+json=(-fsS -H 'content-type: application/json' -H "$auth")
 curl "${json[@]}" -X PUT "$base/v1/tasks/films" -d '{"labels":["negative","positive"],
   "template":{"input":"Review: {text}","output":"Sentiment: {label}"}}' >/dev/null
 curl "${json[@]}" -X POST "$base/v1/tasks/films/examples" -d '{"examples":[
@@ -41,10 +45,11 @@ cat >"$work/schemathesis.toml" <<'TOML'
 "path.task" = "films"
 TOML
 status=0
-"$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run openapi.yaml --url "$base" --workers 1 \
+"$venv/bin/schemathesis" --config-file "$work/schemathesis.toml" run openapi.yaml --url "$base" --workers 1 --header "$auth" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,fuzzing,stateful --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
   --request-timeout 300 --no-color || status=$?
+grep -q "${key#exm_}" "$work/server.log" && { echo "schemathesis: the key is in the server log" >&2; status=1; }
 if grep -q '"level":"ERROR"\|ERROR' "$work/server.log"; then
   grep 'ERROR' "$work/server.log" | tail -n 20 >&2
 fi

@@ -32,6 +32,8 @@ pub const DEFAULT_CLIENT_MAX_IN_FLIGHT: usize = 32;
 pub const DEFAULT_CLIENT_RATE: u32 = 100;
 /// Seconds a stopping server keeps serving, with `/ready` at 503, before it closes.
 pub const DEFAULT_DRAIN_SECS: u64 = 0;
+/// Seconds a replica's claim on a vote-k stage 2 holds unless renewed.
+pub const DEFAULT_STAGE_TWO_LEASE_SECS: u64 = 30;
 /// Default milliseconds between replica syncs.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 
@@ -96,6 +98,12 @@ pub struct Config {
     #[arg(long, env = "EXEMPLAR_DRAIN_SECONDS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_seconds: u64,
 
+    /// Seconds a replica's lease on a running vote-k stage 2 holds unless renewed (it
+    /// renews every third of that): how long after a replica dies another resumes its
+    /// stage 2.
+    #[arg(long, env = "EXEMPLAR_STAGE_TWO_LEASE_SECONDS", default_value_t = DEFAULT_STAGE_TWO_LEASE_SECS)]
+    pub stage_two_lease_seconds: u64,
+
     /// Requests one client may have in flight on /v1 routes before 429 (0: no limit).
     #[arg(long, env = "EXEMPLAR_CLIENT_MAX_IN_FLIGHT", default_value_t = DEFAULT_CLIENT_MAX_IN_FLIGHT)]
     pub client_max_in_flight: usize,
@@ -109,6 +117,35 @@ pub struct Config {
     /// balancer appended), not the peer's: set it behind a balancer, and only then.
     #[arg(long, env = "EXEMPLAR_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+
+    /// Refuse /v1 requests without a valid API key even while the database holds no key
+    /// (auth is on anyway as soon as it holds one).
+    #[arg(long, env = "EXEMPLAR_REQUIRE_AUTH")]
+    pub require_auth: bool,
+
+    /// An admin API key to add at start-up if the database lacks it (at least 32
+    /// characters, e.g. `openssl rand -hex 32`); give it by the environment, where
+    /// `ps` cannot show it.
+    #[arg(long, env = "EXEMPLAR_BOOTSTRAP_KEY", hide_env_values = true)]
+    pub bootstrap_key: Option<BootstrapKey>,
+}
+
+/// A key given to the server; its `Debug` form hides it, so that no log line shows it.
+#[derive(Clone)]
+pub struct BootstrapKey(pub String);
+
+impl std::str::FromStr for BootstrapKey {
+    type Err = std::convert::Infallible;
+
+    fn from_str(key: &str) -> Result<Self, Self::Err> {
+        Ok(Self(key.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for BootstrapKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootstrapKey(..)")
+    }
 }
 
 /// Which models to load, and where they run.

@@ -17,12 +17,14 @@
 //! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.
 //! - [`select`]: selective annotation: random, fast vote-k, vote-k, IDEAL.
 //! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
+//! - [`auth`]: API keys (hashes in the database), scopes, and `exemplar keys`.
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
 //! - [`client`]: `exemplar import`, `eval` and `predict`, clients of the HTTP API.
 //! - [`experiments`]: `exemplar experiment`, the tables in `docs/results.md`.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -1,6 +1,6 @@
 //! The `exemplar` command line: `serve` runs the HTTP service, `import` loads data into
 //! it, `eval` and `predict` run a file through it, `select` chooses pool items to
-//! annotate, `bench` measures speed, `experiment` writes the result tables.
+//! annotate, `keys` manages API keys, `bench` measures speed, `experiment` writes the result tables.
 
 use std::io::IsTerminal;
 
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use exemplar::auth::cli::KeysArgs;
 use exemplar::bench::BenchArgs;
 use exemplar::client::eval::EvalArgs;
 use exemplar::client::import::ImportArgs;
@@ -53,6 +54,8 @@ enum Command {
     Predict(PredictArgs),
     /// Choose which pool items of a task to annotate (vote-k, IDEAL, ...).
     Select(SelectArgs),
+    /// Create, list and revoke API keys in the service's database.
+    Keys(KeysArgs),
     /// Measure prompt, generation and embedding speed on this machine.
     Bench(BenchArgs),
     /// Run an experiment on the public data sets and write its table.
@@ -119,6 +122,9 @@ fn main() -> anyhow::Result<()> {
         Command::Select(args) => {
             args.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::select::cli::run(&args))
+        }
+        Command::Keys(args) => {
+            tokio::runtime::Runtime::new()?.block_on(exemplar::auth::cli::run(&args))
         }
         Command::Experiment(Experiment::Icl(args)) => {
             args.models.apply_thread_count();

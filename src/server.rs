@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Services, Settings};
+use crate::auth::{AuthError, Keyring};
 use crate::config::{Config, DeviceKind, ModelConfig};
 use crate::embed::{EmbedError, Embedder, EmbedderHandle};
 use crate::llm::{Llm, LlmError, LlmHandle};
@@ -17,6 +18,10 @@ use crate::predict::Predictor;
 use crate::select::selections::{Selector, StageTwoRun};
 use crate::store::{Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
+
+/// How often each replica reads the key table again: the longest a key revoked
+/// elsewhere still works here.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the service could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,9 @@ pub enum ServerError {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The API keys could not be read, or the bootstrap key is not acceptable.
+    #[error("API keys: {0}")]
+    Auth(#[from] AuthError),
     /// Tasks could not be loaded into memory.
     #[error("loading tasks: {0}")]
     Tasks(#[from] TaskError),
@@ -114,6 +122,20 @@ pub fn load_models(
 /// Opens the database, loads the models, then every task's index.
 async fn start_services(config: &Config) -> Result<Services, ServerError> {
     let store = Store::connect(&config.database_url).await?;
+    let keyring = Keyring::open(
+        store.clone(),
+        config.require_auth,
+        config.bootstrap_key.as_ref().map(|k| k.0.as_str()),
+    )
+    .await?;
+    if !keyring.required() {
+        tracing::warn!(
+            addr = %config.addr,
+            "auth is off: the database holds no API key and --require-auth is not set, so \
+             whoever reaches this address may use every route; create a key with \
+             `exemplar keys create --scope admin` before exposing it"
+        );
+    }
     let models = config.models.clone();
     let capacity = config.queue_capacity;
     let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, capacity))
@@ -122,10 +144,12 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
     Ok(Services {
+        keyring: Arc::new(keyring),
         selector: Arc::new(Selector::new(
             Arc::clone(&catalog),
             Arc::clone(&predictor),
             StageTwoRun::Background,
+            Duration::from_secs(config.stage_two_lease_seconds.max(1)),
         )),
         predictor,
         llm,
@@ -150,6 +174,32 @@ async fn sync_replicas(catalog: Arc<Catalog>, interval: Duration) {
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "replica sync failed; retrying"),
+        }
+    }
+}
+
+/// Reads the key table every `interval`, so that keys created or revoked through
+/// another replica or `exemplar keys` take effect here.
+async fn reload_keys(keyring: Arc<Keyring>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = keyring.reload().await {
+            tracing::warn!(error = %e, "reading the API keys failed; the keys read before stay in force");
+        }
+    }
+}
+
+/// Resumes, every `interval` and at once, the vote-k stage-2 runs whose lease lapsed
+/// because their replica died or stopped.
+async fn resume_stage_two(selector: Arc<Selector>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = selector.resume_lapsed().await {
+            tracing::warn!(error = %e, "looking for lapsed stage-2 runs failed; retrying");
         }
     }
 }
@@ -199,10 +249,21 @@ pub async fn serve(
         let interval = Duration::from_millis(config.sync_interval_ms);
         tokio::spawn(sync_replicas(Arc::clone(&services.catalog), interval))
     });
+    let keys = tokio::spawn(reload_keys(
+        Arc::clone(&services.keyring),
+        KEY_RELOAD_INTERVAL,
+    ));
+    let resumer = tokio::spawn(resume_stage_two(
+        Arc::clone(&services.selector),
+        Duration::from_secs((config.stage_two_lease_seconds / 2).max(1)),
+    ));
     server.await?;
+    // No new stage-2 runs from here on.
+    resumer.abort();
     services.selector.stop().await;
+    // Before the database closes under them.
+    keys.abort();
     if let Some(sync) = sync {
-        // Before the database closes under it.
         sync.abort();
     }
     services.catalog.close().await;

@@ -287,46 +287,77 @@ async fn start_stage_two(server: &TestServer, request: &Value) -> String {
     started["id"].as_str().expect("id").to_owned()
 }
 
-#[tokio::test]
-async fn a_stage_two_cut_short_by_a_crash_resumes_and_chooses_the_same_items() {
-    let request =
-        json!({"method": "vote-k", "budget": 8, "seed": 0, "params": {"k": 10, "stage_one": 2}});
-    // Uninterrupted.
-    let server = TestServer::start(&[]).await;
-    let id = start_stage_two(&server, &request).await;
-    let whole = ids(&wait_complete(&server, &id).await);
-    drop(server);
-
-    // Killed once some predictions are saved, then continued.
-    let server = TestServer::start(&[]).await;
-    let id = start_stage_two(&server, &request).await;
-    let path = format!("/v1/tasks/sst2/selections/{id}");
+/// Polls `path` until its saved or running progress reaches `done`; answers it.
+async fn wait_progress(server: &TestServer, path: &str, done: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let (_, selection) = server.get(&path).await;
+        let (_, selection) = server.get(path).await;
         assert_eq!(
-            selection["state"], "predicting",
+            selection["complete"], false,
             "stage 2 ended before the kill: {selection}"
         );
-        let done = selection["progress"]["done"].as_u64().unwrap_or(0);
-        if done >= 16 {
-            break;
+        if selection["progress"]["done"].as_u64().unwrap_or(0) >= done {
+            return selection;
         }
         assert!(Instant::now() < deadline, "no progress: {selection}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server = server.restart().await;
+}
+
+/// Stage 2 runs on one replica at a time and outlives it: a `continue` sent to a second
+/// replica starts no duplicate; when the runner is killed the second replica resumes
+/// from the saved batches, and when that one is killed too it resumes by itself once
+/// restarted; the result is the uninterrupted run's.
+#[tokio::test]
+async fn a_stage_two_outlives_killed_replicas_and_chooses_the_same_items() {
+    let request =
+        json!({"method": "vote-k", "budget": 8, "seed": 0, "params": {"k": 10, "stage_one": 2}});
+    let lease = ["--stage-two-lease-seconds", "3"];
+    // Uninterrupted.
+    let server = TestServer::start(&lease).await;
+    let id = start_stage_two(&server, &request).await;
+    let whole = ids(&wait_complete(&server, &id).await);
+    drop(server);
+
+    let mut first = TestServer::start(&lease).await;
+    let id = start_stage_two(&first, &request).await;
+    let path = format!("/v1/tasks/sst2/selections/{id}");
+    let second = TestServer::start_on(&first.database_url, &lease).await;
+    let (status, answer) = second.post(&format!("{path}/continue"), json!({})).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["state"], "predicting", "{answer}");
+
+    let killed_at = wait_progress(&first, &path, 16).await;
+    first.kill();
+    // The second replica resumes once the lease lapses, from the saved batches.
+    let resumed = wait_progress(&second, &path, 32).await;
+    assert!(
+        second
+            .log()
+            .contains("resumed a vote-k stage 2 whose lease lapsed"),
+        "{}",
+        second.log()
+    );
+    assert!(resumed["progress"]["done"].as_u64() >= killed_at["progress"]["done"].as_u64());
+    drop(first);
+
+    // Killed again, restarted: it resumes with no `continue`.
+    let server = second.restart().await;
     let (status, after) = server.get(&path).await;
     assert_eq!(status, 200);
-    assert_eq!(after["state"], "awaiting_annotation", "{after}");
     let saved = after["progress"]["done"].as_u64().expect("saved progress");
     assert!((16..78).contains(&saved), "{after}");
-    assert!(after["next"].as_str().expect("next").contains("resumes"));
-    let (status, resumed) = server.post(&format!("{path}/continue"), json!({})).await;
-    assert_eq!(status, 202, "{resumed}");
-    assert_eq!(
-        resumed["progress"]["done"], saved,
-        "it starts from what was saved"
-    );
-    assert_eq!(ids(&wait_complete(&server, &id).await), whole);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get(&path).await.1["state"] == "awaiting_annotation" {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = wait_complete(&server, &id).await;
+    assert_eq!(ids(&done), whole);
+    assert!(server
+        .log()
+        .contains("resumed a vote-k stage 2 whose lease lapsed"));
 }

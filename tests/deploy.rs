@@ -25,6 +25,9 @@ const KILL_STREAM: usize = 200;
 const CLIENTS: usize = 4;
 /// Tries per request, as the README advises for 429, 502, 503 and refused connections.
 const TRIES: usize = 6;
+/// The stack's bootstrap admin key, the one key every request of the test sends.
+const ADMIN_KEY: &str = "deploy-test-admin-key-0123456789abcdef";
+
 /// The image the test builds and the compose file runs.
 const IMAGE: &str = "exemplar:deploy-test";
 
@@ -63,7 +66,8 @@ impl Stack {
             .args(&self.compose[1..])
             .args(args)
             .env("EXEMPLAR_PORT", self.port.to_string())
-            .env("EXEMPLAR_IMAGE", IMAGE);
+            .env("EXEMPLAR_IMAGE", IMAGE)
+            .env("EXEMPLAR_BOOTSTRAP_KEY", ADMIN_KEY);
         command
     }
 
@@ -91,6 +95,8 @@ impl Stack {
             method,
             "-H",
             "content-type: application/json",
+            "-H",
+            &format!("authorization: Bearer {ADMIN_KEY}"),
             "--data",
             &body,
             &url,
@@ -200,6 +206,10 @@ impl Client {
     fn new() -> Self {
         Self {
             http: reqwest::Client::builder()
+                .default_headers(reqwest::header::HeaderMap::from_iter([(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {ADMIN_KEY}").parse().expect("header value"),
+                )]))
                 .timeout(Duration::from_secs(300))
                 .build()
                 .expect("HTTP client"),
@@ -331,6 +341,13 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
     eprintln!(
         "stack up and ready at {:.0} s",
         started.elapsed().as_secs_f64()
+    );
+    // The image requires a key, and the bootstrap key is one.
+    let anonymous = reqwest::get(stack.url("/v1/tasks")).await.expect("sent");
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "the image served a request without a key"
     );
 
     // A task and 1000 SST-2 examples, written through the balancer in batches.

@@ -52,6 +52,49 @@ fn special_tokens_in_user_text_stay_plain_text() {
     assert!(ids.iter().all(|&id| !tokenizer.is_special(id)));
 }
 
+/// Text built from pieces that tokenizers stumble on: special-token spellings, broken
+/// markers, line breaks, combining marks, emoji, bytes that are not ASCII.
+fn hostile_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        Just("<|im_start|>".to_owned()),
+        Just("<|im_end|>".to_owned()),
+        Just("<|endoftext|>".to_owned()),
+        Just("<|im_".to_owned()),
+        Just("\n\n".to_owned()),
+        Just("\r\n".to_owned()),
+        Just("\u{2028}".to_owned()),
+        Just("e\u{301}".to_owned()),
+        Just("👩‍👩‍👧".to_owned()),
+        Just("\u{0}".to_owned()),
+        "\\PC{0,12}",
+        any::<String>(),
+    ];
+    proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
+    ))]
+
+    /// Any text encodes without error into ordinary tokens that decode back to it.
+    #[test]
+    fn any_text_encodes_to_plain_tokens_and_back(text in hostile_text()) {
+        let tokenizer = shared_tokenizer();
+        let ids = tokenizer.encode(&text).expect("encodes");
+        proptest::prop_assert!(ids.iter().all(|&id| !tokenizer.is_special(id)), "{:?} -> {:?}", text, ids);
+        proptest::prop_assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
+        proptest::prop_assert_eq!(tokenizer.decode(&ids).expect("decodes"), text);
+    }
+}
+
+/// One tokenizer for every case of the property test.
+fn shared_tokenizer() -> &'static LlmTokenizer {
+    static TOKENIZER: std::sync::OnceLock<LlmTokenizer> = std::sync::OnceLock::new();
+    TOKENIZER.get_or_init(tokenizer)
+}
+
 /// Greedy continuation and top-1 for every fixture prompt; returns the largest gap
 /// between our log-probabilities and llama.cpp's over its top-5 tokens.
 ///

@@ -38,7 +38,7 @@ fn spec_paths_and_methods_are_the_routers() {
         .collect();
     let served: BTreeSet<(String, String)> = exemplar::api::endpoints()
         .into_iter()
-        .map(|(method, path)| (method.to_string(), path.to_owned()))
+        .map(|(method, path, _)| (method.to_string(), path.to_owned()))
         .collect();
     let undocumented: Vec<_> = served.difference(&documented).collect();
     let unserved: Vec<_> = documented.difference(&served).collect();
@@ -46,6 +46,29 @@ fn spec_paths_and_methods_are_the_routers() {
         undocumented.is_empty() && unserved.is_empty(),
         "served but not in openapi.yaml: {undocumented:?}; in openapi.yaml but not served: {unserved:?}"
     );
+}
+
+#[test]
+fn spec_says_which_routes_need_a_key() {
+    let spec = spec();
+    assert_eq!(spec["security"], json!([{"bearer": []}]));
+    for (method, path, access) in exemplar::api::endpoints() {
+        let operation = &spec["paths"][path][method.as_str().to_lowercase()];
+        let public = operation.get("security") == Some(&json!([]));
+        assert_eq!(
+            public,
+            access == exemplar::auth::Access::Public,
+            "{method} {path}: the spec's security disagrees with the route's {access:?}"
+        );
+        if !public {
+            for status in ["401", "403"] {
+                assert!(
+                    operation["responses"].get(status).is_some(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+        }
+    }
 }
 
 /// Follows a local `$ref` (`#/a/b`) to what it points at.
@@ -125,7 +148,18 @@ struct Probe<'a> {
 impl Probe<'_> {
     /// Sends a JSON request and checks the answer; returns status and body.
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, answer) = self.server.call(method.clone(), path, body).await;
+        self.send_as(None, method, path, body).await
+    }
+
+    /// Like [`Probe::send`], with `key` as the bearer if given.
+    async fn send_as(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (status, answer) = self.server.call_as(key, method.clone(), path, body).await;
         let template = template_of(self.spec, path);
         check(
             self.spec,
@@ -364,4 +398,51 @@ async fn live_answers_match_the_spec() {
         .send_raw("/v1/tokenize", Some("application/json"), "{not json")
         .await;
     probe.send_raw("/v1/tokenize", None, "text").await;
+
+    // Keys: the first one turns auth on.
+    let (status, admin) = probe
+        .send(
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"scope": "admin", "name": "spec"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{admin}");
+    let admin = admin["key"].as_str().expect("key");
+    let (status, _) = probe.send(Method::GET, "/v1/keys", None).await;
+    assert_eq!(status, 401);
+    let (status, reader) = probe
+        .send_as(
+            Some(admin),
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"scope": "read", "tasks": ["films"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = probe
+        .send_as(reader["key"].as_str(), Method::GET, "/v1/keys", None)
+        .await;
+    assert_eq!(status, 403);
+    probe
+        .send_as(
+            Some(admin),
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"scope": "owner"})),
+        )
+        .await;
+    let (status, _) = probe
+        .send_as(Some(admin), Method::GET, "/v1/keys", None)
+        .await;
+    assert_eq!(status, 200);
+    let revoke = format!("/v1/keys/{}", reader["id"].as_str().expect("id"));
+    let (status, _) = probe
+        .send_as(Some(admin), Method::DELETE, &revoke, None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = probe
+        .send_as(Some(admin), Method::DELETE, &revoke, None)
+        .await;
+    assert_eq!(status, 404);
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
+use crate::auth::Scope;
 use crate::llm::{FinishReason, Generation, GenerationParams, LlmHandle, TokenLogprob};
 
 /// Tokens generated when the request does not say.
@@ -26,7 +27,7 @@ const MAX_TEMPERATURE: f64 = 2.0;
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![Route::post("/v1/completions", completions)]
+    vec![Route::post("/v1/completions", completions).service(Scope::Read)]
 }
 
 #[derive(Deserialize)]

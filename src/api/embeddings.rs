@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use super::limits;
 use super::{ApiError, ApiJson, AppState, Route, MAX_EMBEDDING_INPUTS};
+use crate::auth::Scope;
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![Route::post("/v1/embeddings", embeddings)]
+    vec![Route::post("/v1/embeddings", embeddings).service(Scope::Read)]
 }
 
 #[derive(Deserialize)]

@@ -9,11 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::llm::LlmError;
 use crate::predict::PredictError;
 use crate::select::selections::SelectionError;
 use crate::select::SelectError;
+use crate::store::StoreError;
 use crate::tasks::TaskError;
 use crate::worker::QueueError;
 
@@ -69,6 +71,12 @@ pub enum ApiError {
     /// The server is stopping; the load balancer should send elsewhere.
     #[error("the server is shutting down")]
     Draining,
+    /// The caller's key is missing, wrong, or does not allow the route.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// No live key has this id.
+    #[error("no live API key has the id `{0}`")]
+    KeyNotFound(String),
     /// A task operation failed.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -112,6 +120,17 @@ impl ApiError {
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::Auth(AuthError::Missing | AuthError::Invalid) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
+            Self::Auth(AuthError::Scope { .. } | AuthError::Task(_) | AuthError::TaskLimited) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
+            Self::Auth(AuthError::InvalidKey(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
+            }
+            Self::Auth(AuthError::Store(store)) => store_status_and_code(store),
+            Self::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
             Self::Task(error) => task_status_and_code(error),
             Self::Predict(error) => predict_status_and_code(error),
             Self::Selection(error) => match error {
@@ -128,7 +147,12 @@ impl ApiError {
                 }
                 SelectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "selection_not_found"),
                 SelectionError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-                SelectionError::Select(SelectError::Graph(_)) | SelectionError::Store(_) => {
+                SelectionError::LeaseLost => (StatusCode::CONFLICT, "conflict"),
+                SelectionError::UnknownState { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+                SelectionError::Store(store) => store_status_and_code(store),
+                SelectionError::Select(SelectError::Graph(_)) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
@@ -153,6 +177,14 @@ fn predict_status_and_code(error: &PredictError) -> (StatusCode, &'static str) {
     }
 }
 
+fn store_status_and_code(error: &StoreError) -> (StatusCode, &'static str) {
+    if error.is_unavailable() {
+        (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    }
+}
+
 fn task_status_and_code(error: &TaskError) -> (StatusCode, &'static str) {
     match error {
         TaskError::TaskNotFound(_) => (StatusCode::NOT_FOUND, "task_not_found"),
@@ -166,7 +198,8 @@ fn task_status_and_code(error: &TaskError) -> (StatusCode, &'static str) {
         TaskError::Embed(EmbedError::Queue(QueueError::Full)) => {
             (StatusCode::TOO_MANY_REQUESTS, "overloaded")
         }
-        TaskError::Embed(_) | TaskError::Store(_) | TaskError::Index(_) | TaskError::Aborted(_) => {
+        TaskError::Store(store) => store_status_and_code(store),
+        TaskError::Embed(_) | TaskError::Index(_) | TaskError::Aborted(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
     }
@@ -175,7 +208,10 @@ fn task_status_and_code(error: &TaskError) -> (StatusCode, &'static str) {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        let message = if code == "database_unavailable" {
+            tracing::warn!(cause = %self, "the database is unreachable");
+            "the database is unreachable; retry shortly".to_owned()
+        } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             // Causes go to the log; clients learn only that it was not their fault.
             tracing::error!(cause = %self, "request failed");
             "internal error".to_owned()
@@ -190,11 +226,16 @@ impl IntoResponse for ApiError {
         }
         let body = Json(json!({ "error": error }));
         let mut response = (status, body).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS || code == "database_unavailable" {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if matches!(self, Self::PayloadTooLarge | Self::Timeout) {
             // The request body may be left unread, so the server drops the connection;

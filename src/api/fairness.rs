@@ -1,8 +1,9 @@
-//! Fair sharing between clients: each client (its address, or behind a trusted
-//! balancer the last `X-Forwarded-For` address, the one the balancer appended) may have a bounded number of
-//! requests in flight and a bounded request rate; past either it is answered 429 with
-//! `Retry-After`, so one client flooding cannot fill the model queues that every other
-//! client waits in. Liveness, readiness and metrics are never limited.
+//! Fair sharing between clients: each client (its API key; without one its address, or
+//! behind a trusted balancer the last `X-Forwarded-For` address, the one the balancer
+//! appended) may have a bounded number of requests in flight and a bounded request
+//! rate; past either it is answered 429 with `Retry-After`, so one client flooding
+//! cannot fill the model queues that every other client waits in. Public routes
+//! (liveness, readiness, metrics) are never limited.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,15 +17,25 @@ use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::ApiError;
+use crate::auth::Caller;
 
 /// Requests between sweeps of the rate limiter's idle clients.
 const SWEEP_EVERY: u64 = 1024;
 
+/// Whom a limit counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Client {
+    /// The holder of the key with this id, wherever it calls from.
+    Key(String),
+    /// An anonymous caller at this address.
+    Address(IpAddr),
+}
+
 /// The per-client limits and what each client uses of them.
 pub struct ClientLimits {
     max_in_flight: usize,
-    in_flight: Mutex<HashMap<IpAddr, usize>>,
-    rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    in_flight: Mutex<HashMap<Client, usize>>,
+    rate: Option<DefaultKeyedRateLimiter<Client>>,
     trust_forwarded_for: bool,
     seen: AtomicU64,
 }
@@ -46,28 +57,34 @@ impl ClientLimits {
         }
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Client, usize>> {
         // Each update is one increment or decrement; a poisoned map is still whole.
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Who sent `request`: the peer, or when the balancer is trusted the address it
-    /// appended to `X-Forwarded-For` (the last; earlier ones are the client's to forge).
-    fn client(&self, request: &Request, peer: IpAddr) -> IpAddr {
-        if !self.trust_forwarded_for {
-            return peer;
+    /// Who sent `request`: its key's holder; without a key the peer, or when the
+    /// balancer is trusted the address it appended to `X-Forwarded-For` (the last;
+    /// earlier ones are the client's to forge).
+    fn client(&self, request: &Request, peer: IpAddr) -> Client {
+        if let Some(Caller::Key(key)) = request.extensions().get::<Caller>() {
+            return Client::Key(key.id.clone());
         }
-        request
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|last| last.trim().parse().ok())
-            .unwrap_or(peer)
+        if !self.trust_forwarded_for {
+            return Client::Address(peer);
+        }
+        Client::Address(
+            request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|last| last.trim().parse().ok())
+                .unwrap_or(peer),
+        )
     }
 
     /// Takes a slot for `client`, or says why not.
-    fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Slot, ApiError> {
+    fn admit(self: &Arc<Self>, client: Client) -> Result<Slot, ApiError> {
         if let Some(rate) = &self.rate {
             if self
                 .seen
@@ -82,7 +99,7 @@ impl ClientLimits {
         }
         if self.max_in_flight > 0 {
             let mut counts = self.counts();
-            let count = counts.entry(client).or_insert(0);
+            let count = counts.entry(client.clone()).or_insert(0);
             if *count >= self.max_in_flight {
                 return Err(ApiError::TooManyInFlight(self.max_in_flight));
             }
@@ -98,7 +115,7 @@ impl ClientLimits {
 /// A request in flight; gives its slot back when the request ends or is dropped.
 struct Slot {
     limits: Arc<ClientLimits>,
-    client: IpAddr,
+    client: Client,
 }
 
 impl Drop for Slot {
@@ -123,9 +140,6 @@ pub async fn limit(
     request: Request,
     next: Next,
 ) -> Response {
-    if !request.uri().path().starts_with("/v1/") {
-        return next.run(request).await;
-    }
     let client = limits.client(&request, peer.ip());
     match limits.admit(client) {
         // The slot is held until the answer's head is sent (a stream's body is not

@@ -8,7 +8,10 @@ use super::{ApiError, AppState, Route};
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![Route::get("/health", health), Route::get("/ready", ready)]
+    vec![
+        Route::get("/health", health).public(),
+        Route::get("/ready", ready).public(),
+    ]
 }
 
 async fn health() -> Json<Value> {

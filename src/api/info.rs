@@ -5,10 +5,11 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState, Route};
+use crate::auth::Scope;
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![Route::get("/v1/info", info)]
+    vec![Route::get("/v1/info", info).service(Scope::Read)]
 }
 
 async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

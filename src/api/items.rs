@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, AppState, Route};
+use crate::auth::Scope;
 use crate::store::ItemKind;
 use crate::tasks::{ItemInput, ItemView};
 
@@ -22,30 +23,38 @@ pub fn routes() -> Vec<Route> {
     vec![
         Route::get("/v1/tasks/{task}/examples", |s, p, q| {
             page(ItemKind::Example, s, p, q)
-        }),
+        })
+        .task(Scope::Read),
         Route::post(
             "/v1/tasks/{task}/examples",
             |s, p, ApiJson(b): ApiJson<ExampleBatch>| add(ItemKind::Example, s, p, b),
-        ),
+        )
+        .task(Scope::Write),
         Route::get("/v1/tasks/{task}/examples/{id}", |s, p| {
             show(ItemKind::Example, s, p)
-        }),
+        })
+        .task(Scope::Read),
         Route::delete("/v1/tasks/{task}/examples/{id}", |s, p| {
             delete(ItemKind::Example, s, p)
-        }),
+        })
+        .task(Scope::Write),
         Route::get("/v1/tasks/{task}/pool", |s, p, q| {
             page(ItemKind::PoolItem, s, p, q)
-        }),
+        })
+        .task(Scope::Read),
         Route::post(
             "/v1/tasks/{task}/pool",
             |s, p, ApiJson(b): ApiJson<PoolBatch>| add(ItemKind::PoolItem, s, p, b),
-        ),
+        )
+        .task(Scope::Write),
         Route::get("/v1/tasks/{task}/pool/{id}", |s, p| {
             show(ItemKind::PoolItem, s, p)
-        }),
+        })
+        .task(Scope::Read),
         Route::delete("/v1/tasks/{task}/pool/{id}", |s, p| {
             delete(ItemKind::PoolItem, s, p)
-        }),
+        })
+        .task(Scope::Write),
     ]
 }
 

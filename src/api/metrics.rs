@@ -25,7 +25,7 @@ const UNMATCHED: &str = "unmatched";
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![Route::get("/metrics", render)]
+    vec![Route::get("/metrics", render).public()]
 }
 
 /// The process's Prometheus recorder, installed on the first call.

@@ -3,6 +3,7 @@
 //! Handlers extract and validate the request, call the model handles, and shape the
 //! answer. Every failure is an [`ApiError`], turned into HTTP in `error.rs`.
 
+mod auth;
 mod completions;
 mod embeddings;
 mod error;
@@ -11,6 +12,7 @@ mod health;
 mod info;
 mod items;
 mod json;
+mod keys;
 mod limits;
 mod metrics;
 mod predict;
@@ -37,6 +39,7 @@ use tracing::Level;
 pub use error::ApiError;
 pub use json::ApiJson;
 
+use crate::auth::{Access, Keyring, Scope};
 use crate::config::{Config, DeviceKind, WeightFormat};
 use crate::embed::EmbedderHandle;
 use crate::llm::LlmHandle;
@@ -60,6 +63,8 @@ pub struct Services {
     pub predictor: Arc<Predictor>,
     /// Selective annotation over the catalog's pools.
     pub selector: Arc<Selector>,
+    /// The API keys that requests are checked against.
+    pub keyring: Arc<Keyring>,
 }
 
 /// Limits and facts that validation and `/v1/info` need.
@@ -129,10 +134,11 @@ impl AppState {
     }
 }
 
-/// One endpoint: a method on a path, and the handler that answers it.
+/// One endpoint: a method on a path, who may call it, and the handler that answers it.
 pub struct Route {
     method: Method,
     path: &'static str,
+    access: Access,
     handler: MethodRouter<AppState>,
 }
 
@@ -141,8 +147,32 @@ impl Route {
         Self {
             method,
             path,
+            // Until a route says otherwise it is the most guarded, so that a route whose
+            // access was forgotten fails closed.
+            access: Access::Service(Scope::Admin),
             handler,
         }
+    }
+
+    /// Who may call this route.
+    pub fn access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// A key with `scope` that covers the `{task}` of the path.
+    pub fn task(self, scope: Scope) -> Self {
+        self.access(Access::Task(scope))
+    }
+
+    /// A key with `scope`, for a route that names no task.
+    pub fn service(self, scope: Scope) -> Self {
+        self.access(Access::Service(scope))
+    }
+
+    /// Anyone, without a key and without per-client limits.
+    pub fn public(self) -> Self {
+        self.access(Access::Public)
     }
 
     /// `GET path`.
@@ -172,6 +202,7 @@ fn routes() -> Vec<Route> {
         health::routes(),
         metrics::routes(),
         info::routes(),
+        keys::routes(),
         tokenize::routes(),
         embeddings::routes(),
         completions::routes(),
@@ -186,20 +217,42 @@ fn routes() -> Vec<Route> {
     .collect()
 }
 
-/// The method and path of every route, as the router serves them (`openapi.yaml` must
-/// describe exactly these).
-pub fn endpoints() -> Vec<(Method, &'static str)> {
-    routes().into_iter().map(|r| (r.method, r.path)).collect()
+/// The method, path and access of every route, as the router serves them
+/// (`openapi.yaml` must describe exactly these).
+pub fn endpoints() -> Vec<(Method, &'static str, Access)> {
+    routes()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.access))
+        .collect()
 }
 
-/// The full router with its layers: tracing, metrics, per-client limits, a body limit
-/// and a request timeout.
+/// The full router with its layers: tracing, metrics, a body limit and a request
+/// timeout on every route; on guarded routes the caller's key, then its fair share.
 pub fn router(state: AppState, config: &Config) -> Router {
+    let limits = Arc::new(fairness::ClientLimits::new(
+        config.client_max_in_flight,
+        config.client_rate,
+        config.trust_forwarded_for,
+    ));
     routes()
         .into_iter()
         // Routes on one path with different methods merge into one method router.
         .fold(Router::new(), |router, route| {
-            router.route(route.path, route.handler)
+            let handler = match route.access {
+                Access::Public => route.handler,
+                // The last layer runs first: the key is checked before it is counted.
+                access => route
+                    .handler
+                    .route_layer(axum::middleware::from_fn_with_state(
+                        Arc::clone(&limits),
+                        fairness::limit,
+                    ))
+                    .route_layer(axum::middleware::from_fn_with_state(
+                        auth::Guard::new(state.clone(), access),
+                        auth::authenticate,
+                    )),
+            };
+            router.route(route.path, handler)
         })
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
         .with_state(state)
@@ -209,14 +262,6 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(fairness::ClientLimits::new(
-                config.client_max_in_flight,
-                config.client_rate,
-                config.trust_forwarded_for,
-            )),
-            fairness::limit,
         ))
         .layer(axum::middleware::map_response(error::envelope_layer_errors))
         .layer(axum::middleware::from_fn(metrics::track))

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::limits;
 use super::retrieve::{StrategyName, DEFAULT_K};
 use super::{ApiError, ApiJson, AppState, Route};
+use crate::auth::Scope;
 use crate::predict::metrics::{self, Evaluation};
 use crate::predict::{GenerationOptions, Order, PredictOptions, Prediction, QueryInput, Selection};
 use crate::tasks::MAX_ID_BYTES;
@@ -24,8 +25,8 @@ const DEFAULT_MAX_NEW_TOKENS: usize = 32;
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::post("/v1/tasks/{task}/predict", predict),
-        Route::post("/v1/tasks/{task}/evaluate", evaluate),
+        Route::post("/v1/tasks/{task}/predict", predict).task(Scope::Read),
+        Route::post("/v1/tasks/{task}/evaluate", evaluate).task(Scope::Read),
     ]
 }
 

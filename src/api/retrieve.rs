@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
+use crate::auth::Scope;
 use crate::retrieve::{Strategy, DEFAULT_MMR_LAMBDA};
 use crate::tasks::{Demonstration, RetrieveQuery};
 
@@ -14,7 +15,7 @@ pub const DEFAULT_K: usize = 8;
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![Route::post("/v1/tasks/{task}/retrieve", retrieve)]
+    vec![Route::post("/v1/tasks/{task}/retrieve", retrieve).task(Scope::Read)]
 }
 
 /// The strategies a request may name.

@@ -10,15 +10,16 @@ use serde::Deserialize;
 
 use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
+use crate::auth::Scope;
 use crate::select::selections::{Progress, SelectionRequest, SelectionView};
 use crate::select::{Method, ParamOverrides};
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::post("/v1/tasks/{task}/selections", create),
-        Route::get("/v1/tasks/{task}/selections/{id}", show),
-        Route::post("/v1/tasks/{task}/selections/{id}/continue", resume),
+        Route::post("/v1/tasks/{task}/selections", create).task(Scope::Write),
+        Route::get("/v1/tasks/{task}/selections/{id}", show).task(Scope::Read),
+        Route::post("/v1/tasks/{task}/selections/{id}/continue", resume).task(Scope::Write),
     ]
 }
 

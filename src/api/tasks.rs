@@ -2,19 +2,21 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::Serialize;
 
 use super::{ApiError, ApiJson, AppState, Route};
+use crate::auth::{Caller, Scope};
 use crate::tasks::{TaskSpec, TaskView};
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::get("/v1/tasks", list),
-        Route::get("/v1/tasks/{task}", show),
-        Route::put("/v1/tasks/{task}", put),
-        Route::delete("/v1/tasks/{task}", delete),
+        Route::get("/v1/tasks", list).service(Scope::Read),
+        Route::get("/v1/tasks/{task}", show).task(Scope::Read),
+        Route::put("/v1/tasks/{task}", put).task(Scope::Admin),
+        Route::delete("/v1/tasks/{task}", delete).task(Scope::Admin),
     ]
 }
 
@@ -71,10 +73,18 @@ async fn show(
     Ok(Json(state.services()?.catalog.task(&task).await?.into()))
 }
 
-async fn list(State(state): State<AppState>) -> Result<Json<TaskList>, ApiError> {
+/// The tasks the caller's key covers.
+async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<TaskList>, ApiError> {
     let tasks = state.services()?.catalog.tasks().await?;
     Ok(Json(TaskList {
-        tasks: tasks.into_iter().map(TaskBody::from).collect(),
+        tasks: tasks
+            .into_iter()
+            .filter(|task| caller.sees(&task.name))
+            .map(TaskBody::from)
+            .collect(),
     }))
 }
 

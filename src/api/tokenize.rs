@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
+use crate::auth::Scope;
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![Route::post("/v1/tokenize", tokenize)]
+    vec![Route::post("/v1/tokenize", tokenize).service(Scope::Read)]
 }
 
 #[derive(Deserialize)]

@@ -14,7 +14,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::rows::{self, Row};
-use super::server::Server;
+use super::server::{Server, ServerArgs};
 use super::PredictFlags;
 use crate::predict::metrics::{self, Evaluation};
 
@@ -27,9 +27,8 @@ pub struct EvalArgs {
     /// JSON lines or CSV (header row) with `text`, optional `text_pair`, and `label`.
     #[arg(long)]
     pub file: PathBuf,
-    /// The server's base URL.
-    #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub flags: PredictFlags,
     /// Print the evaluation as the evaluate API's JSON instead of tables.

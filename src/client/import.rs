@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::rows::{self, Row};
-use super::server::{ClientError, Server};
+use super::server::{ClientError, Server, ServerArgs};
 
 /// Options of `exemplar import`.
 #[derive(Debug, Args)]
@@ -26,9 +26,8 @@ pub struct ImportArgs {
     /// Load unlabeled pool items instead of annotated examples.
     #[arg(long)]
     pub pool: bool,
-    /// The server's base URL.
-    #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Rows per request.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,

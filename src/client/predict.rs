@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::rows::{self, Row};
-use super::server::Server;
+use super::server::{Server, ServerArgs};
 use super::PredictFlags;
 
 /// Options of `exemplar predict`.
@@ -35,9 +35,8 @@ pub struct PredictArgs {
     /// Continue an earlier run: skip the rows already in `--out`.
     #[arg(long, requires = "out")]
     pub resume: bool,
-    /// The server's base URL.
-    #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub flags: PredictFlags,
 }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use clap::Args;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::Value;
 
 /// Attempts per request while the server answers 429 or 503.
@@ -36,9 +38,26 @@ pub enum ClientError {
     /// A success whose body is not JSON.
     #[error("the server's answer is not JSON: {0}")]
     Malformed(reqwest::Error),
+    /// The API key holds characters that no header may carry.
+    #[error("the API key is not a valid header value")]
+    BadKey,
+    /// The HTTP client could not be built.
+    #[error("setting up the HTTP client: {0}")]
+    Setup(reqwest::Error),
     /// The client's own runtime could not start.
     #[error("starting the client: {0}")]
     Runtime(#[from] std::io::Error),
+}
+
+/// Where the server is and the key to show it.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The server's base URL.
+    #[arg(long, env = "EXEMPLAR_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// The API key to send (see `exemplar keys create`); best given by the environment.
+    #[arg(long, env = "EXEMPLAR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// A running server at a base URL.
@@ -49,14 +68,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// A connection to `base` (for example `http://127.0.0.1:8080`).
+    /// A connection to the server that `args` names, sending its key on every request.
     ///
     /// # Errors
-    /// When the client's runtime cannot start.
-    pub fn new(base: &str) -> Result<Self, ClientError> {
+    /// When the key cannot be sent in a header or the client cannot start.
+    pub fn new(args: &ServerArgs) -> Result<Self, ClientError> {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &args.api_key {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| ClientError::BadKey)?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
         Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
-            client: reqwest::Client::new(),
+            base: args.server.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .map_err(ClientError::Setup)?,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,

@@ -3,6 +3,7 @@
 //! stored, so a running server answers it at `GET /v1/tasks/{task}/selections/{id}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -10,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::selections::{Progress, SelectionRequest, Selector, StageTwoRun};
 use super::{Method, ParamOverrides};
-use crate::config::{ModelConfig, DEFAULT_DATABASE_URL};
+use crate::config::{ModelConfig, DEFAULT_DATABASE_URL, DEFAULT_STAGE_TWO_LEASE_SECS};
 use crate::predict::Predictor;
 use crate::server::load_models;
 use crate::store::Store;
@@ -60,6 +61,7 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
         Arc::clone(&catalog),
         predictor,
         StageTwoRun::InCall,
+        Duration::from_secs(DEFAULT_STAGE_TWO_LEASE_SECS),
     ));
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg:20} {bar:40} {pos}/{len} eta {eta}")
@@ -87,7 +89,7 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
     eprintln!(
         "selection {} ({}): {} items, timings {:?}",
         view.id,
-        view.state,
+        view.state.as_str(),
         view.items.len(),
         view.timings
     );

@@ -18,15 +18,42 @@ pub struct SelectionRow {
     pub request: String,
     /// The result so far, as JSON.
     pub result: String,
+    /// Who runs its stage 2, and until when, if anyone took it on.
+    pub lease: Option<Lease>,
 }
 
+/// A replica's claim to run a selection's stage 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The replica holding it.
+    pub owner: String,
+    /// Seconds since the epoch when it lapses unless renewed.
+    pub expires: i64,
+}
+
+impl Lease {
+    /// Whether it still holds at `now`.
+    pub fn live(&self, now: i64) -> bool {
+        self.expires >= now
+    }
+}
+
+const SELECT_SELECTION: &str =
+    "SELECT id, method, state, request, result, lease_owner, lease_expires FROM selections";
+
 fn selection_row(row: &sqlx::any::AnyRow) -> Result<SelectionRow, sqlx::Error> {
+    let owner: Option<String> = row.try_get("lease_owner")?;
+    let expires: Option<i64> = row.try_get("lease_expires")?;
     Ok(SelectionRow {
         id: row.try_get("id")?,
         method: row.try_get("method")?,
         state: row.try_get("state")?,
         request: row.try_get("request")?,
         result: row.try_get("result")?,
+        lease: owner.map(|owner| Lease {
+            owner,
+            expires: expires.unwrap_or(0),
+        }),
     })
 }
 
@@ -66,13 +93,11 @@ impl Store {
         task: &str,
         id: &str,
     ) -> Result<Option<SelectionRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, method, state, request, result FROM selections WHERE task = $1 AND id = $2",
-        )
-        .bind(task)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("{SELECT_SELECTION} WHERE task = $1 AND id = $2"))
+            .bind(task)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(selection_row).transpose()?)
     }
 
@@ -85,14 +110,148 @@ impl Store {
         task: &str,
         method: &str,
     ) -> Result<Vec<SelectionRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, method, state, request, result FROM selections \
-             WHERE task = $1 AND method = $2 ORDER BY created_at, id",
-        )
+        let rows = sqlx::query(&format!(
+            "{SELECT_SELECTION} WHERE task = $1 AND method = $2 ORDER BY created_at, id"
+        ))
         .bind(task)
         .bind(method)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(selection_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Takes the stage-2 lease of a selection for `owner` until `until`, unless another
+    /// owner's lease is live at `now`; answers whether `owner` holds it now.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn take_lease(
+        &self,
+        task: &str,
+        id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        // One statement: of replicas racing for an expired lease, one update wins and
+        // the others find it live.
+        let taken = sqlx::query(
+            "UPDATE selections SET lease_owner = $1, lease_expires = $2 \
+             WHERE task = $3 AND id = $4 \
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires < $5)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(task)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    /// Extends `owner`'s lease to `until`; answers false when `owner` no longer holds it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn renew_lease(
+        &self,
+        task: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE selections SET lease_expires = $1 \
+             WHERE task = $2 AND id = $3 AND lease_owner = $4",
+        )
+        .bind(until)
+        .bind(task)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed == 1)
+    }
+
+    /// Saves the state and result of a selection whose lease `owner` holds, extending
+    /// the lease to `until`, or ending it when `until` is `None`; answers false (and
+    /// saves nothing) when `owner` no longer holds it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn save_leased(
+        &self,
+        task: &str,
+        row: &SelectionRow,
+        owner: &str,
+        until: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let saved = sqlx::query(
+            "UPDATE selections SET state = $1, result = $2, updated_at = $3, \
+             lease_owner = $4, lease_expires = $5 \
+             WHERE task = $6 AND id = $7 AND lease_owner = $8",
+        )
+        .bind(&row.state)
+        .bind(&row.result)
+        .bind(now())
+        .bind(until.map(|_| owner))
+        .bind(until)
+        .bind(task)
+        .bind(&row.id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(saved == 1)
+    }
+
+    /// Lets go of `owner`'s lease: expired at once, so that any replica resumes the
+    /// run, when `resumable`; else cleared, so that only a `continue` starts it again.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn release_lease(
+        &self,
+        task: &str,
+        id: &str,
+        owner: &str,
+        resumable: bool,
+    ) -> Result<(), StoreError> {
+        let query = if resumable {
+            "UPDATE selections SET lease_expires = 0 \
+             WHERE task = $1 AND id = $2 AND lease_owner = $3"
+        } else {
+            "UPDATE selections SET lease_owner = NULL, lease_expires = NULL \
+             WHERE task = $1 AND id = $2 AND lease_owner = $3"
+        };
+        sqlx::query(query)
+            .bind(task)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The (task, id) of every selection whose lease lapsed before `now`: stage-2 runs
+    /// whose replica died or stopped.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn lapsed_leases(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task, id FROM selections \
+             WHERE lease_owner IS NOT NULL AND lease_expires < $1 ORDER BY updated_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("task")?, r.try_get("id")?)))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 }

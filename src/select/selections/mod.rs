@@ -8,28 +8,34 @@
 //! are chosen bucket by bucket.
 //!
 //! Stage 2 predicts the whole pool (an hour for 3000 items on two cores), so the
-//! server runs it in the background: the call answers at once with state `predicting`
-//! and progress, and the selection is polled. Every batch of predictions is saved with
-//! the selection, so a stage 2 cut short by a crash resumes where it stopped.
+//! server runs it in the background (`stage_two.rs`): the call answers at once with
+//! state `predicting` and progress, and the selection is polled. One replica at a time
+//! runs it, the holder of a lease in the database; every batch of predictions is saved
+//! with the selection, so a stage 2 cut short by a crash is resumed where it stopped by
+//! whichever replica finds its lease lapsed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod jobs;
+mod stage_two;
+mod state;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::task::TaskTracker;
 
-use super::{first_pass, second_pass, Method, ParamOverrides, Params, SelectError};
-use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput};
-use crate::retrieve::Strategy;
-use crate::store::{ItemKind, SelectionRow, StoreError, StoredItem};
+use super::{first_pass, Method, ParamOverrides, Params, SelectError};
+use crate::predict::{PredictError, Predictor};
+use crate::store::{ItemKind, SelectionRow, StoreError};
 use crate::tasks::{Catalog, TaskError};
 
-/// Demonstrations per prediction in vote-k's stage 2.
-const STAGE_TWO_K: usize = 8;
-/// Pool items predicted per call in stage 2.
-const STAGE_TWO_CHUNK: usize = 16;
+pub use jobs::StageTwoProgress;
+pub use stage_two::stage_two_confidences;
+pub use state::SelectionState;
+
+use jobs::{Job, Jobs};
 
 /// What can go wrong with a selection.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,17 @@ pub enum SelectionError {
         "stage 2 stopped because the server is shutting down; continue the selection to resume it"
     )]
     ShuttingDown,
+    /// Another replica took over this stage 2 (this one's lease lapsed).
+    #[error("another replica took over this selection's stage 2")]
+    LeaseLost,
+    /// A stored selection has a state this version does not know.
+    #[error("selection `{id}` has the unknown state `{state}`")]
+    UnknownState {
+        /// The selection.
+        id: String,
+        /// What is stored.
+        state: String,
+    },
 }
 
 /// A selection request.
@@ -110,9 +127,8 @@ pub struct SelectionView {
     pub seed: u64,
     /// The parameters used.
     pub params: Params,
-    /// `awaiting_annotation` (vote-k after stage 1), `predicting` (its stage 2 is
-    /// running) or `complete`.
-    pub state: String,
+    /// Where it stands.
+    pub state: SelectionState,
     /// Whether the whole budget is chosen.
     pub complete: bool,
     /// The chosen items, in the order chosen.
@@ -133,17 +149,8 @@ pub struct SelectionView {
 impl SelectionView {
     /// Whether vote-k's stage 2 is running for it in the background.
     pub fn running(&self) -> bool {
-        self.state == PREDICTING
+        self.state == SelectionState::Predicting
     }
-}
-
-/// How far vote-k's stage 2 has predicted the pool.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct StageTwoProgress {
-    /// Pool items predicted.
-    pub done: usize,
-    /// Pool items to predict in all.
-    pub of: usize,
 }
 
 /// A chosen item.
@@ -157,10 +164,6 @@ pub struct SelectedItem {
     pub annotated: bool,
 }
 
-const AWAITING: &str = "awaiting_annotation";
-const PREDICTING: &str = "predicting";
-const COMPLETE: &str = "complete";
-
 /// Reports progress: phase, done, of.
 pub type Progress = Arc<dyn Fn(&str, usize, usize) + Send + Sync>;
 
@@ -173,49 +176,21 @@ pub enum StageTwoRun {
     Background,
 }
 
-/// A stage 2 running in the background, or the reason the last one stopped.
-#[derive(Debug, Clone, Default)]
-struct Job {
-    progress: StageTwoProgress,
-    error: Option<String>,
-}
-
 /// Runs and stores selections.
 pub struct Selector {
     catalog: Arc<Catalog>,
     predictor: Arc<Predictor>,
     stage_two_run: StageTwoRun,
-    /// Background stage-2 runs of this process, by selection id.
-    jobs: std::sync::Mutex<HashMap<String, Job>>,
+    /// This process's name on the stage-2 leases it takes.
+    owner: String,
+    /// How long a stage-2 lease holds unless renewed.
+    lease: Duration,
+    /// Stage-2 runs of this process, by selection id.
+    jobs: Jobs,
     /// The background stage-2 tasks, awaited at shutdown.
     runs: TaskTracker,
     /// Set at shutdown: stage 2 stops after the batch it is predicting.
     stopping: AtomicBool,
-}
-
-/// Vote-k's stage-2 confidence in each input: the probability of its most likely label
-/// with the task's annotated examples as demonstrations, the nearest eight by kNN.
-///
-/// # Errors
-/// When the task is unknown, has no examples, or the model fails.
-pub async fn stage_two_confidences(
-    predictor: &Predictor,
-    task: &str,
-    inputs: Vec<QueryInput>,
-    seed: u64,
-) -> Result<Vec<f64>, PredictError> {
-    let options = PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, seed, false);
-    let predictions = predictor.predict(task, inputs, &options).await?;
-    Ok(predictions
-        .iter()
-        .map(|prediction| {
-            prediction
-                .probabilities
-                .iter()
-                .map(|(_, p)| *p)
-                .fold(0.0, f64::max)
-        })
-        .collect())
 }
 
 fn new_id() -> String {
@@ -227,33 +202,24 @@ fn corrupt(e: serde_json::Error) -> SelectionError {
 }
 
 impl Selector {
-    /// A selector over the catalog's tasks, predicting with `predictor` for vote-k.
+    /// A selector over the catalog's tasks, predicting with `predictor` for vote-k, whose
+    /// stage-2 leases hold for `lease` unless renewed.
     pub fn new(
         catalog: Arc<Catalog>,
         predictor: Arc<Predictor>,
         stage_two_run: StageTwoRun,
+        lease: Duration,
     ) -> Self {
         Self {
             catalog,
             predictor,
             stage_two_run,
-            jobs: std::sync::Mutex::new(HashMap::new()),
+            owner: format!("replica-{:016x}", rand::random::<u64>()),
+            lease,
+            jobs: Jobs::default(),
             runs: TaskTracker::new(),
             stopping: AtomicBool::new(false),
         }
-    }
-
-    /// Stops the background stage-2 runs once each has saved the batch it is
-    /// predicting, and waits for them; a later `continue` resumes from there.
-    pub async fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.runs.close();
-        self.runs.wait().await;
-    }
-
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
-        // The map holds plain progress records, whole after any panic.
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes a selection, answers a stored one for the same request and pool, or runs
@@ -299,7 +265,7 @@ impl Selector {
                 && snapshot
                     .difference(&current)
                     .all(|id| stage_one.contains(id));
-            if row.state == AWAITING && only_stage_one_left {
+            if state_of(&row)? == SelectionState::AwaitingAnnotation && only_stage_one_left {
                 return self.continue_selection(task, &row.id, progress).await;
             }
         }
@@ -337,203 +303,19 @@ impl Selector {
         let row = SelectionRow {
             id: new_id(),
             method: method_name(method),
-            state: if complete { COMPLETE } else { AWAITING }.to_owned(),
+            state: if complete {
+                SelectionState::Complete
+            } else {
+                SelectionState::AwaitingAnnotation
+            }
+            .as_str()
+            .to_owned(),
             request: serde_json::to_string(&recorded).map_err(corrupt)?,
             result: serde_json::to_string(&outcome).map_err(corrupt)?,
+            lease: None,
         };
         store.put_selection(task, &row).await?;
         self.view(task, &row, &recorded, &outcome).await
-    }
-
-    /// Runs vote-k's stage 2 of a stored selection once its stage-1 items are annotated
-    /// (resuming a run that was cut short), inside the call or in the background as the
-    /// selector was made; answers the selection as it is then.
-    ///
-    /// # Errors
-    /// When the selection does not exist, or the model or database fails.
-    pub async fn continue_selection(
-        self: &Arc<Self>,
-        task: &str,
-        id: &str,
-        progress: Progress,
-    ) -> Result<SelectionView, SelectionError> {
-        let (row, recorded, outcome) = self.load(task, id).await?;
-        if row.state != AWAITING
-            || self.annotated_stage_one(task, &outcome).await?.len() < outcome.stage_one.len()
-        {
-            return self.view(task, &row, &recorded, &outcome).await;
-        }
-        if self.stage_two_run == StageTwoRun::InCall {
-            self.run_stage_two(task, id, progress).await?;
-            return self.get(task, id).await;
-        }
-        let start = {
-            let mut jobs = self.jobs();
-            let running = jobs.get(id).is_some_and(|job| job.error.is_none());
-            if !running {
-                let job = Job {
-                    progress: saved_progress(&recorded, &outcome),
-                    error: None,
-                };
-                jobs.insert(id.to_owned(), job);
-            }
-            !running
-        };
-        let view = match self.view(task, &row, &recorded, &outcome).await {
-            Ok(view) => view,
-            Err(e) => {
-                if start {
-                    // Nothing was started: leave no record that says otherwise.
-                    self.jobs().remove(id);
-                }
-                return Err(e);
-            }
-        };
-        if start {
-            let this = Arc::clone(self);
-            let (task, id) = (task.to_owned(), id.to_owned());
-            self.runs.spawn(async move {
-                let tracker = Arc::clone(&this);
-                let job_id = id.clone();
-                let tracked: Progress = Arc::new(move |phase: &str, done: usize, of: usize| {
-                    if let Some(job) = tracker.jobs().get_mut(&job_id) {
-                        job.progress = StageTwoProgress { done, of };
-                    }
-                    progress(phase, done, of);
-                });
-                let result = this.run_stage_two(&task, &id, tracked).await;
-                let mut jobs = this.jobs();
-                match result {
-                    Ok(()) => {
-                        jobs.remove(&id);
-                    }
-                    Err(SelectionError::ShuttingDown) => {
-                        tracing::info!(task = %task, selection = %id, "vote-k stage 2 saved and stopped for shutdown");
-                    }
-                    Err(e) => {
-                        tracing::warn!(task = %task, selection = %id, error = %e, "vote-k stage 2 failed");
-                        if let Some(job) = jobs.get_mut(&id) {
-                            job.error = Some(e.to_string());
-                        }
-                    }
-                }
-            });
-        }
-        Ok(view)
-    }
-
-    /// The stage-1 items already annotated, by id.
-    async fn annotated_stage_one(
-        &self,
-        task: &str,
-        outcome: &Outcome,
-    ) -> Result<HashMap<String, StoredItem>, SelectionError> {
-        let store = self.catalog.store();
-        let mut annotated = HashMap::new();
-        for item_id in &outcome.stage_one {
-            if let Some(item) = store.item(task, ItemKind::Example, item_id).await? {
-                annotated.insert(item_id.clone(), item);
-            }
-        }
-        Ok(annotated)
-    }
-
-    /// Vote-k's stage 2: predicts the pool items it has not predicted yet, saving each
-    /// batch with the selection, then takes the rest of the budget and stores the
-    /// selection complete.
-    async fn run_stage_two(
-        &self,
-        task: &str,
-        id: &str,
-        progress: Progress,
-    ) -> Result<(), SelectionError> {
-        let (row, recorded, mut outcome) = self.load(task, id).await?;
-        let store = self.catalog.store();
-        let annotated = self.annotated_stage_one(task, &outcome).await?;
-        let pool: HashMap<String, StoredItem> = store
-            .all_items(task, ItemKind::PoolItem)
-            .await?
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
-        // The pool as it was, in its order; items deleted since are left out.
-        let items: Vec<&StoredItem> = recorded
-            .pool
-            .iter()
-            .filter_map(|id| pool.get(id).or_else(|| annotated.get(id)))
-            .collect();
-        let selected: Vec<usize> = items
-            .iter()
-            .enumerate()
-            .filter(|(_, item)| annotated.contains_key(&item.id))
-            .map(|(i, _)| i)
-            .collect();
-
-        let started = Instant::now();
-        let unlabelled = items.len() - selected.len();
-        let remaining: Vec<usize> = (0..items.len())
-            .filter(|i| !selected.contains(i) && !outcome.stage_two.contains_key(&items[*i].id))
-            .collect();
-        let mut done = unlabelled - remaining.len();
-        for chunk in remaining.chunks(STAGE_TWO_CHUNK) {
-            if self.stopping.load(Ordering::Relaxed) {
-                return Err(SelectionError::ShuttingDown);
-            }
-            let inputs = chunk
-                .iter()
-                .map(|&i| QueryInput {
-                    text: items[i].text.clone(),
-                    text_pair: items[i].text_pair.clone(),
-                    exclude: None,
-                })
-                .collect();
-            let confidences =
-                stage_two_confidences(&self.predictor, task, inputs, recorded.request.seed).await?;
-            for (&i, confidence) in chunk.iter().zip(confidences) {
-                outcome.stage_two.insert(items[i].id.clone(), confidence);
-            }
-            let saved = SelectionRow {
-                result: serde_json::to_string(&outcome).map_err(corrupt)?,
-                ..row.clone()
-            };
-            store.put_selection(task, &saved).await?;
-            done += chunk.len();
-            progress("predicting the pool", done, unlabelled);
-        }
-        *outcome
-            .timings
-            .entry("stage_two_predict_s".into())
-            .or_default() += started.elapsed().as_secs_f64();
-
-        let started = Instant::now();
-        let confidence: Vec<f64> = items
-            .iter()
-            .map(|item| outcome.stage_two.get(&item.id).copied().unwrap_or(1.0))
-            .collect();
-        let embeddings: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
-        let (budget, params) = (recorded.request.budget, recorded.params);
-        let chosen = tokio::task::spawn_blocking(move || {
-            second_pass(&embeddings, &selected, &confidence, budget, &params)
-        })
-        .await
-        .map_err(|e| SelectError::Graph(format!("selection aborted: {e}")))??;
-        outcome
-            .timings
-            .insert("stage_two_select_s".into(), started.elapsed().as_secs_f64());
-        outcome.items = outcome
-            .stage_one
-            .iter()
-            .cloned()
-            .chain(chosen.into_iter().map(|i| items[i].id.clone()))
-            .collect();
-        outcome.stage_two.clear();
-        let row = SelectionRow {
-            state: COMPLETE.to_owned(),
-            result: serde_json::to_string(&outcome).map_err(corrupt)?,
-            ..row
-        };
-        store.put_selection(task, &row).await?;
-        Ok(())
     }
 
     /// A stored selection.
@@ -592,22 +374,36 @@ impl Selector {
                 annotated,
             });
         }
-        let complete = row.state == COMPLETE;
-        let job = self.jobs().get(&row.id).cloned();
-        let saved = (!outcome.stage_two.is_empty()).then(|| saved_progress(recorded, outcome));
+        let complete = state_of(row)? == SelectionState::Complete;
+        let job = self.jobs.get(&row.id);
+        let saved = saved_progress(recorded, outcome);
+        let leased = row
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.live(crate::store::now()));
         let (state, progress, error) = match job {
-            _ if complete => (COMPLETE, None, None),
+            _ if complete => (SelectionState::Complete, None, None),
+            // This process runs it: its progress is newer than the last saved batch.
             Some(Job {
                 progress,
                 error: None,
-            }) => (PREDICTING, Some(progress), None),
-            Some(Job { error, .. }) => (AWAITING, saved, error),
-            None => (AWAITING, saved, None),
+            }) => (SelectionState::Predicting, Some(progress), None),
+            _ if leased => (SelectionState::Predicting, Some(saved), None),
+            Some(Job { error, .. }) => (
+                SelectionState::AwaitingAnnotation,
+                (saved.done > 0).then_some(saved),
+                error,
+            ),
+            None => (
+                SelectionState::AwaitingAnnotation,
+                (saved.done > 0).then_some(saved),
+                None,
+            ),
         };
         let selection = format!("/v1/tasks/{task}/selections/{}", row.id);
         let next = match state {
-            COMPLETE => None,
-            PREDICTING => Some(format!(
+            SelectionState::Complete => None,
+            SelectionState::Predicting => Some(format!(
                 "vote-k's stage 2 is predicting the pool: GET {selection} until it is complete"
             )),
             _ if waiting.is_empty() => Some(format!(
@@ -626,7 +422,7 @@ impl Selector {
             budget: recorded.request.budget,
             seed: recorded.request.seed,
             params: recorded.params,
-            state: state.to_owned(),
+            state,
             complete,
             items,
             timings: outcome.timings.clone(),
@@ -635,6 +431,14 @@ impl Selector {
             next,
         })
     }
+}
+
+/// The state stored with `row`.
+fn state_of(row: &SelectionRow) -> Result<SelectionState, SelectionError> {
+    SelectionState::parse(&row.state).ok_or_else(|| SelectionError::UnknownState {
+        id: row.id.clone(),
+        state: row.state.clone(),
+    })
 }
 
 /// Stage 2's progress as saved with the selection.
