@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use items::{ItemKind, NewItem, StoredItem};
 pub use keys::KeyRow;
-pub use selections::{Lease, SelectionRow};
+pub use selections::{LapsedLease, Lease, SelectionRow};
 pub use tasks::TaskRow;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

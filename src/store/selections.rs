@@ -31,11 +31,15 @@ pub struct Lease {
     pub expires: i64,
 }
 
-impl Lease {
-    /// Whether it still holds at `now`.
-    pub fn live(&self, now: i64) -> bool {
-        self.expires >= now
-    }
+/// A stage-2 lease that nobody renewed in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LapsedLease {
+    /// The selection's task.
+    pub task: String,
+    /// The selection.
+    pub id: String,
+    /// The replica that held it.
+    pub owner: String,
 }
 
 const SELECT_SELECTION: &str =
@@ -236,14 +240,14 @@ impl Store {
         Ok(())
     }
 
-    /// The (task, id) of every selection whose lease lapsed before `now`: stage-2 runs
-    /// whose replica died or stopped.
+    /// Every selection whose lease lapsed before `now`: stage-2 runs whose replica died
+    /// or stopped, with the task, id and the lapsed owner.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn lapsed_leases(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn lapsed_leases(&self, now: i64) -> Result<Vec<LapsedLease>, StoreError> {
         let rows = sqlx::query(
-            "SELECT task, id FROM selections \
+            "SELECT task, id, lease_owner FROM selections \
              WHERE lease_owner IS NOT NULL AND lease_expires < $1 ORDER BY updated_at",
         )
         .bind(now)
@@ -251,7 +255,13 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| Ok((r.try_get("task")?, r.try_get("id")?)))
+            .map(|r| {
+                Ok(LapsedLease {
+                    task: r.try_get("task")?,
+                    id: r.try_get("id")?,
+                    owner: r.try_get("lease_owner")?,
+                })
+            })
             .collect::<Result<_, sqlx::Error>>()?)
     }
 }

@@ -377,10 +377,9 @@ impl Selector {
         let complete = state_of(row)? == SelectionState::Complete;
         let job = self.jobs.get(&row.id);
         let saved = saved_progress(recorded, outcome);
-        let leased = row
-            .lease
-            .as_ref()
-            .is_some_and(|lease| lease.live(crate::store::now()));
+        // A lapsed lease still names its runner: some replica resumes it within half a
+        // lease (this one, if no other), so it is still predicting.
+        let leased = row.lease.is_some();
         let (state, progress, error) = match job {
             _ if complete => (SelectionState::Complete, None, None),
             // This process runs it: its progress is newer than the last saved batch.

@@ -22,7 +22,7 @@ use crate::llm::LlmError;
 use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
 use crate::select::{second_pass, SelectError};
-use crate::store::{ItemKind, SelectionRow, StoredItem};
+use crate::store::{ItemKind, LapsedLease, SelectionRow, StoredItem};
 use crate::worker::QueueError;
 
 /// Demonstrations per prediction in vote-k's stage 2.
@@ -165,7 +165,7 @@ impl Selector {
             .lapsed_leases(crate::store::now())
             .await?;
         let mut resumed = 0;
-        for (task, id) in lapsed {
+        for LapsedLease { task, id, owner } in lapsed {
             let quiet: Progress = Arc::new(|_: &str, _: usize, _: usize| {});
             match self.continue_selection(&task, &id, quiet).await {
                 Ok(view) if view.running() && self.jobs.get(&id).is_some() => {
@@ -175,6 +175,13 @@ impl Selector {
                         "resumed a vote-k stage 2 whose lease lapsed"
                     );
                     resumed += 1;
+                }
+                Ok(_) if self.jobs.get(&id).is_none() => {
+                    // It cannot go on (its stage-1 annotations were deleted, or it is
+                    // complete): clear the lapsed lease, unless another replica took it
+                    // meanwhile, so that the selection says what it waits for.
+                    let store = self.catalog.store();
+                    store.release_lease(&task, &id, &owner, false).await?;
                 }
                 Ok(_) => {}
                 Err(e) => {
