@@ -133,14 +133,22 @@ async fn replicas_share_writes_on_postgres() {
     replicas_scenario(&database.url).await;
 }
 
-/// How many task scans `server`'s replica sync has made.
+/// How many full task scans `server`'s replica sync has made.
 async fn scans(server: &TestServer) -> f64 {
     let metrics = server.metrics().await;
     common::metric_sample(&metrics, "exemplar_sync_task_scans_total", &[]).unwrap_or(0.0)
 }
 
+/// How many logged changes `server`'s replica sync has applied.
+async fn changes_applied(server: &TestServer) -> f64 {
+    let metrics = server.metrics().await;
+    common::metric_sample(&metrics, "exemplar_sync_changes_applied_total", &[]).unwrap_or(0.0)
+}
+
+/// An idle sync reads one number per task; a busy one reads the logged changes since
+/// its last sync, not the task's seqs.
 #[tokio::test]
-async fn an_idle_sync_reads_no_task_twice() {
+async fn an_idle_sync_reads_no_task_twice_and_a_busy_one_reads_the_changes() {
     let database = TestDatabase::sqlite();
     let args = ["--sync-interval-ms", SYNC_MS];
     let a = TestServer::start_on(&database.url, &args).await;
@@ -161,7 +169,13 @@ async fn an_idle_sync_reads_no_task_twice() {
     tokio::time::sleep(Duration::from_millis(10 * 100)).await;
     assert_eq!(scans(&b).await, before, "an idle sync scanned a task");
 
-    // A write on A: B scans that task again and retrieves the new example.
+    // A write and a delete on A: B applies the two logged changes, scans nothing, and
+    // retrieves the new example and not the deleted one.
+    let applied = changes_applied(&b).await;
+    let (status, _) = a
+        .call(reqwest::Method::DELETE, "/v1/tasks/sst2/examples/e2", None)
+        .await;
+    assert_eq!(status, 204);
     let (status, body) = a
         .post(
             "/v1/tasks/sst2/examples",
@@ -169,7 +183,18 @@ async fn an_idle_sync_reads_no_task_twice() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let ids = reaches(&a, &b, query).await;
-    assert!(ids.contains(&"e3".to_owned()), "{ids:?}");
-    assert!(scans(&b).await > before);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids = retrieved(&b, query).await.unwrap_or_default();
+        if ids.contains(&"e3".to_owned()) && !ids.contains(&"e2".to_owned()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B did not apply A's changes: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(scans(&b).await, before, "a busy sync scanned the task");
+    assert_eq!(changes_applied(&b).await - applied, 2.0);
 }

@@ -152,7 +152,7 @@ impl ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
                 SelectionError::Store(store) => store_status_and_code(store),
-                SelectionError::Select(SelectError::Graph(_)) => {
+                SelectionError::Select(SelectError::Graph(_)) | SelectionError::Aborted(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
@@ -167,7 +167,9 @@ fn predict_status_and_code(error: &PredictError) -> (StatusCode, &'static str) {
         PredictError::Llm(LlmError::Queue(QueueError::Full)) => {
             (StatusCode::TOO_MANY_REQUESTS, "overloaded")
         }
-        PredictError::Llm(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        PredictError::Llm(_) | PredictError::Aborted(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
         PredictError::InvalidParameter { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
         }

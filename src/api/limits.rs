@@ -17,8 +17,9 @@ pub const MAX_STOP_BYTES: usize = 64;
 pub const MAX_BUDGET: usize = 10_000;
 /// The most neighbours per item of a selection's graph.
 pub const MAX_GRAPH_K: usize = 1_000;
-/// The most diffusion runs of IDEAL.
-pub const MAX_RUNS: usize = 100;
+/// The most diffusion runs of IDEAL: the selection rules' own cap, which the
+/// command line meets too.
+pub const MAX_RUNS: usize = crate::select::MAX_RUNS;
 
 /// A 422 unless `value` lies in `min..=max`.
 pub fn in_range(field: &'static str, value: usize, min: usize, max: usize) -> Result<(), ApiError> {

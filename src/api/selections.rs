@@ -34,6 +34,28 @@ struct CreateBody {
     params: ParamOverrides,
 }
 
+impl CreateBody {
+    /// The request, once every size it controls is within its cap.
+    fn validate(self) -> Result<SelectionRequest, ApiError> {
+        limits::in_range("budget", self.budget, 1, limits::MAX_BUDGET)?;
+        if let Some(k) = self.params.k {
+            limits::in_range("params.k", k, 1, limits::MAX_GRAPH_K)?;
+        }
+        if let Some(runs) = self.params.runs {
+            limits::in_range("params.runs", runs, 1, limits::MAX_RUNS)?;
+        }
+        if let Some(stage_one) = self.params.stage_one {
+            limits::in_range("params.stage_one", stage_one, 1, self.budget)?;
+        }
+        Ok(SelectionRequest {
+            method: self.method,
+            budget: self.budget,
+            seed: self.seed,
+            params: self.params,
+        })
+    }
+}
+
 /// Progress of long selections goes to the log.
 fn log_progress(task: String) -> Progress {
     Arc::new(move |phase: &str, done: usize, of: usize| {
@@ -59,22 +81,7 @@ async fn create(
     Path(task): Path<String>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<SelectionView>), ApiError> {
-    limits::in_range("budget", body.budget, 1, limits::MAX_BUDGET)?;
-    if let Some(k) = body.params.k {
-        limits::in_range("params.k", k, 1, limits::MAX_GRAPH_K)?;
-    }
-    if let Some(runs) = body.params.runs {
-        limits::in_range("params.runs", runs, 1, limits::MAX_RUNS)?;
-    }
-    if let Some(stage_one) = body.params.stage_one {
-        limits::in_range("params.stage_one", stage_one, 1, body.budget)?;
-    }
-    let request = SelectionRequest {
-        method: body.method,
-        budget: body.budget,
-        seed: body.seed,
-        params: body.params,
-    };
+    let request = body.validate()?;
     let progress = log_progress(task.clone());
     let view = state
         .services()?

@@ -111,7 +111,7 @@ impl Llm {
     ) -> Result<Generation, LlmError> {
         let tokenizer = self.tokenizer();
         let Some((&last, start)) = prompt.split_last() else {
-            return Err(LlmError::Tokenizer(
+            return Err(LlmError::InvalidInput(
                 "cannot continue an empty prompt".into(),
             ));
         };

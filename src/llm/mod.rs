@@ -39,6 +39,9 @@ pub enum LlmError {
     /// The tokenizer could not be built or failed on a text.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A step handed to the model is malformed: no tokens, or positions past its window.
+    #[error("model input: {0}")]
+    InvalidInput(String),
     /// The GGUF metadata lacks or garbles a field.
     #[error("gguf metadata: {0}")]
     Metadata(String),
@@ -146,7 +149,7 @@ impl Session {
     /// When `ids` is empty or a candle operation fails.
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>, LlmError> {
         if ids.is_empty() {
-            return Err(LlmError::Tokenizer(
+            return Err(LlmError::InvalidInput(
                 "cannot run an empty token sequence".into(),
             ));
         }

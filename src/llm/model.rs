@@ -260,7 +260,7 @@ impl Llama {
     pub fn forward(&self, cache: &mut KvCache, step: &Step) -> Result<Tensor, LlmError> {
         let n = step.ids.len();
         if n == 0 || step.positions.len() != n || step.outputs.iter().any(|&i| i >= n) {
-            return Err(LlmError::Tokenizer(
+            return Err(LlmError::InvalidInput(
                 "a forward step needs tokens, one position each, and outputs among them".into(),
             ));
         }
@@ -269,7 +269,7 @@ impl Llama {
             .iter()
             .find(|&&p| p as usize >= self.max_positions())
         {
-            return Err(LlmError::Tokenizer(format!(
+            return Err(LlmError::InvalidInput(format!(
                 "position {beyond} is past the model's {} positions",
                 self.max_positions()
             )));

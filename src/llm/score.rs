@@ -93,10 +93,12 @@ impl Llm {
 /// Refuses empty queries and continuations.
 fn check(request: &ScoreRequest) -> Result<(), LlmError> {
     if request.continuations.iter().any(Vec::is_empty) {
-        return Err(LlmError::Tokenizer("a continuation has no tokens".into()));
+        return Err(LlmError::InvalidInput(
+            "a continuation has no tokens".into(),
+        ));
     }
     if request.queries.iter().any(Vec::is_empty) {
-        return Err(LlmError::Tokenizer("a query has no tokens".into()));
+        return Err(LlmError::InvalidInput("a query has no tokens".into()));
     }
     Ok(())
 }

@@ -56,6 +56,9 @@ pub enum PredictError {
         /// The model's context window.
         context: usize,
     },
+    /// Work handed to a blocking thread died (it panicked).
+    #[error("{0} was aborted")]
+    Aborted(&'static str),
 }
 
 /// How the demonstrations are found.
@@ -310,7 +313,7 @@ impl Predictor {
                     prepare_within_budget(&job, demonstrations, budget, context, index)
                 })
                 .await
-                .map_err(|e| LlmError::Tokenizer(format!("prompt building aborted: {e}")))??
+                .map_err(|_| PredictError::Aborted("prompt building"))??
             };
             let prompt_tokens = prepared.prefix.len() + prepared.query.len();
             let mut prediction = Prediction {

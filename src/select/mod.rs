@@ -20,6 +20,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 /// A selection method.
+/// The most diffusion runs of IDEAL, from the API or the command line.
+pub const MAX_RUNS: usize = 100;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
@@ -126,10 +129,10 @@ pub fn check(
             format!("{} is out of range: give a number above 1", params.rho),
         );
     }
-    if params.runs == 0 || params.runs > 1000 {
+    if params.runs == 0 || params.runs > MAX_RUNS {
         return invalid(
             "runs",
-            format!("{} is out of range: give 1 to 1000", params.runs),
+            format!("{} is out of range: give 1 to {MAX_RUNS}", params.runs),
         );
     }
     if method == Method::VoteK && (params.stage_one == 0 || params.stage_one > budget) {

@@ -173,7 +173,7 @@ impl Store {
             }
         }
         if kind == ItemKind::Example {
-            bump_examples_version(&mut tx, task).await?;
+            record_example_change(&mut tx, task, &seqs, &[]).await?;
         }
         tx.commit().await?;
         Ok(seqs)
@@ -331,14 +331,53 @@ impl Store {
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        if row.is_some() && kind == ItemKind::Example {
-            bump_examples_version(&mut tx, task).await?;
+        let seq: Option<i64> = row.map(|r| r.try_get("seq")).transpose()?;
+        if let (Some(seq), ItemKind::Example) = (seq, kind) {
+            record_example_change(&mut tx, task, &[], &[seq]).await?;
         }
         tx.commit().await?;
-        Ok(row.map(|r| r.try_get("seq")).transpose()?)
+        Ok(seq)
     }
 
-    /// Every task's examples version (see [`bump_examples_version`]) with the task's
+    /// The changes to the task's examples after `version` up to `until`, in order, if
+    /// the log still holds every one of them; `None` when some were pruned.
+    ///
+    /// # Errors
+    /// When the database fails or a logged change is not well-formed.
+    pub async fn example_changes(
+        &self,
+        task: &str,
+        version: i64,
+        until: i64,
+    ) -> Result<Option<Vec<ExampleChange>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT version, added, removed FROM example_changes \
+             WHERE task = $1 AND version > $2 AND version <= $3 ORDER BY version",
+        )
+        .bind(task)
+        .bind(version)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        let seqs = |text: String| {
+            serde_json::from_str::<Vec<i64>>(&text)
+                .map_err(|e| StoreError::Corrupt(format!("example change of `{task}`: {e}")))
+        };
+        let mut changes = Vec::with_capacity(rows.len());
+        for (expected, row) in (version + 1..).zip(&rows) {
+            if row.try_get::<i64, _>("version")? != expected {
+                return Ok(None);
+            }
+            changes.push(ExampleChange {
+                added: seqs(row.try_get("added")?)?,
+                removed: seqs(row.try_get("removed")?)?,
+            });
+        }
+        let complete = i64::try_from(changes.len()).is_ok_and(|n| version + n == until);
+        Ok(complete.then_some(changes))
+    }
+
+    /// Every task's examples version (see [`record_example_change`]) with the task's
     /// creation time, by name: a task deleted and made again restarts its count.
     ///
     /// # Errors
@@ -383,14 +422,50 @@ impl Store {
     }
 }
 
-/// Counts a change to the task's examples, in the transaction that makes it: replicas
-/// compare this number to learn, in one read, whether the task's examples changed.
-async fn bump_examples_version(
+/// Changes to a task's examples kept in the log; a replica further behind compares
+/// every seq instead.
+const KEPT_CHANGES: i64 = 1000;
+
+/// One logged change to a task's examples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExampleChange {
+    /// The seqs it stored.
+    pub added: Vec<i64>,
+    /// The seqs it deleted.
+    pub removed: Vec<i64>,
+}
+
+/// Counts a change to the task's examples and logs what it did, in the transaction
+/// that makes it: replicas compare the count to learn, in one read, whether the task's
+/// examples changed, and read the log to learn how. The count's row lock orders the
+/// task's writers, so the versions are in commit order.
+async fn record_example_change(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     task: &str,
+    added: &[i64],
+    removed: &[i64],
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE tasks SET examples_version = examples_version + 1 WHERE name = $1")
+    let version: i64 = sqlx::query(
+        "UPDATE tasks SET examples_version = examples_version + 1 WHERE name = $1 \
+         RETURNING examples_version",
+    )
+    .bind(task)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("examples_version")?;
+    let json = |seqs: &[i64]| serde_json::to_string(seqs).unwrap_or_else(|_| "[]".to_owned());
+    sqlx::query(
+        "INSERT INTO example_changes (task, version, added, removed) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(task)
+    .bind(version)
+    .bind(json(added))
+    .bind(json(removed))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM example_changes WHERE task = $1 AND version <= $2")
         .bind(task)
+        .bind(version - KEPT_CHANGES)
         .execute(&mut **tx)
         .await?;
     Ok(())

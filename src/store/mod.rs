@@ -16,7 +16,7 @@ use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use items::{ItemKind, NewItem, StoredItem};
+pub use items::{ExampleChange, ItemKind, NewItem, StoredItem};
 pub use keys::KeyRow;
 pub use selections::{LapsedLease, Lease, SelectionRow};
 pub use tasks::TaskRow;

@@ -95,7 +95,7 @@ impl Store {
     pub async fn delete_task(&self, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Explicit deletes, so that no database setting (SQLite's foreign_keys) matters.
-        for table in ["examples", "pool_items", "selections"] {
+        for table in ["examples", "pool_items", "selections", "example_changes"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task = $1"))
                 .bind(name)
                 .execute(&mut *tx)

@@ -1,18 +1,23 @@
 //! Replicas on one database: each keeps its own in-memory collections, so each must
-//! learn the writes the others make. [`Catalog::sync`] compares the database with memory
-//! and applies the difference; the server calls it on an interval.
+//! learn the writes the others make. [`Catalog::sync`] applies them; the server calls it
+//! on an interval.
 //!
-//! The comparison is by `seq`, which the database never reuses: a row stored and not
-//! in memory is added, a point in memory and no longer stored is removed. Points are
-//! read from memory *before* the database is, so a row written here meanwhile is never
-//! mistaken for one deleted elsewhere; and a removed point is never added again, so a
-//! row read just before its delete cannot come back.
+//! Every change to a task's examples bumps the task's version and logs the seqs it
+//! added and removed, in its own transaction. A sync reads every task's version (one
+//! query); for a task that moved it reads the logged changes since the version it last
+//! applied and applies just those, so a busy sync costs what changed. When the log no
+//! longer reaches back that far (a replica far behind, or a first sync), it compares
+//! every seq instead: a row stored and not in memory is added, a point in memory and no
+//! longer stored is removed. Points are read from memory *before* the database is, so a
+//! row written here meanwhile is never mistaken for one deleted elsewhere; and a
+//! removed point is never added again, so a row read just before its delete cannot
+//! come back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{example_from, Catalog, Collection, TaskError};
-use crate::store::ItemKind;
+use crate::store::{ExampleChange, ItemKind};
 
 /// What one sync changed in memory.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -81,12 +86,28 @@ impl Catalog {
                     Arc::clone(self.collections_mut().entry(name.clone()).or_insert(empty))
                 }
             };
-            let unchanged = self.synced_versions().get(name) == Some(&version);
-            if unchanged {
+            let synced = self.synced_versions().get(name).copied();
+            if synced == Some(version) {
                 continue;
             }
-            ::metrics::counter!("exemplar_sync_task_scans_total").increment(1);
-            let (added, removed) = self.sync_examples(name, collection).await?;
+            let logged = match synced {
+                // The same task (not one deleted and made again) moved forward.
+                Some((created, applied)) if created == version.0 && applied < version.1 => {
+                    self.store.example_changes(name, applied, version.1).await?
+                }
+                _ => None,
+            };
+            let (added, removed) = match logged {
+                Some(changes) => {
+                    ::metrics::counter!("exemplar_sync_changes_applied_total")
+                        .increment(changes.len() as u64);
+                    self.apply_changes(name, collection, changes).await?
+                }
+                None => {
+                    ::metrics::counter!("exemplar_sync_task_scans_total").increment(1);
+                    self.sync_examples(name, collection).await?
+                }
+            };
             report.added += added;
             report.removed += removed;
             // The version read before the scan: a change made during it is scanned
@@ -96,7 +117,33 @@ impl Catalog {
         Ok(report)
     }
 
-    /// Applies one task's added and deleted examples; answers how many of each.
+    /// Applies logged changes to one task's examples; answers how many were added and
+    /// removed here.
+    async fn apply_changes(
+        &self,
+        task: &str,
+        collection: Arc<Collection>,
+        changes: Vec<ExampleChange>,
+    ) -> Result<(usize, usize), TaskError> {
+        let mut removed = 0;
+        for &seq in changes.iter().flat_map(|c| &c.removed) {
+            let point = seq as usize;
+            removed += usize::from(collection.example(point).is_some());
+            // Removing also remembers the point, so that its add below is skipped.
+            collection.remove(point);
+        }
+        let missing: Vec<i64> = changes
+            .iter()
+            .flat_map(|c| &c.added)
+            .copied()
+            .filter(|&seq| !collection.knows(seq as usize))
+            .collect();
+        let added = self.index_stored(task, collection, &missing).await?;
+        Ok((added, removed))
+    }
+
+    /// Applies one task's added and deleted examples, found by comparing every stored
+    /// seq with memory; answers how many of each.
     async fn sync_examples(
         &self,
         task: &str,
@@ -113,17 +160,29 @@ impl Catalog {
             .into_iter()
             .filter(|&seq| !collection.knows(seq as usize))
             .collect();
-        if missing.is_empty() && gone.is_empty() {
-            // The common case, every interval: no index work to hand to a thread.
-            return Ok((0, 0));
+        let added = self.index_stored(task, collection, &missing).await?;
+        Ok((added, gone.len()))
+    }
+
+    /// Reads the stored examples `seqs` (those still stored) and indexes them; answers
+    /// how many were added.
+    async fn index_stored(
+        &self,
+        task: &str,
+        collection: Arc<Collection>,
+        seqs: &[i64],
+    ) -> Result<usize, TaskError> {
+        if seqs.is_empty() {
+            // No index work to hand to a thread.
+            return Ok(0);
         }
         let rows = self
             .store
-            .items_by_seq(task, ItemKind::Example, &missing)
+            .items_by_seq(task, ItemKind::Example, seqs)
             .await?;
         let embedder_id = self.embedder_id.clone();
         let task_name = task.to_owned();
-        let added = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut added = 0;
             for item in rows {
                 if item.embedder != embedder_id {
@@ -142,7 +201,6 @@ impl Catalog {
             Ok::<_, TaskError>(added)
         })
         .await
-        .map_err(|_| TaskError::Aborted("a replica sync"))??;
-        Ok((added, gone.len()))
+        .map_err(|_| TaskError::Aborted("a replica sync"))?
     }
 }

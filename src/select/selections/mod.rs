@@ -68,6 +68,9 @@ pub enum SelectionError {
         "stage 2 stopped because the server is shutting down; continue the selection to resume it"
     )]
     ShuttingDown,
+    /// Work handed to a blocking thread died (it panicked).
+    #[error("{0} was aborted")]
+    Aborted(&'static str),
     /// Another replica took over this stage 2 (this one's lease lapsed).
     #[error("another replica took over this selection's stage 2")]
     LeaseLost,
@@ -280,7 +283,7 @@ impl Selector {
             })
         })
         .await
-        .map_err(|e| SelectError::Graph(format!("selection aborted: {e}")))??;
+        .map_err(|_| SelectionError::Aborted("a selection pass"))??;
         let ids: Vec<String> = chosen.iter().map(|&i| pool[i].id.clone()).collect();
         let complete = request.method != Method::VoteK || ids.len() >= pool.len().min(budget);
         let mut outcome = Outcome {

@@ -21,7 +21,7 @@ use super::{
 use crate::llm::LlmError;
 use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
-use crate::select::{second_pass, SelectError};
+use crate::select::second_pass;
 use crate::store::{ItemKind, LapsedLease, SelectionRow, StoredItem};
 use crate::worker::QueueError;
 
@@ -344,7 +344,7 @@ impl Selector {
             second_pass(&embeddings, &selected, &confidence, budget, &params)
         })
         .await
-        .map_err(|e| SelectError::Graph(format!("selection aborted: {e}")))??;
+        .map_err(|_| SelectionError::Aborted("a selection pass"))??;
         outcome
             .timings
             .insert("stage_two_select_s".into(), started.elapsed().as_secs_f64());

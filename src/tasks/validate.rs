@@ -1,0 +1,156 @@
+//! The rules of a write and of a retrieval: sizes, ids, labels, `k`, strategies.
+
+use std::collections::HashSet;
+
+use super::spec::TaskSpec;
+use super::views::ItemInput;
+use super::TaskError;
+use crate::retrieve::Strategy;
+use crate::store::ItemKind;
+
+/// The most rows one write may carry.
+pub const MAX_BATCH: usize = 1000;
+/// The longest text (and text pair) accepted, in bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// The longest caller id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// The most demonstrations one retrieval may ask for.
+pub const MAX_K: usize = 100;
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn check_text(row: usize, field: &str, text: &str) -> Result<(), TaskError> {
+    if text.trim().is_empty() {
+        return Err(TaskError::InvalidRow {
+            row,
+            message: format!("`{field}` is empty"),
+        });
+    }
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(TaskError::InvalidRow {
+            row,
+            message: format!(
+                "`{field}` has {} bytes; at most {MAX_TEXT_BYTES}",
+                text.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_id(row: usize, id: &str) -> Result<(), TaskError> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && !id.contains('/')
+        && !id.chars().any(char::is_control);
+    if valid {
+        Ok(())
+    } else {
+        Err(TaskError::InvalidRow {
+            row,
+            message: format!(
+                "id `{id}` is invalid: give 1 to {MAX_ID_BYTES} bytes without `/` or control characters"
+            ),
+        })
+    }
+}
+
+/// Checks a batch against the task and gives every row an id.
+pub(super) fn validate_rows(
+    spec: &TaskSpec,
+    kind: ItemKind,
+    rows: Vec<ItemInput>,
+) -> Result<Vec<ItemInput>, TaskError> {
+    if rows.is_empty() {
+        return Err(TaskError::InvalidBatch("the batch is empty".into()));
+    }
+    if rows.len() > MAX_BATCH {
+        let field = match kind {
+            ItemKind::Example => "examples",
+            ItemKind::PoolItem => "items",
+        };
+        return Err(TaskError::InvalidBatch(format!(
+            "`{field}`: {} rows given; at most {MAX_BATCH} per request",
+            rows.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    rows.into_iter()
+        .enumerate()
+        .map(|(row, mut item)| {
+            check_text(row, "text", &item.text)?;
+            if let Some(pair) = &item.text_pair {
+                check_text(row, "text_pair", pair)?;
+            }
+            let id = item.id.take().unwrap_or_else(new_id);
+            check_id(row, &id)?;
+            if !seen.insert(id.clone()) {
+                return Err(TaskError::InvalidRow {
+                    row,
+                    message: format!("id `{id}` appears twice in the batch"),
+                });
+            }
+            item.id = Some(id);
+            match (kind, &item.label) {
+                (ItemKind::Example, None) => Err(TaskError::InvalidRow {
+                    row,
+                    message: "`label` is missing".into(),
+                }),
+                (ItemKind::Example, Some(label)) if label.trim().is_empty() => {
+                    Err(TaskError::InvalidRow {
+                        row,
+                        message: "`label` is empty".into(),
+                    })
+                }
+                (ItemKind::Example, Some(label))
+                    if spec.is_classification() && !spec.labels.contains(label) =>
+                {
+                    Err(TaskError::InvalidRow {
+                        row,
+                        message: format!(
+                            "label `{label}` is not one of the task's labels ({})",
+                            spec.labels.join(", ")
+                        ),
+                    })
+                }
+                (ItemKind::PoolItem, Some(_)) => Err(TaskError::InvalidRow {
+                    row,
+                    message: "pool items are unlabeled: post labelled rows as examples".into(),
+                }),
+                _ => Ok(item),
+            }
+        })
+        .collect()
+}
+
+/// Checks that `k` lies in `min..=MAX_K`.
+///
+/// # Errors
+/// When it does not.
+pub fn check_k(k: usize, min: usize) -> Result<(), TaskError> {
+    if (min..=MAX_K).contains(&k) {
+        Ok(())
+    } else {
+        Err(TaskError::InvalidParameter {
+            field: "k",
+            message: format!("{k} is out of range: give {min} to {MAX_K}"),
+        })
+    }
+}
+
+/// Checks a strategy's parameters.
+///
+/// # Errors
+/// When MMR's `lambda` lies outside 0 to 1.
+pub fn check_strategy(strategy: Strategy) -> Result<(), TaskError> {
+    match strategy {
+        Strategy::Mmr { lambda } if !(0.0..=1.0).contains(&lambda) => {
+            Err(TaskError::InvalidParameter {
+                field: "lambda",
+                message: format!("{lambda} is out of range: give 0 to 1"),
+            })
+        }
+        _ => Ok(()),
+    }
+}
