@@ -58,6 +58,25 @@ struct RetrieveRequest {
     seed: Option<u64>,
 }
 
+impl RetrieveRequest {
+    /// The query, once its texts and `k` are within their caps.
+    fn validate(self) -> Result<RetrieveQuery, ApiError> {
+        if self.text.trim().is_empty() {
+            return Err(ApiError::invalid("text", "must not be empty"));
+        }
+        let texts = std::iter::once(self.text.as_str()).chain(self.text_pair.as_deref());
+        limits::texts_at_most("text", texts, limits::MAX_QUERY_BYTES)?;
+        let k = self.k.unwrap_or(DEFAULT_K);
+        limits::in_range("k", k, 0, limits::MAX_K)?;
+        Ok(RetrieveQuery {
+            text: self.text,
+            text_pair: self.text_pair,
+            k,
+            strategy: self.strategy.with(self.lambda, self.seed),
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct DemonstrationBody {
     id: String,
@@ -90,19 +109,7 @@ async fn retrieve(
     Path(task): Path<String>,
     ApiJson(request): ApiJson<RetrieveRequest>,
 ) -> Result<Json<RetrieveResponse>, ApiError> {
-    if request.text.trim().is_empty() {
-        return Err(ApiError::invalid("text", "must not be empty"));
-    }
-    let texts = std::iter::once(request.text.as_str()).chain(request.text_pair.as_deref());
-    limits::texts_at_most("text", texts, limits::MAX_QUERY_BYTES)?;
-    let k = request.k.unwrap_or(DEFAULT_K);
-    limits::in_range("k", k, 0, limits::MAX_K)?;
-    let query = RetrieveQuery {
-        text: request.text,
-        text_pair: request.text_pair,
-        k,
-        strategy: request.strategy.with(request.lambda, request.seed),
-    };
+    let query = request.validate()?;
     let demonstrations = state.services()?.catalog.retrieve(&task, query).await?;
     Ok(Json(RetrieveResponse {
         demonstrations: demonstrations.into_iter().map(Into::into).collect(),
