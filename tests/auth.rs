@@ -173,6 +173,18 @@ async fn keys_turn_auth_on_and_hold_callers_to_their_scopes_and_tasks() {
         .await;
     assert_eq!(status, 200, "{body}");
 
+    // A key cannot revoke itself (its holder would be locked out).
+    let admin_id = format!("key_{}", &exemplar::auth::hash_key(admin)[..16]);
+    let (status, body) = server
+        .call_as(
+            Some(admin),
+            Method::DELETE,
+            &format!("/v1/keys/{admin_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+
     // Listed without secrets; revoked from the command line, refused within seconds.
     let listing = keys(&url, &["list"]);
     assert_eq!(listing.lines().count(), 3, "{listing}");

@@ -77,6 +77,11 @@ pub enum ApiError {
     /// No live key has this id.
     #[error("no live API key has the id `{0}`")]
     KeyNotFound(String),
+    /// A key asked to revoke itself.
+    #[error(
+        "a key cannot revoke itself: revoke it with another admin key or `exemplar keys revoke`"
+    )]
+    SelfRevocation,
     /// A task operation failed.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -131,6 +136,7 @@ impl ApiError {
             }
             Self::Auth(AuthError::Store(store)) => store_status_and_code(store),
             Self::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
+            Self::SelfRevocation => (StatusCode::CONFLICT, "conflict"),
             Self::Task(error) => task_status_and_code(error),
             Self::Predict(error) => predict_status_and_code(error),
             Self::Selection(error) => match error {

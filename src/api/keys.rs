@@ -3,11 +3,11 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Serialize;
 
 use super::{ApiError, ApiJson, AppState, Route};
-use crate::auth::{KeyInfo, KeyRequest, Scope};
+use crate::auth::{Caller, KeyInfo, KeyRequest, Scope};
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
@@ -51,10 +51,16 @@ async fn create(
     ))
 }
 
+/// Revokes another key: a key revoking itself would lock its holder out, perhaps of the
+/// last admin key.
 async fn revoke(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if matches!(&caller, Caller::Key(key) if key.id == id) {
+        return Err(ApiError::SelfRevocation);
+    }
     if state.services()?.keyring.revoke(&id).await? {
         tracing::info!(%id, "API key revoked");
         Ok(StatusCode::NO_CONTENT)
