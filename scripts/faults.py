@@ -7,8 +7,9 @@ PostgreSQL under load, and soaks a server with mixed traffic.
     scripts/faults.py postgres   [--seconds 20]  PostgreSQL stopped under load (root, needs
                                                  EXEMPLAR_TEST_POSTGRES_URL): 503 while down,
                                                  recovery by itself, no partial batch
-    scripts/faults.py soak       [--minutes 10]  8 clients mixing writes, retrievals and
-                                                 predictions: only 2xx/429, RSS over time
+    scripts/faults.py soak       [--minutes 10]  8 clients mixing writes (deleted again),
+                                                 retrievals and predictions: only 2xx/429,
+                                                 peak RSS per quarter of the run
 
 Uses target/release/exemplar (build it first), the models under models/ and the SST-2
 rows of ../shared/data. Standard library only. Prints one summary line per scenario.
@@ -294,13 +295,21 @@ def scenario_soak(minutes):
 
     def client(c):
         n = 0
+        written = []
         while not stop.is_set():
             kind = n % 4
             try:
-                if kind == 0:
+                if kind == 0 and written:
+                    # Delete what the last write added: the data stays the same size,
+                    # so memory that grows is a leak, not more examples.
+                    for id in written:
+                        status, _ = call(server, "DELETE", f"/v1/tasks/sst2/examples/{id}")
+                    written = []
+                elif kind == 0:
                     batch = [{"id": f"c{c}n{n}r{r}", "text": row["text"], "label": row["label"]}
                              for r, row in enumerate(data[200 + (n * 5) % 2700:][:5])]
                     status, _ = call(server, "POST", "/v1/tasks/sst2/examples", {"examples": batch})
+                    written = [row["id"] for row in batch]
                 elif kind == 3:
                     status, _ = call(server, "POST", "/v1/tasks/sst2/predict",
                                      {"inputs": [{"text": data[n % 3000]["text"]}], "k": 4})
@@ -326,9 +335,10 @@ def scenario_soak(minutes):
         t.join()
     server.kill()
     bad = {s: n for s, n in statuses.items() if not (200 <= s < 300 or s == 429)}
-    quarter = max(1, len(rss) // 4)
-    print(f"soak: {minutes} min, 8 clients; answers {dict(sorted(statuses.items()))}; RSS MB first quarter "
-          f"{max(rss[:quarter]):.0f}, last quarter {max(rss[-quarter:]):.0f}, peak {max(rss):.0f}")
+    quarters = [max(rss[i * len(rss) // 4:(i + 1) * len(rss) // 4] or [0]) for i in range(4)]
+    print(f"soak: {minutes} min, 8 clients (writes deleted again, so the data stays the same size); "
+          f"answers {dict(sorted(statuses.items()))}; peak RSS MB per quarter "
+          f"{', '.join(f'{q:.0f}' for q in quarters)}")
     return not bad
 
 

@@ -1,6 +1,6 @@
 //! One client flooding cannot starve another: past its requests in flight or its rate,
 //! a client is answered 429 with `Retry-After`, while a second client (another address)
-//! is served.
+//! is served; with keys, each key has its own share.
 
 mod common;
 
@@ -129,4 +129,41 @@ async fn a_client_past_its_rate_is_refused_and_another_is_not() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 200);
+}
+
+/// With keys, a client is its key: two keys from one address have a rate each.
+#[tokio::test]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn with_keys_each_key_has_its_own_share() {
+    let admin = "fairness-test-admin-key-0123456789abcdef";
+    let server = TestServer::start_with_env(
+        &["--client-rate", "5", "--client-max-in-flight", "0"],
+        &[("EXEMPLAR_BOOTSTRAP_KEY", admin)],
+    )
+    .await;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let (status, key) = server
+            .call_as(
+                Some(admin),
+                reqwest::Method::POST,
+                "/v1/keys",
+                Some(json!({"scope": "read"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{key}");
+        keys.push(key["key"].as_str().expect("key").to_owned());
+    }
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        let (status, _) = server
+            .call_as(Some(&keys[0]), reqwest::Method::GET, "/v1/tasks", None)
+            .await;
+        codes.push(status);
+    }
+    assert!(codes.contains(&429), "never limited: {codes:?}");
+    let (status, _) = server
+        .call_as(Some(&keys[1]), reqwest::Method::GET, "/v1/tasks", None)
+        .await;
+    assert_eq!(status, 200, "the second key shared the first one's rate");
 }
