@@ -42,6 +42,9 @@ pub struct Keyring {
     store: Store,
     require_auth: bool,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Held from a reload's read to its swap, so that a read made before a change never
+    /// replaces the snapshot that a read made after it installed.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Keyring {
@@ -75,6 +78,7 @@ impl Keyring {
             store,
             require_auth,
             snapshot: RwLock::new(Arc::default()),
+            reloading: tokio::sync::Mutex::new(()),
         };
         keyring.reload().await?;
         Ok(keyring)
@@ -85,6 +89,7 @@ impl Keyring {
     /// # Errors
     /// When the database fails; the keys read before stay in force.
     pub async fn reload(&self) -> Result<(), AuthError> {
+        let _reloading = self.reloading.lock().await;
         let rows = self.store.keys().await?;
         let mut live = HashMap::new();
         for row in &rows {
