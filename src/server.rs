@@ -158,50 +158,36 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     })
 }
 
-/// Applies, every `interval`, what other replicas wrote to the shared database; for as
-/// long as the process lives.
-async fn sync_replicas(catalog: Arc<Catalog>, interval: Duration) {
+/// Runs `tick` every `interval`, the first time at once, for as long as the task lives;
+/// a failed tick is logged as `what` and tried again at the next.
+async fn every<F, Fut, E>(interval: Duration, what: &'static str, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match catalog.sync().await {
-            Ok(report) if !report.is_empty() => tracing::info!(
-                tasks = report.tasks,
-                added = report.added,
-                removed = report.removed,
-                "applied other replicas' writes"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "replica sync failed; retrying"),
+        if let Err(e) = tick().await {
+            tracing::warn!(error = %e, "{what} failed; retrying");
         }
     }
 }
 
-/// Reads the key table every `interval`, so that keys created or revoked through
-/// another replica or `exemplar keys` take effect here.
-async fn reload_keys(keyring: Arc<Keyring>, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if let Err(e) = keyring.reload().await {
-            tracing::warn!(error = %e, "reading the API keys failed; the keys read before stay in force");
-        }
+/// Applies what other replicas wrote to the shared database.
+async fn sync_replicas(catalog: Arc<Catalog>) -> Result<(), TaskError> {
+    let report = catalog.sync().await?;
+    if !report.is_empty() {
+        tracing::info!(
+            tasks = report.tasks,
+            added = report.added,
+            removed = report.removed,
+            "applied other replicas' writes"
+        );
     }
-}
-
-/// Resumes, every `interval` and at once, the vote-k stage-2 runs whose lease lapsed
-/// because their replica died or stopped.
-async fn resume_stage_two(selector: Arc<Selector>, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if let Err(e) = selector.resume_lapsed().await {
-            tracing::warn!(error = %e, "looking for lapsed stage-2 runs failed; retrying");
-        }
-    }
+    Ok(())
 }
 
 /// Serves the API on `listener` until `shutdown` completes; then answers `/ready` with
@@ -247,15 +233,31 @@ pub async fn serve(
     tracing::info!("ready");
     let sync = (config.sync_interval_ms > 0).then(|| {
         let interval = Duration::from_millis(config.sync_interval_ms);
-        tokio::spawn(sync_replicas(Arc::clone(&services.catalog), interval))
+        let catalog = Arc::clone(&services.catalog);
+        tokio::spawn(every(interval, "replica sync", move || {
+            sync_replicas(Arc::clone(&catalog))
+        }))
     });
-    let keys = tokio::spawn(reload_keys(
-        Arc::clone(&services.keyring),
+    // Keys created or revoked through another replica or `exemplar keys` take effect.
+    let keyring = Arc::clone(&services.keyring);
+    let keys = tokio::spawn(every(
         KEY_RELOAD_INTERVAL,
+        "reading the API keys",
+        move || {
+            let keyring = Arc::clone(&keyring);
+            async move { keyring.reload().await }
+        },
     ));
-    let resumer = tokio::spawn(resume_stage_two(
-        Arc::clone(&services.selector),
-        Duration::from_secs((config.stage_two_lease_seconds / 2).max(1)),
+    // Stage-2 runs whose lease lapsed because their replica died or stopped.
+    let selector = Arc::clone(&services.selector);
+    let resume_every = Duration::from_secs((config.stage_two_lease_seconds / 2).max(1));
+    let resumer = tokio::spawn(every(
+        resume_every,
+        "resuming lapsed stage-2 runs",
+        move || {
+            let selector = Arc::clone(&selector);
+            async move { selector.resume_lapsed().await.map(|_| ()) }
+        },
     ));
     server.await?;
     // No new stage-2 runs from here on.
