@@ -97,12 +97,10 @@ impl Keyring {
                 live.insert(row.hash.clone(), KeyInfo::from_row(row)?);
             }
         }
-        let snapshot = Arc::new(Snapshot {
-            live,
-            required: self.require_auth || !rows.is_empty(),
-        });
+        let required = self.require_auth || !rows.is_empty();
+        let snapshot = Arc::new(Snapshot { live, required });
         let was_required = std::mem::replace(&mut *self.write(), snapshot).required;
-        if !was_required && self.required() {
+        if required && !was_required {
             tracing::info!("an API key exists: every /v1 request now needs one");
         }
         Ok(())

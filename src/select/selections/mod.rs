@@ -391,15 +391,11 @@ impl Selector {
                 error: None,
             }) => (SelectionState::Predicting, Some(progress), None),
             _ if leased => (SelectionState::Predicting, Some(saved), None),
-            Some(Job { error, .. }) => (
+            // Not running: with the reason the last run here failed, if it did.
+            job => (
                 SelectionState::AwaitingAnnotation,
                 (saved.done > 0).then_some(saved),
-                error,
-            ),
-            None => (
-                SelectionState::AwaitingAnnotation,
-                (saved.done > 0).then_some(saved),
-                None,
+                job.and_then(|job| job.error),
             ),
         };
         let selection = format!("/v1/tasks/{task}/selections/{}", row.id);
