@@ -188,13 +188,13 @@ def scenario_stage_two(trials):
     pool = rows(64)
     request = {"method": "vote-k", "budget": 8, "seed": 0, "params": {"k": 10, "stage_one": 2}}
     work = tempfile.mkdtemp()
-    server = Server(f"sqlite://{work}/reference.db", "--stage-two-lease-seconds", "2")
+    server = Server(f"sqlite://{work}/reference.db", "--job-lease-seconds", "2")
     path = start_stage_two(server, pool, request)
     reference = [i["id"] for i in wait_selection(server, path, lambda s: s["complete"])["items"]]
     server.kill()
     same, resume_seconds = 0, []
     for trial in range(trials):
-        server = Server(f"sqlite://{work}/trial{trial}.db", "--stage-two-lease-seconds", "2")
+        server = Server(f"sqlite://{work}/trial{trial}.db", "--job-lease-seconds", "2")
         path = start_stage_two(server, pool, request)
         target = random.randint(16, 48)
         wait_selection(server, path, lambda s: (s.get("progress") or {}).get("done", 0) >= target

@@ -32,8 +32,10 @@ pub const DEFAULT_CLIENT_MAX_IN_FLIGHT: usize = 32;
 pub const DEFAULT_CLIENT_RATE: u32 = 100;
 /// Seconds a stopping server keeps serving, with `/ready` at 503, before it closes.
 pub const DEFAULT_DRAIN_SECS: u64 = 0;
-/// Seconds a replica's claim on a vote-k stage 2 holds unless renewed.
-pub const DEFAULT_STAGE_TWO_LEASE_SECS: u64 = 30;
+/// Seconds the requests in flight get to finish once the drain is over.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Seconds a replica's claim on a background job holds unless renewed.
+pub const DEFAULT_JOB_LEASE_SECS: u64 = 30;
 /// Default milliseconds between replica syncs.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 
@@ -93,16 +95,22 @@ pub struct Config {
     pub sync_interval_ms: u64,
 
     /// Seconds to go on serving after SIGTERM, with `/ready` answering 503, so that a
-    /// load balancer stops sending before the listener closes (then requests in flight
-    /// finish and a running vote-k stage 2 saves its progress).
+    /// load balancer stops sending before the listener closes (then background jobs save
+    /// their progress and stop, and requests in flight get the grace below).
     #[arg(long, env = "EXEMPLAR_DRAIN_SECONDS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_seconds: u64,
 
-    /// Seconds a replica's lease on a running vote-k stage 2 holds unless renewed (it
-    /// renews every third of that): how long after a replica dies another resumes its
-    /// stage 2.
-    #[arg(long, env = "EXEMPLAR_STAGE_TWO_LEASE_SECONDS", default_value_t = DEFAULT_STAGE_TWO_LEASE_SECS)]
-    pub stage_two_lease_seconds: u64,
+    /// Seconds the requests still in flight when the drain ends get to finish; then
+    /// their work is cancelled (they answer 503, streams end with an error line) and
+    /// the process exits.
+    #[arg(long, env = "EXEMPLAR_SHUTDOWN_GRACE_SECONDS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Seconds a replica's lease on a running background job (vote-k's stage 2, an
+    /// evaluation) holds unless renewed (it renews every third of that): how long after a
+    /// replica dies another resumes its jobs.
+    #[arg(long, env = "EXEMPLAR_JOB_LEASE_SECONDS", default_value_t = DEFAULT_JOB_LEASE_SECS)]
+    pub job_lease_seconds: u64,
 
     /// Requests one client may have in flight on /v1 routes before 429 (0: no limit).
     #[arg(long, env = "EXEMPLAR_CLIENT_MAX_IN_FLIGHT", default_value_t = DEFAULT_CLIENT_MAX_IN_FLIGHT)]

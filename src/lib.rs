@@ -16,6 +16,8 @@
 //! - [`tasks`]: tasks and their data: the write path and retrieval.
 //! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.
 //! - [`select`]: selective annotation: random, fast vote-k, vote-k, IDEAL.
+//! - [`evaluation`]: evaluation on labelled rows, in the request or as a background job.
+//! - [`jobs`]: the job runner: background work under a database lease, resumed after a crash.
 //! - [`api`]: the axum router, one file per resource, and the error type mapped to HTTP.
 //! - [`auth`]: API keys (hashes in the database), scopes, and `exemplar keys`.
 //! - [`server`]: binds the router, loads the models in the background, shuts down cleanly.
@@ -29,8 +31,10 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod embed;
+pub mod evaluation;
 pub mod experiments;
 pub mod index;
+pub mod jobs;
 pub mod llm;
 pub mod model_source;
 pub mod predict;

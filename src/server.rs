@@ -12,6 +12,8 @@ use crate::api::{self, AppState, Services, Settings};
 use crate::auth::{AuthError, Keyring};
 use crate::config::{Config, DeviceKind, ModelConfig};
 use crate::embed::{EmbedError, Embedder, EmbedderHandle};
+use crate::evaluation::Evaluations;
+use crate::jobs::JobRunner;
 use crate::llm::{Llm, LlmError, LlmHandle};
 use crate::model_source::{self, SourceError};
 use crate::predict::Predictor;
@@ -141,6 +143,10 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, capacity))
         .await
         .map_err(|e| ServerError::Aborted(e.to_string()))??;
+    let runner = Arc::new(JobRunner::new(
+        store.clone(),
+        Duration::from_secs(config.job_lease_seconds),
+    ));
     let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
     Ok(Services {
@@ -149,8 +155,14 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
             Arc::clone(&catalog),
             Arc::clone(&predictor),
             StageTwoRun::Background,
-            Duration::from_secs(config.stage_two_lease_seconds.max(1)),
+            Arc::clone(&runner),
         )),
+        evaluations: Arc::new(Evaluations::new(
+            Arc::clone(&catalog),
+            Arc::clone(&predictor),
+            Arc::clone(&runner),
+        )),
+        runner,
         predictor,
         llm,
         embedder,
@@ -191,8 +203,9 @@ async fn sync_replicas(catalog: Arc<Catalog>) -> Result<(), TaskError> {
 }
 
 /// Serves the API on `listener` until `shutdown` completes; then answers `/ready` with
-/// 503 while serving on for the configured drain period, closes the listener, finishes
-/// the requests in flight and lets background stage-2 runs save their progress.
+/// 503 while serving on for the configured drain period, closes the listener, gives the
+/// requests in flight the configured grace before cancelling them, and lets background
+/// jobs save their progress.
 ///
 /// # Errors
 /// When the models fail to load or the listener fails.
@@ -211,6 +224,7 @@ pub async fn serve(
 
     let draining = state.clone();
     let drain = Duration::from_secs(config.drain_seconds);
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let stop_accepting = async move {
         shutdown.await;
         draining.begin_drain();
@@ -219,7 +233,15 @@ pub async fn serve(
             "shutting down: /ready answers 503, requests are still served"
         );
         tokio::time::sleep(drain).await;
-        tracing::info!("closing the listener; finishing the requests in flight");
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "closing the listener; the requests in flight have the grace to finish"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::info!("the grace is over: cancelling the requests still running");
+            draining.cancel_requests();
+        });
     };
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
@@ -248,21 +270,30 @@ pub async fn serve(
             async move { keyring.reload().await }
         },
     ));
-    // Stage-2 runs whose lease lapsed because their replica died or stopped.
-    let selector = Arc::clone(&services.selector);
-    let resume_every = Duration::from_secs((config.stage_two_lease_seconds / 2).max(1));
+    // Jobs whose lease lapsed because their replica died or stopped.
+    let (selector, evaluations) = (
+        Arc::clone(&services.selector),
+        Arc::clone(&services.evaluations),
+    );
     let resumer = tokio::spawn(every(
-        resume_every,
-        "resuming lapsed stage-2 runs",
+        services.runner.resume_interval(),
+        "resuming lapsed jobs",
         move || {
-            let selector = Arc::clone(&selector);
-            async move { selector.resume_lapsed().await.map(|_| ()) }
+            let (selector, evaluations) = (Arc::clone(&selector), Arc::clone(&evaluations));
+            async move {
+                selector.resume_lapsed().await.map_err(|e| e.to_string())?;
+                evaluations
+                    .resume_lapsed()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            }
         },
     ));
     server.await?;
-    // No new stage-2 runs from here on.
+    // No new jobs from here on; the running ones save their progress and stop.
     resumer.abort();
-    services.selector.stop().await;
+    services.runner.stop().await;
     // Before the database closes under them.
     keys.abort();
     if let Some(sync) = sync {

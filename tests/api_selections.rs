@@ -312,7 +312,7 @@ async fn wait_progress(server: &TestServer, path: &str, done: u64) -> Value {
 async fn a_stage_two_outlives_killed_replicas_and_chooses_the_same_items() {
     let request =
         json!({"method": "vote-k", "budget": 8, "seed": 0, "params": {"k": 10, "stage_one": 2}});
-    let lease = ["--stage-two-lease-seconds", "3"];
+    let lease = ["--job-lease-seconds", "3"];
     // Uninterrupted.
     let server = TestServer::start(&lease).await;
     let id = start_stage_two(&server, &request).await;

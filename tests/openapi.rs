@@ -348,6 +348,23 @@ async fn live_answers_match_the_spec() {
         .send(Method::POST, "/v1/tasks/films/evaluate", Some(request))
         .await;
     assert_eq!(status, 200);
+    let request = json!({"examples": [{"text": "a dull film", "label": "negative"}], "k": 2, "background": true});
+    let (status, job) = probe
+        .send(Method::POST, "/v1/tasks/films/evaluate", Some(request))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let job = format!(
+        "/v1/tasks/films/evaluations/{}",
+        job["id"].as_str().expect("id")
+    );
+    probe.send(Method::GET, &job, None).await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/evaluations", None)
+        .await;
+    probe.send(Method::DELETE, &job, None).await;
+    probe
+        .send(Method::GET, "/v1/tasks/films/evaluations/nope", None)
+        .await;
 
     let (status, body) = probe
         .send(

@@ -2,12 +2,14 @@
 //! from many connections together never fails on the key, and exactly one writer
 //! reports the task as created. On PostgreSQL, where update-then-insert raced. And one
 //! stage-2 lease: of replicas racing for it one wins, the others' saves are refused
-//! until it lapses, and a lapsed runner cannot overwrite its successor's result.
+//! until it lapses, and a lapsed runner cannot overwrite its successor's result. And a
+//! job cancelled while it runs: its runner's next save is refused and no replica
+//! resumes it.
 
 mod common;
 
 use common::TestDatabase;
-use exemplar::store::{SelectionRow, Store};
+use exemplar::store::{JobRow, Leased, SelectionRow, Store};
 
 /// Writers racing on each row.
 const WRITERS: usize = 8;
@@ -70,7 +72,7 @@ async fn lease(url: &str) {
         tokio::spawn(async move {
             let owner = format!("replica{w}");
             let taken = store
-                .take_lease("task0", "sel", &owner, now, now + 60)
+                .take_lease(Leased::Selections, "task0", "sel", &owner, now, now + 60)
                 .await
                 .expect("no taker fails");
             (owner, taken)
@@ -99,13 +101,20 @@ async fn lease(url: &str) {
         .await
         .unwrap());
     assert!(store
-        .renew_lease("task0", "sel", &winner, now + 60)
+        .renew_lease(Leased::Selections, "task0", "sel", &winner, now + 60)
         .await
         .unwrap());
 
     // The winner stalls past its lease; the loser takes over and completes.
     assert!(store
-        .take_lease("task0", "sel", &loser, now + 61, now + 120)
+        .take_lease(
+            Leased::Selections,
+            "task0",
+            "sel",
+            &loser,
+            now + 61,
+            now + 120
+        )
         .await
         .unwrap());
     let complete = SelectionRow {
@@ -127,7 +136,71 @@ async fn lease(url: &str) {
         ("complete", "{\"by\":\"successor\"}")
     );
     assert_eq!(stored.lease, None, "a finished run ends its lease");
-    assert!(store.lapsed_leases(now + 1000).await.unwrap().is_empty());
+    assert!(store
+        .lapsed_leases(Leased::Selections, now + 1000)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A job cancelled under its runner.
+async fn cancelled_job(url: &str) {
+    let store = Store::connect(url).await.expect("store");
+    store.put_task("task0", "{}").await.expect("task");
+    let now = exemplar::store::now();
+    let job = JobRow {
+        id: "job".into(),
+        kind: "evaluation".into(),
+        state: "running".into(),
+        request: "{}".into(),
+        result: "{\"done\":0}".into(),
+        error: None,
+        lease: None,
+        created_at: 0,
+        updated_at: 0,
+    };
+    store
+        .insert_job("task0", &job, "runner", now + 60)
+        .await
+        .expect("inserted");
+    let saved = JobRow {
+        result: "{\"done\":16}".into(),
+        ..job.clone()
+    };
+    assert!(store
+        .save_leased_job("task0", &saved, "runner", Some(now + 60))
+        .await
+        .unwrap());
+    assert!(store.end_job("task0", "job", "cancelled").await.unwrap());
+    assert!(
+        !store.end_job("task0", "job", "cancelled").await.unwrap(),
+        "only a running job is cancelled"
+    );
+    let late = JobRow {
+        result: "{\"done\":32}".into(),
+        ..job.clone()
+    };
+    assert!(!store
+        .save_leased_job("task0", &late, "runner", Some(now + 60))
+        .await
+        .unwrap());
+    let stored = store.job("task0", "job").await.unwrap().expect("row");
+    assert_eq!(
+        (stored.state.as_str(), stored.result.as_str(), stored.lease),
+        ("cancelled", "{\"done\":16}", None)
+    );
+    assert!(store
+        .lapsed_leases(Leased::Jobs, now + 1000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!store
+        .take_lease(Leased::Jobs, "task0", "missing", "runner", now, now + 60)
+        .await
+        .unwrap());
+    assert_eq!(store.jobs("task0", "evaluation").await.unwrap().len(), 1);
+    assert!(store.delete_task("task0").await.unwrap());
+    assert!(store.job("task0", "job").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -150,4 +223,15 @@ async fn one_stage_two_lease_holder_on_sqlite() {
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs this"]
 async fn one_stage_two_lease_holder_on_postgres() {
     lease(&TestDatabase::postgres().await.url).await;
+}
+
+#[tokio::test]
+async fn a_cancelled_job_keeps_its_last_save_on_sqlite() {
+    cancelled_job(&TestDatabase::sqlite().url).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs this"]
+async fn a_cancelled_job_keeps_its_last_save_on_postgres() {
+    cancelled_job(&TestDatabase::postgres().await.url).await;
 }

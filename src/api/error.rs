@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
+use crate::evaluation::EvaluationError;
 use crate::llm::LlmError;
 use crate::predict::PredictError;
 use crate::select::selections::SelectionError;
@@ -91,6 +92,9 @@ pub enum ApiError {
     /// A selection failed.
     #[error(transparent)]
     Selection(#[from] SelectionError),
+    /// An evaluation failed.
+    #[error(transparent)]
+    Evaluation(#[from] EvaluationError),
     /// A failure inside the service; details go to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -162,8 +166,44 @@ impl ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
             },
+            Self::Evaluation(error) => match error {
+                EvaluationError::Task(error) => task_status_and_code(error),
+                EvaluationError::Predict(error) => predict_status_and_code(error),
+                EvaluationError::Store(store) => store_status_and_code(store),
+                EvaluationError::NotFound { .. } => (StatusCode::NOT_FOUND, "evaluation_not_found"),
+                EvaluationError::NeedsLabels(_) | EvaluationError::UnknownLabel { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
+                }
+                EvaluationError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                EvaluationError::Cancelled | EvaluationError::LeaseLost => {
+                    (StatusCode::CONFLICT, "conflict")
+                }
+            },
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// The answer's body, `{"error":{"code":...,"message":...}}`; causes of server
+    /// faults go to the log instead.
+    pub fn body(&self) -> serde_json::Value {
+        let (status, code) = self.status_and_code();
+        let message = if code == "database_unavailable" {
+            tracing::warn!(cause = %self, "the database is unreachable");
+            "the database is unreachable; retry shortly".to_owned()
+        } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // Causes go to the log; clients learn only that it was not their fault.
+            tracing::error!(cause = %self, "request failed");
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut error = json!({"code": code, "message": message});
+        // Batch writes name the failing row as a number too, for clients that map rows
+        // back to their source (`exemplar import` reports line numbers).
+        if let Self::Task(TaskError::InvalidRow { row, .. }) = self {
+            error["row"] = json!(row);
+        }
+        json!({ "error": error })
     }
 }
 
@@ -216,23 +256,7 @@ fn task_status_and_code(error: &TaskError) -> (StatusCode, &'static str) {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if code == "database_unavailable" {
-            tracing::warn!(cause = %self, "the database is unreachable");
-            "the database is unreachable; retry shortly".to_owned()
-        } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            // Causes go to the log; clients learn only that it was not their fault.
-            tracing::error!(cause = %self, "request failed");
-            "internal error".to_owned()
-        } else {
-            self.to_string()
-        };
-        let mut error = json!({"code": code, "message": message});
-        // Batch writes name the failing row as a number too, for clients that map rows
-        // back to their source (`exemplar import` reports line numbers).
-        if let Self::Task(TaskError::InvalidRow { row, .. }) = &self {
-            error["row"] = json!(row);
-        }
-        let body = Json(json!({ "error": error }));
+        let body = Json(self.body());
         let mut response = (status, body).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS || code == "database_unavailable" {
             response.headers_mut().insert(

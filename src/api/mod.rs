@@ -7,6 +7,7 @@ mod auth;
 mod completions;
 mod embeddings;
 mod error;
+mod evaluations;
 mod fairness;
 mod health;
 mod info;
@@ -18,6 +19,7 @@ mod metrics;
 mod predict;
 mod retrieve;
 mod selections;
+mod streaming;
 mod tasks;
 mod tokenize;
 
@@ -31,6 +33,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{self, MethodRouter};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -42,6 +45,8 @@ pub use json::ApiJson;
 use crate::auth::{Access, Keyring, Scope};
 use crate::config::{Config, DeviceKind, WeightFormat};
 use crate::embed::EmbedderHandle;
+use crate::evaluation::Evaluations;
+use crate::jobs::JobRunner;
 use crate::llm::LlmHandle;
 use crate::predict::Predictor;
 use crate::select::selections::Selector;
@@ -63,6 +68,10 @@ pub struct Services {
     pub predictor: Arc<Predictor>,
     /// Selective annotation over the catalog's pools.
     pub selector: Arc<Selector>,
+    /// Evaluations, in the request or as background jobs.
+    pub evaluations: Arc<Evaluations>,
+    /// Background jobs: vote-k's stage 2 and evaluations.
+    pub runner: Arc<JobRunner>,
     /// The API keys that requests are checked against.
     pub keyring: Arc<Keyring>,
 }
@@ -83,6 +92,8 @@ pub struct Settings {
 pub struct AppState {
     services: Arc<OnceLock<Services>>,
     draining: Arc<AtomicBool>,
+    /// Cancelled when the grace after the drain is over: requests still running stop.
+    shutdown: CancellationToken,
     settings: Arc<Settings>,
     metrics: PrometheusHandle,
 }
@@ -93,6 +104,7 @@ impl AppState {
         Self {
             services: Arc::new(OnceLock::new()),
             draining: Arc::new(AtomicBool::new(false)),
+            shutdown: CancellationToken::new(),
             settings: Arc::new(settings),
             metrics: metrics::recorder(),
         }
@@ -121,6 +133,17 @@ impl AppState {
     /// Whether the server is stopping.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Cuts short every request still running: their work is dropped and they answer
+    /// 503 (streams end with an error line).
+    pub fn cancel_requests(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// What [`AppState::cancel_requests`] cancels.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// The configured limits.
@@ -210,6 +233,7 @@ fn routes() -> Vec<Route> {
         items::routes(),
         retrieve::routes(),
         predict::routes(),
+        evaluations::routes(),
         selections::routes(),
     ]
     .into_iter()
@@ -226,8 +250,9 @@ pub fn endpoints() -> Vec<(Method, &'static str, Access)> {
         .collect()
 }
 
-/// The full router with its layers: tracing, metrics, a body limit and a request
-/// timeout on every route; on guarded routes the caller's key, then its fair share.
+/// The full router with its layers: tracing, metrics, a body limit, a request timeout
+/// and the cut at shutdown on every route; on guarded routes the caller's key, then its
+/// fair share.
 pub fn router(state: AppState, config: &Config) -> Router {
     let limits = Arc::new(fairness::ClientLimits::new(
         config.client_max_in_flight,
@@ -255,6 +280,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
             router.route(route.path, handler)
         })
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            streaming::cancel_at_shutdown,
+        ))
         .with_state(state)
         // The configured limit below is the only one, not axum's 2 MB default.
         .layer(DefaultBodyLimit::disable())

@@ -1,33 +1,31 @@
-//! Predictions and evaluation: `POST /v1/tasks/{task}/predict` and
-//! `POST /v1/tasks/{task}/evaluate`.
+//! Predictions: `POST /v1/tasks/{task}/predict`, answered whole or streamed input by
+//! input; and the prediction options that evaluations share.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::stream;
 use serde::{Deserialize, Serialize};
 
 use super::limits;
 use super::retrieve::{StrategyName, DEFAULT_K};
+use super::streaming::{self, Format, Line};
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
-use crate::predict::metrics::{self, Evaluation};
 use crate::predict::{GenerationOptions, Order, PredictOptions, Prediction, QueryInput, Selection};
 use crate::tasks::MAX_ID_BYTES;
 
 /// The most inputs one predict request may carry.
 pub const MAX_INPUTS: usize = 64;
-/// The most examples one evaluate request may carry.
-pub const MAX_EVALUATION_EXAMPLES: usize = 2000;
 /// Tokens generated for tasks without labels when the request does not say.
 const DEFAULT_MAX_NEW_TOKENS: usize = 32;
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
-    vec![
-        Route::post("/v1/tasks/{task}/predict", predict).task(Scope::Read),
-        Route::post("/v1/tasks/{task}/evaluate", evaluate).task(Scope::Read),
-    ]
+    vec![Route::post("/v1/tasks/{task}/predict", predict).task(Scope::Read)]
 }
 
 /// How a request chooses demonstrations: a retrieval strategy or fixed ids.
@@ -43,7 +41,7 @@ enum SelectionName {
 
 /// Options shared by predict and evaluate.
 #[derive(Deserialize)]
-struct OptionsBody {
+pub(super) struct OptionsBody {
     k: Option<usize>,
     #[serde(default)]
     strategy: SelectionName,
@@ -63,7 +61,8 @@ struct OptionsBody {
 }
 
 impl OptionsBody {
-    fn validate(self, max_tokens_cap: usize) -> Result<PredictOptions, ApiError> {
+    /// The options, checked, with their defaults filled in.
+    pub(super) fn validate(self, max_tokens_cap: usize) -> Result<PredictOptions, ApiError> {
         let seed = self.seed.unwrap_or(0);
         let selection = match self.strategy {
             SelectionName::Fixed => {
@@ -187,7 +186,16 @@ struct PredictResponse {
     predictions: Vec<PredictionBody>,
 }
 
-fn check_texts<'a>(
+/// A streamed prediction: which input it answers, then the prediction.
+#[derive(Serialize)]
+struct IndexedPrediction {
+    index: usize,
+    #[serde(flatten)]
+    prediction: PredictionBody,
+}
+
+/// Refuses empty texts and texts over the query size limit.
+pub(super) fn check_texts<'a>(
     texts: impl Iterator<Item = &'a str>,
     field: &'static str,
 ) -> Result<(), ApiError> {
@@ -203,8 +211,9 @@ fn check_texts<'a>(
 async fn predict(
     State(state): State<AppState>,
     Path(task): Path<String>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<PredictRequest>,
-) -> Result<Json<PredictResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     if request.inputs.is_empty() || request.inputs.len() > MAX_INPUTS {
         return Err(ApiError::invalid(
             "inputs",
@@ -230,119 +239,37 @@ async fn predict(
             exclude: None,
         })
         .collect();
-    let predictions = state
+    let mut run = state
         .services()?
         .predictor
-        .predict(&task, inputs, &options)
+        .start(&task, inputs, &options)
         .await?;
-    Ok(Json(PredictResponse {
-        predictions: predictions.into_iter().map(Into::into).collect(),
-    }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LabelledBody {
-    text: String,
-    text_pair: Option<String>,
-    label: String,
-}
-
-#[derive(Deserialize)]
-struct EvaluateRequest {
-    #[serde(default)]
-    examples: Vec<LabelledBody>,
-    #[serde(default)]
-    leave_one_out: bool,
-    #[serde(flatten)]
-    options: OptionsBody,
-}
-
-async fn evaluate(
-    State(state): State<AppState>,
-    Path(task): Path<String>,
-    ApiJson(request): ApiJson<EvaluateRequest>,
-) -> Result<Json<Evaluation>, ApiError> {
-    let services = state.services()?;
-    let options = request.options.validate(state.settings().max_tokens_cap)?;
-    let definition = services.catalog.definition(&task).await?;
-    if !definition.spec.is_classification() {
-        return Err(ApiError::invalid(
-            "task",
-            "evaluation measures classification; this task has no labels",
-        ));
-    }
-    let (inputs, gold): (Vec<QueryInput>, Vec<String>) = if request.leave_one_out {
-        if !request.examples.is_empty() {
-            return Err(ApiError::invalid(
-                "examples",
-                "give examples or leave_one_out, not both",
-            ));
+    let format = Format::of(&headers);
+    if !format.streams() {
+        let mut predictions = Vec::with_capacity(run.remaining());
+        while let Some(prediction) = run.next().await {
+            predictions.push(prediction?.into());
         }
-        services
-            .catalog
-            .examples(&task)?
-            .all()
-            .into_iter()
-            .map(|e| {
-                let input = QueryInput {
-                    text: e.text.clone(),
-                    text_pair: e.text_pair.clone(),
-                    exclude: Some(e.id.clone()),
-                };
-                (input, e.label.clone())
-            })
-            .unzip()
-    } else {
-        check_texts(request.examples.iter().map(|e| e.text.as_str()), "examples")?;
-        limits::texts_at_most(
-            "examples",
-            request
-                .examples
-                .iter()
-                .filter_map(|e| e.text_pair.as_deref()),
-            limits::MAX_QUERY_BYTES,
-        )?;
-        request
-            .examples
-            .into_iter()
-            .map(|e| {
-                let input = QueryInput {
-                    text: e.text,
-                    text_pair: e.text_pair,
-                    exclude: None,
-                };
-                (input, e.label)
-            })
-            .unzip()
-    };
-    if inputs.is_empty() || inputs.len() > MAX_EVALUATION_EXAMPLES {
-        return Err(ApiError::invalid(
-            "examples",
-            format!(
-                "{} examples; give 1 to {MAX_EVALUATION_EXAMPLES}",
-                inputs.len()
-            ),
-        ));
+        return Ok(Json(PredictResponse { predictions }).into_response());
     }
-    if let Some((i, label)) = gold
-        .iter()
-        .enumerate()
-        .find(|(_, l)| !definition.spec.labels.contains(l))
-    {
-        return Err(ApiError::invalid(
-            "examples",
-            format!("example {i}: label `{label}` is not one of the task's labels"),
-        ));
-    }
-    let predictions = services.predictor.predict(&task, inputs, &options).await?;
-    let predicted: Vec<String> = predictions
-        .into_iter()
-        .map(|p| p.label.unwrap_or_default())
-        .collect();
-    Ok(Json(metrics::evaluate(
-        &definition.spec.labels,
-        &gold,
-        &predicted,
-    )))
+    // One line per input as it is scored; an error is the last line.
+    let lines = stream::unfold(Some((run, 0)), |state| async move {
+        let (mut run, index) = state?;
+        match run.next().await? {
+            Ok(prediction) => {
+                let line = IndexedPrediction {
+                    index,
+                    prediction: prediction.into(),
+                };
+                let data = serde_json::to_value(line).unwrap_or_default();
+                let line = Line {
+                    event: "prediction",
+                    data,
+                };
+                Some((line, Some((run, index + 1))))
+            }
+            Err(e) => Some((Line::error(&e.into()), None)),
+        }
+    });
+    Ok(streaming::respond(format, lines, state.shutdown_token()))
 }

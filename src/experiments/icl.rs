@@ -211,7 +211,7 @@ async fn prepare_task(
 /// Runs one method over the test rows; answers the outcome as the model gives it and
 /// the calibrated one (the same when the method does not calibrate).
 async fn run_method(
-    predictor: &Predictor,
+    predictor: &Arc<Predictor>,
     dataset: &Dataset,
     test: &[Row],
     method: Method,
@@ -335,7 +335,7 @@ pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
             continue;
         }
         let catalog = Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
-        let predictor = Predictor::new(Arc::clone(&catalog), llm.clone());
+        let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
         for (r, (title, run_key, method, reading)) in ROWS.iter().enumerate() {
             let key = cache_key(args, dataset, run_key);
             let run = match cache.get::<Run>(&key) {

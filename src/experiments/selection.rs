@@ -127,7 +127,7 @@ fn query_inputs<'a>(rows: impl Iterator<Item = &'a Row>) -> Vec<QueryInput> {
 
 /// Predicts the labels of `rows` with demonstrations from the task.
 async fn predict_labels(
-    predictor: &Predictor,
+    predictor: &Arc<Predictor>,
     task: &str,
     rows: &[Row],
 ) -> anyhow::Result<Vec<String>> {
@@ -210,7 +210,7 @@ impl StageTwoLog {
 /// Vote-k's stage 2 over the pool items `rest`: each one's confidence and the
 /// prediction time they took, resuming from (and extending) `log`.
 async fn stage_two(
-    predictor: &Predictor,
+    predictor: &Arc<Predictor>,
     task: &str,
     pool: &[Row],
     rest: &[usize],
@@ -264,7 +264,7 @@ async fn stage_two(
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
     catalog: &Catalog,
-    predictor: &Predictor,
+    predictor: &Arc<Predictor>,
     dataset: &Dataset,
     pool: &[Row],
     embeddings: &[Vec<f32>],
@@ -417,7 +417,7 @@ async fn run_missing(args: &SelectionArgs, cache: &Cache, rows: &[Planned]) -> a
             cache.path(&format!("{}.db", dataset.name)).display()
         );
         let catalog = Arc::new(Catalog::open(Store::connect(&url).await?, embedder.clone()).await?);
-        let predictor = Predictor::new(Arc::clone(&catalog), llm.clone());
+        let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
         for (row, seed) in missing {
             eprintln!(
                 "{}: {:?}, budget {}, seed {seed}",

@@ -1,10 +1,10 @@
 //! Classification metrics: accuracy, per-label precision and recall, macro-F1, and the
 //! confusion matrix.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Precision, recall and F1 of one label.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelScores {
     /// The label.
     pub label: String,
@@ -19,7 +19,7 @@ pub struct LabelScores {
 }
 
 /// The metrics of one evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Items evaluated.
     pub n: usize,

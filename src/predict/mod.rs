@@ -9,7 +9,7 @@ pub mod calibration;
 pub mod metrics;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -62,7 +62,7 @@ pub enum PredictError {
 }
 
 /// How the demonstrations are found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Selection {
     /// Retrieved for each query.
     Retrieve(Strategy),
@@ -71,7 +71,7 @@ pub enum Selection {
 }
 
 /// Where the most similar demonstration goes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Order {
     /// Next to the query, at the end.
@@ -84,7 +84,7 @@ pub enum Order {
 }
 
 /// Options for tasks without labels, which generate their answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GenerationOptions {
     /// The most tokens to generate.
     pub max_new_tokens: usize,
@@ -95,7 +95,7 @@ pub struct GenerationOptions {
 }
 
 /// Options of a prediction request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PredictOptions {
     /// Demonstrations per query (0 is zero-shot).
     pub k: usize,
@@ -137,7 +137,7 @@ impl PredictOptions {
 }
 
 /// One query.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct QueryInput {
     /// The text.
     pub text: String,
@@ -210,11 +210,32 @@ impl Predictor {
     /// On an unknown task, a task without examples when demonstrations are asked for,
     /// an invalid option, an input too long for the context window, or an LLM failure.
     pub async fn predict(
-        &self,
+        self: &Arc<Self>,
         task: &str,
         inputs: Vec<QueryInput>,
         options: &PredictOptions,
     ) -> Result<Vec<Prediction>, PredictError> {
+        let mut run = self.start(task, inputs, options).await?;
+        let mut predictions = Vec::with_capacity(run.remaining());
+        while let Some(prediction) = run.next().await {
+            predictions.push(prediction?);
+        }
+        Ok(predictions)
+    }
+
+    /// Checks the request and readies what all its inputs share; the inputs are then
+    /// predicted one at a time by [`PredictionRun::next`], so that a caller can answer
+    /// each as it comes and stop at any point.
+    ///
+    /// # Errors
+    /// On an unknown task, a task without examples when demonstrations are asked for,
+    /// or an invalid option.
+    pub async fn start(
+        self: &Arc<Self>,
+        task: &str,
+        inputs: Vec<QueryInput>,
+        options: &PredictOptions,
+    ) -> Result<PredictionRun, PredictError> {
         let definition = self.catalog.definition(task).await?;
         let classification = definition.spec.is_classification();
         if options.calibrate && !classification {
@@ -242,17 +263,6 @@ impl Predictor {
             }
             _ => None,
         };
-        let vectors = match (&options.selection, k) {
-            (Selection::Retrieve(_), 1..) => {
-                let queries: Vec<(String, Option<String>)> = inputs
-                    .iter()
-                    .map(|i| (i.text.clone(), i.text_pair.clone()))
-                    .collect();
-                self.catalog.embed_queries(&queries).await?
-            }
-            _ => Vec::new(),
-        };
-
         let builder = Arc::new(PromptBuilder::new(
             &definition.spec.instruction,
             &definition.templates,
@@ -274,95 +284,23 @@ impl Predictor {
             .max_prompt_tokens
             .unwrap_or(context)
             .min(context.saturating_sub(answer_room));
-
-        let mut predictions = Vec::with_capacity(inputs.len());
-        for (index, input) in inputs.into_iter().enumerate() {
-            let started = Instant::now();
-            let prepared = {
-                let builder = Arc::clone(&builder);
-                let tokenizer = Arc::clone(&tokenizer);
-                let order = options.order;
-                let seed = options.seed.wrapping_add(index as u64);
-                let with_content_free = options.calibrate;
-                let fixed = fixed.clone();
-                let collection = collection.clone();
-                let selection = options.selection.clone();
-                let vector = vectors.get(index).cloned();
-                // Retrieval and tokenization are CPU work: off the async workers.
-                tokio::task::spawn_blocking(move || {
-                    let demonstrations = match (fixed, collection, selection, vector) {
-                        (Some(fixed), _, _, _) => fixed,
-                        (None, Some(collection), Selection::Retrieve(strategy), Some(vector)) => {
-                            let exclude = input
-                                .exclude
-                                .as_deref()
-                                .and_then(|id| collection.by_id(id))
-                                .map(|e| e.point);
-                            tasks::choose(&collection, &vector, k, strategy, exclude)
-                        }
-                        _ => Vec::new(),
-                    };
-                    let job = PromptJob {
-                        builder: &builder,
-                        tokenizer: &tokenizer,
-                        input: &input,
-                        order,
-                        seed,
-                        with_content_free,
-                    };
-                    prepare_within_budget(&job, demonstrations, budget, context, index)
-                })
-                .await
-                .map_err(|_| PredictError::Aborted("prompt building"))??
-            };
-            let prompt_tokens = prepared.prefix.len() + prepared.query.len();
-            let mut prediction = Prediction {
-                label: None,
-                output: None,
-                probabilities: Vec::new(),
-                uncalibrated: Vec::new(),
-                demonstrations: prepared.demonstrations.clone(),
-                prompt_tokens,
-                prompt: options.return_prompt.then(|| prepared.text.clone()),
-            };
-            if classification {
-                let (uncalibrated, probabilities) = self
-                    .classify(&prepared, continuations.clone(), options.calibrate)
-                    .await?;
-                let best = probabilities
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(i, _)| i);
-                prediction.label = labels.get(best).cloned();
-                prediction.probabilities = labels.iter().cloned().zip(probabilities).collect();
-                prediction.uncalibrated = labels.iter().cloned().zip(uncalibrated).collect();
-            } else {
-                let stop = if options.generation.stop.is_empty() {
-                    vec![builder.separator().to_owned()]
-                } else {
-                    options.generation.stop.clone()
-                };
-                let mut prompt = prepared.prefix.clone();
-                prompt.extend(&prepared.query);
-                let params = GenerationParams {
-                    max_tokens: options.generation.max_new_tokens,
-                    temperature: options.generation.temperature,
-                    seed: options.seed,
-                    stop,
-                    logprobs: None,
-                };
-                let generation = self.llm.generate(prompt, params, None).await?;
-                prediction.output = Some(generation.text.trim().to_owned());
-            }
-            ::metrics::counter!("exemplar_predictions_total").increment(1);
-            ::metrics::counter!("exemplar_prediction_prompt_tokens_total")
-                .increment(prompt_tokens as u64);
-            ::metrics::histogram!("exemplar_prediction_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            predictions.push(prediction);
-        }
-        Ok(predictions)
+        Ok(PredictionRun {
+            predictor: Arc::clone(self),
+            options: options.clone(),
+            retrieves: matches!(options.selection, Selection::Retrieve(_)) && k > 0,
+            k,
+            collection,
+            fixed,
+            builder,
+            tokenizer,
+            labels,
+            continuations,
+            budget,
+            context,
+            inputs: inputs.into(),
+            vectors: VecDeque::new(),
+            index: 0,
+        })
     }
 
     /// Label probabilities for one prepared prompt: as the model gives them, and
@@ -424,6 +362,153 @@ impl Predictor {
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<f64>>> {
         // The map holds finished results only, so a poisoned lock still guards whole data.
         self.content_free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Queries embedded at a time by a [`PredictionRun`]: few enough that a run stopped
+/// early wastes little, many enough that the embedder batches.
+pub const EMBED_CHUNK: usize = 16;
+
+/// A prediction request under way: what its inputs share, and the inputs not predicted
+/// yet. Dropping it stops the request; nothing of it stays queued for the model.
+pub struct PredictionRun {
+    predictor: Arc<Predictor>,
+    options: PredictOptions,
+    /// Whether demonstrations are retrieved per query (so queries are embedded).
+    retrieves: bool,
+    k: usize,
+    collection: Option<Arc<Collection>>,
+    fixed: Option<Vec<Demonstration>>,
+    builder: Arc<PromptBuilder>,
+    tokenizer: Arc<LlmTokenizer>,
+    labels: Vec<String>,
+    continuations: Vec<Vec<u32>>,
+    budget: usize,
+    context: usize,
+    inputs: VecDeque<QueryInput>,
+    /// Embeddings of the next inputs, computed a chunk at a time.
+    vectors: VecDeque<Vec<f32>>,
+    /// The index of the next input in the request.
+    index: usize,
+}
+
+impl PredictionRun {
+    /// Inputs not predicted yet.
+    pub fn remaining(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Predicts the next input; `None` once every input is answered.
+    ///
+    /// # Errors
+    /// When the input is too long for the context window, or the model fails.
+    pub async fn next(&mut self) -> Option<Result<Prediction, PredictError>> {
+        let input = self.inputs.front()?.clone();
+        let result = self.predict_one(input).await;
+        self.inputs.pop_front();
+        self.index += 1;
+        Some(result)
+    }
+
+    async fn predict_one(&mut self, input: QueryInput) -> Result<Prediction, PredictError> {
+        let started = Instant::now();
+        let index = self.index;
+        let options = &self.options;
+        if self.retrieves && self.vectors.is_empty() {
+            let queries: Vec<(String, Option<String>)> = self
+                .inputs
+                .iter()
+                .take(EMBED_CHUNK)
+                .map(|i| (i.text.clone(), i.text_pair.clone()))
+                .collect();
+            self.vectors = self.predictor.catalog.embed_queries(&queries).await?.into();
+        }
+        let vector = self.vectors.pop_front();
+        let prepared = {
+            let builder = Arc::clone(&self.builder);
+            let tokenizer = Arc::clone(&self.tokenizer);
+            let order = options.order;
+            let seed = options.seed.wrapping_add(index as u64);
+            let with_content_free = options.calibrate;
+            let fixed = self.fixed.clone();
+            let collection = self.collection.clone();
+            let selection = options.selection.clone();
+            let (k, budget, context) = (self.k, self.budget, self.context);
+            // Retrieval and tokenization are CPU work: off the async workers.
+            tokio::task::spawn_blocking(move || {
+                let demonstrations = match (fixed, collection, selection, vector) {
+                    (Some(fixed), _, _, _) => fixed,
+                    (None, Some(collection), Selection::Retrieve(strategy), Some(vector)) => {
+                        let exclude = input
+                            .exclude
+                            .as_deref()
+                            .and_then(|id| collection.by_id(id))
+                            .map(|e| e.point);
+                        tasks::choose(&collection, &vector, k, strategy, exclude)
+                    }
+                    _ => Vec::new(),
+                };
+                let job = PromptJob {
+                    builder: &builder,
+                    tokenizer: &tokenizer,
+                    input: &input,
+                    order,
+                    seed,
+                    with_content_free,
+                };
+                prepare_within_budget(&job, demonstrations, budget, context, index)
+            })
+            .await
+            .map_err(|_| PredictError::Aborted("prompt building"))??
+        };
+        let prompt_tokens = prepared.prefix.len() + prepared.query.len();
+        let mut prediction = Prediction {
+            label: None,
+            output: None,
+            probabilities: Vec::new(),
+            uncalibrated: Vec::new(),
+            demonstrations: prepared.demonstrations.clone(),
+            prompt_tokens,
+            prompt: options.return_prompt.then(|| prepared.text.clone()),
+        };
+        if self.labels.is_empty() {
+            let stop = if options.generation.stop.is_empty() {
+                vec![self.builder.separator().to_owned()]
+            } else {
+                options.generation.stop.clone()
+            };
+            let mut prompt = prepared.prefix.clone();
+            prompt.extend(&prepared.query);
+            let params = GenerationParams {
+                max_tokens: options.generation.max_new_tokens,
+                temperature: options.generation.temperature,
+                seed: options.seed,
+                stop,
+                logprobs: None,
+            };
+            let generation = self.predictor.llm.generate(prompt, params, None).await?;
+            prediction.output = Some(generation.text.trim().to_owned());
+        } else {
+            let (uncalibrated, probabilities) = self
+                .predictor
+                .classify(&prepared, self.continuations.clone(), options.calibrate)
+                .await?;
+            let best = probabilities
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
+            let labels = &self.labels;
+            prediction.label = labels.get(best).cloned();
+            prediction.probabilities = labels.iter().cloned().zip(probabilities).collect();
+            prediction.uncalibrated = labels.iter().cloned().zip(uncalibrated).collect();
+        }
+        ::metrics::counter!("exemplar_predictions_total").increment(1);
+        ::metrics::counter!("exemplar_prediction_prompt_tokens_total")
+            .increment(prompt_tokens as u64);
+        ::metrics::histogram!("exemplar_prediction_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(prediction)
     }
 }
 

@@ -18,7 +18,8 @@ pub const DEFAULT_MMR_LAMBDA: f32 = 0.5;
 pub const MMR_CANDIDATE_FACTOR: usize = 4;
 
 /// How demonstrations are chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "name")]
 pub enum Strategy {
     /// The k most similar examples.
     Knn,

@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::selections::{Progress, SelectionRequest, Selector, StageTwoRun};
 use super::{Method, ParamOverrides};
-use crate::config::{ModelConfig, DEFAULT_DATABASE_URL, DEFAULT_STAGE_TWO_LEASE_SECS};
+use crate::config::{ModelConfig, DEFAULT_DATABASE_URL, DEFAULT_JOB_LEASE_SECS};
+use crate::jobs::JobRunner;
 use crate::predict::Predictor;
 use crate::server::load_models;
 use crate::store::Store;
@@ -55,13 +56,17 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
     let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
         .await
         .context("loading models")??;
+    let runner = Arc::new(JobRunner::new(
+        store.clone(),
+        Duration::from_secs(DEFAULT_JOB_LEASE_SECS),
+    ));
     let catalog = Arc::new(Catalog::open(store, embedder).await?);
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm));
     let selector = Arc::new(Selector::new(
         Arc::clone(&catalog),
         predictor,
         StageTwoRun::InCall,
-        Duration::from_secs(DEFAULT_STAGE_TWO_LEASE_SECS),
+        runner,
     ));
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg:20} {bar:40} {pos}/{len} eta {eta}")

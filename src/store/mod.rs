@@ -1,12 +1,15 @@
-//! The database: the source of truth for tasks, annotated examples, pool items and
-//! selections. SQLite embedded by default, PostgreSQL when several replicas share it.
+//! The database: the source of truth for tasks, annotated examples, pool items,
+//! selections and background jobs. SQLite embedded by default, PostgreSQL when several
+//! replicas share it.
 //!
 //! Queries are written once for sqlx's `Any` driver (both databases accept `$N`
 //! parameters); the schema lives in `migrations/sqlite` and `migrations/postgres` and is
 //! applied at start-up.
 
 mod items;
+mod jobs;
 mod keys;
+mod leases;
 mod selections;
 mod tasks;
 
@@ -17,8 +20,10 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use items::{ExampleChange, ItemKind, NewItem, StoredItem};
+pub use jobs::{JobRow, MAX_LISTED_JOBS};
 pub use keys::KeyRow;
-pub use selections::{LapsedLease, Lease, SelectionRow};
+pub use leases::{LapsedLease, Lease, Leased};
+pub use selections::SelectionRow;
 pub use tasks::TaskRow;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{now, Store, StoreError};
+use super::{now, Lease, Store, StoreError};
 
 /// A stored selection.
 #[derive(Debug, Clone)]
@@ -20,26 +20,6 @@ pub struct SelectionRow {
     pub result: String,
     /// Who runs its stage 2, and until when, if anyone took it on.
     pub lease: Option<Lease>,
-}
-
-/// A replica's claim to run a selection's stage 2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The replica holding it.
-    pub owner: String,
-    /// Seconds since the epoch when it lapses unless renewed.
-    pub expires: i64,
-}
-
-/// A stage-2 lease that nobody renewed in time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LapsedLease {
-    /// The selection's task.
-    pub task: String,
-    /// The selection.
-    pub id: String,
-    /// The replica that held it.
-    pub owner: String,
 }
 
 const SELECT_SELECTION: &str =
@@ -124,62 +104,6 @@ impl Store {
         Ok(rows.iter().map(selection_row).collect::<Result<_, _>>()?)
     }
 
-    /// Takes the stage-2 lease of a selection for `owner` until `until`, unless another
-    /// owner's lease is live at `now`; answers whether `owner` holds it now.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn take_lease(
-        &self,
-        task: &str,
-        id: &str,
-        owner: &str,
-        now: i64,
-        until: i64,
-    ) -> Result<bool, StoreError> {
-        // One statement: of replicas racing for an expired lease, one update wins and
-        // the others find it live.
-        let taken = sqlx::query(
-            "UPDATE selections SET lease_owner = $1, lease_expires = $2 \
-             WHERE task = $3 AND id = $4 \
-             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires < $5)",
-        )
-        .bind(owner)
-        .bind(until)
-        .bind(task)
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(taken == 1)
-    }
-
-    /// Extends `owner`'s lease to `until`; answers false when `owner` no longer holds it.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn renew_lease(
-        &self,
-        task: &str,
-        id: &str,
-        owner: &str,
-        until: i64,
-    ) -> Result<bool, StoreError> {
-        let renewed = sqlx::query(
-            "UPDATE selections SET lease_expires = $1 \
-             WHERE task = $2 AND id = $3 AND lease_owner = $4",
-        )
-        .bind(until)
-        .bind(task)
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(renewed == 1)
-    }
-
     /// Saves the state and result of a selection whose lease `owner` holds, extending
     /// the lease to `until`, or ending it when `until` is `None`; answers false (and
     /// saves nothing) when `owner` no longer holds it.
@@ -210,58 +134,5 @@ impl Store {
         .await?
         .rows_affected();
         Ok(saved == 1)
-    }
-
-    /// Lets go of `owner`'s lease: expired at once, so that any replica resumes the
-    /// run, when `resumable`; else cleared, so that only a `continue` starts it again.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn release_lease(
-        &self,
-        task: &str,
-        id: &str,
-        owner: &str,
-        resumable: bool,
-    ) -> Result<(), StoreError> {
-        let query = if resumable {
-            "UPDATE selections SET lease_expires = 0 \
-             WHERE task = $1 AND id = $2 AND lease_owner = $3"
-        } else {
-            "UPDATE selections SET lease_owner = NULL, lease_expires = NULL \
-             WHERE task = $1 AND id = $2 AND lease_owner = $3"
-        };
-        sqlx::query(query)
-            .bind(task)
-            .bind(id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Every selection whose lease lapsed before `now`: stage-2 runs whose replica died
-    /// or stopped, with the task, id and the lapsed owner.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn lapsed_leases(&self, now: i64) -> Result<Vec<LapsedLease>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT task, id, lease_owner FROM selections \
-             WHERE lease_owner IS NOT NULL AND lease_expires < $1 ORDER BY updated_at",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(LapsedLease {
-                    task: r.try_get("task")?,
-                    id: r.try_get("id")?,
-                    owner: r.try_get("lease_owner")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?)
     }
 }

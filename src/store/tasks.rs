@@ -88,14 +88,21 @@ impl Store {
         Ok(rows.iter().map(task_row).collect::<Result<_, _>>()?)
     }
 
-    /// Deletes a task with its examples, pool and selections; answers whether it existed.
+    /// Deletes a task with its examples, pool, selections and jobs; answers whether it
+    /// existed.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn delete_task(&self, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Explicit deletes, so that no database setting (SQLite's foreign_keys) matters.
-        for table in ["examples", "pool_items", "selections", "example_changes"] {
+        for table in [
+            "examples",
+            "pool_items",
+            "selections",
+            "jobs",
+            "example_changes",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE task = $1"))
                 .bind(name)
                 .execute(&mut *tx)

@@ -19,17 +19,18 @@ mod stage_two;
 mod state;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tokio_util::task::TaskTracker;
 
 use super::{first_pass, Method, ParamOverrides, Params, SelectError};
+use crate::jobs::{Interruption, JobRunner};
+use crate::llm::LlmError;
 use crate::predict::{PredictError, Predictor};
 use crate::store::{ItemKind, SelectionRow, StoreError};
 use crate::tasks::{Catalog, TaskError};
+use crate::worker::QueueError;
 
 pub use jobs::StageTwoProgress;
 pub use stage_two::stage_two_confidences;
@@ -82,6 +83,25 @@ pub enum SelectionError {
         /// What is stored.
         state: String,
     },
+}
+
+impl Interruption for SelectionError {
+    fn lease_lost() -> Self {
+        Self::LeaseLost
+    }
+
+    fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::LeaseLost)
+    }
+
+    fn is_resumable(&self) -> bool {
+        matches!(
+            self,
+            Self::ShuttingDown
+                | Self::Store(_)
+                | Self::Predict(PredictError::Llm(LlmError::Queue(QueueError::Full)))
+        )
+    }
 }
 
 /// A selection request.
@@ -184,16 +204,10 @@ pub struct Selector {
     catalog: Arc<Catalog>,
     predictor: Arc<Predictor>,
     stage_two_run: StageTwoRun,
-    /// This process's name on the stage-2 leases it takes.
-    owner: String,
-    /// How long a stage-2 lease holds unless renewed.
-    lease: Duration,
+    /// Leases, background runs and shutdown for stage 2.
+    runner: Arc<JobRunner>,
     /// Stage-2 runs of this process, by selection id.
     jobs: Jobs,
-    /// The background stage-2 tasks, awaited at shutdown.
-    runs: TaskTracker,
-    /// Set at shutdown: stage 2 stops after the batch it is predicting.
-    stopping: AtomicBool,
 }
 
 fn new_id() -> String {
@@ -206,22 +220,19 @@ fn corrupt(e: serde_json::Error) -> SelectionError {
 
 impl Selector {
     /// A selector over the catalog's tasks, predicting with `predictor` for vote-k, whose
-    /// stage-2 leases hold for `lease` unless renewed.
+    /// stage 2 runs on `runner`.
     pub fn new(
         catalog: Arc<Catalog>,
         predictor: Arc<Predictor>,
         stage_two_run: StageTwoRun,
-        lease: Duration,
+        runner: Arc<JobRunner>,
     ) -> Self {
         Self {
             catalog,
             predictor,
             stage_two_run,
-            owner: format!("replica-{:016x}", rand::random::<u64>()),
-            lease,
+            runner,
             jobs: Jobs::default(),
-            runs: TaskTracker::new(),
-            stopping: AtomicBool::new(false),
         }
     }
 

@@ -1,15 +1,14 @@
 //! Vote-k's stage 2: the LLM predicts the pool with the annotated stage-1 items as
 //! demonstrations, batch by batch, and the least confident items fill the budget.
 //!
-//! One replica at a time runs a selection's stage 2: the one holding its lease in the
-//! database. The runner renews the lease while it works and saves every batch under
-//! it; a runner whose lease lapsed (it stalled, or its replica died) finds its next save
-//! refused and stops, so a slow duplicate never overwrites the new runner's result.
-//! Every replica looks for lapsed leases every half lease and resumes those runs from
-//! their last saved batch, so a stage 2 outlives the replica that started it.
+//! Stage 2 runs on the job runner (`crate::jobs`): one replica at a time, the holder of
+//! the selection's lease, saves every batch under it; a runner whose lease lapsed (it
+//! stalled, or its replica died) finds its next save refused and stops, so a slow
+//! duplicate never overwrites the new runner's result. Every replica looks for lapsed
+//! leases every half lease and resumes those runs from their last saved batch, so a
+//! stage 2 outlives the replica that started it.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,12 +17,10 @@ use super::{
     corrupt, saved_progress, state_of, Outcome, Progress, SelectionError, SelectionState,
     SelectionView, Selector, StageTwoRun,
 };
-use crate::llm::LlmError;
 use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
 use crate::select::second_pass;
-use crate::store::{ItemKind, LapsedLease, SelectionRow, StoredItem};
-use crate::worker::QueueError;
+use crate::store::{ItemKind, LapsedLease, Leased, SelectionRow, StoredItem};
 
 /// Demonstrations per prediction in vote-k's stage 2.
 const STAGE_TWO_K: usize = 8;
@@ -36,7 +33,7 @@ const STAGE_TWO_CHUNK: usize = 16;
 /// # Errors
 /// When the task is unknown, has no examples, or the model fails.
 pub async fn stage_two_confidences(
-    predictor: &Predictor,
+    predictor: &Arc<Predictor>,
     task: &str,
     inputs: Vec<QueryInput>,
     seed: u64,
@@ -56,21 +53,6 @@ pub async fn stage_two_confidences(
 }
 
 impl Selector {
-    /// Stops the background stage-2 runs once each has saved the batch it is
-    /// predicting, and waits for them; their leases are let go at once, so that another
-    /// replica (or this one restarted) resumes them from there.
-    pub async fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.runs.close();
-        self.runs.wait().await;
-    }
-
-    /// When a lease taken or renewed now lapses.
-    fn lease_until(&self) -> i64 {
-        let seconds = i64::try_from(self.lease.as_secs().max(1)).unwrap_or(i64::MAX);
-        crate::store::now().saturating_add(seconds)
-    }
-
     /// Runs vote-k's stage 2 of a stored selection once its stage-1 items are annotated
     /// (resuming a run that was cut short), inside the call or in the background as the
     /// selector was made; answers the selection as it is then. While another replica
@@ -91,12 +73,7 @@ impl Selector {
         {
             return self.view(task, &row, &recorded, &outcome).await;
         }
-        let store = self.catalog.store();
-        let now = crate::store::now();
-        match store
-            .take_lease(task, id, &self.owner, now, self.lease_until())
-            .await
-        {
+        match self.runner.take(Leased::Selections, task, id).await {
             Ok(true) => {}
             Ok(false) => {
                 // Another replica runs it; its saved batches are the progress.
@@ -116,7 +93,7 @@ impl Selector {
         }
         let this = Arc::clone(self);
         let (job_task, job_id) = (task.to_owned(), id.to_owned());
-        self.runs.spawn(async move {
+        self.runner.spawn(async move {
             let tracker = Arc::clone(&this);
             let tracked_id = job_id.clone();
             let tracked: Progress = Arc::new(move |phase: &str, done: usize, of: usize| {
@@ -162,7 +139,7 @@ impl Selector {
         let lapsed = self
             .catalog
             .store()
-            .lapsed_leases(crate::store::now())
+            .lapsed_leases(Leased::Selections, crate::store::now())
             .await?;
         let mut resumed = 0;
         for LapsedLease { task, id, owner } in lapsed {
@@ -181,7 +158,9 @@ impl Selector {
                     // complete): clear the lapsed lease, unless another replica took it
                     // meanwhile, so that the selection says what it waits for.
                     let store = self.catalog.store();
-                    store.release_lease(&task, &id, &owner, false).await?;
+                    store
+                        .release_lease(Leased::Selections, &task, &id, &owner, false)
+                        .await?;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -192,52 +171,17 @@ impl Selector {
         Ok(resumed)
     }
 
-    /// Runs stage 2 under the lease this process took, renewing it meanwhile; lets it
-    /// go when the run stops short (expired at once when another replica should resume
-    /// the run, cleared when only a `continue` should).
+    /// Runs stage 2 under the lease this process took.
     async fn run_leased(
         &self,
         task: &str,
         id: &str,
         progress: Progress,
     ) -> Result<(), SelectionError> {
-        let result = tokio::select! {
-            result = self.run_stage_two(task, id, progress) => result,
-            lost = self.keep_lease(task, id) => lost,
-        };
-        let resumable = match &result {
-            // The final save ended the lease, or it is another replica's now.
-            Ok(()) | Err(SelectionError::LeaseLost) => return result,
-            Err(SelectionError::ShuttingDown | SelectionError::Store(_)) => true,
-            Err(SelectionError::Predict(PredictError::Llm(LlmError::Queue(QueueError::Full)))) => {
-                true
-            }
-            Err(_) => false,
-        };
-        if let Err(e) = self
-            .catalog
-            .store()
-            .release_lease(task, id, &self.owner, resumable)
+        let work = self.run_stage_two(task, id, progress);
+        self.runner
+            .run_leased(Leased::Selections, task, id, work)
             .await
-        {
-            // It lapses by itself.
-            tracing::warn!(task, selection = id, error = %e, "letting go of a stage-2 lease failed");
-        }
-        result
-    }
-
-    /// Renews the lease every third of its length; returns only when it cannot.
-    async fn keep_lease(&self, task: &str, id: &str) -> Result<(), SelectionError> {
-        let store = self.catalog.store();
-        loop {
-            tokio::time::sleep(self.lease / 3).await;
-            if !store
-                .renew_lease(task, id, &self.owner, self.lease_until())
-                .await?
-            {
-                return Err(SelectionError::LeaseLost);
-            }
-        }
     }
 
     /// The stage-1 items already annotated, by id.
@@ -267,9 +211,12 @@ impl Selector {
     ) -> Result<(), SelectionError> {
         let (row, recorded, mut outcome) = self.load(task, id).await?;
         let store = self.catalog.store();
+        let owner = self.runner.owner();
         if state_of(&row)? == SelectionState::Complete {
             // Finished elsewhere between the caller's look and the lease.
-            store.release_lease(task, id, &self.owner, false).await?;
+            store
+                .release_lease(Leased::Selections, task, id, self.runner.owner(), false)
+                .await?;
             return Ok(());
         }
         let annotated = self.annotated_stage_one(task, &outcome).await?;
@@ -299,7 +246,7 @@ impl Selector {
             .collect();
         let mut done = unlabelled - remaining.len();
         for chunk in remaining.chunks(STAGE_TWO_CHUNK) {
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.runner.stopping() {
                 return Err(SelectionError::ShuttingDown);
             }
             let inputs = chunk
@@ -320,7 +267,7 @@ impl Selector {
                 ..row.clone()
             };
             if !store
-                .save_leased(task, &saved, &self.owner, Some(self.lease_until()))
+                .save_leased(task, &saved, owner, Some(self.runner.lease_until()))
                 .await?
             {
                 return Err(SelectionError::LeaseLost);
@@ -362,7 +309,7 @@ impl Selector {
         };
         // Only while the lease is this process's: a run that lapsed and was taken over
         // never overwrites what the new runner saves.
-        if !store.save_leased(task, &row, &self.owner, None).await? {
+        if !store.save_leased(task, &row, owner, None).await? {
             return Err(SelectionError::LeaseLost);
         }
         Ok(())

@@ -1,0 +1,167 @@
+//! The job runner: work that outlives a request, run in the background on one replica
+//! at a time under a lease in the database, and resumed after a crash.
+//!
+//! Vote-k's stage 2 (`select::selections`) and evaluation jobs (`evaluation`) both run
+//! here. Each keeps its own progress in its own row and saves it batch by batch under
+//! the lease; the runner takes the lease, renews it every third of its length while the
+//! work runs, lets it go when the work stops short (expired at once when another run
+//! should take the work up, cleared when nobody should), and at shutdown tells every
+//! run to stop after the input it is on and waits for them.
+
+mod state;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::{Leased, Store, StoreError};
+
+pub use state::JobState;
+
+/// Why leased work stopped short, as far as the runner must know it.
+pub trait Interruption: From<StoreError> {
+    /// The error for a lease that another replica took over.
+    fn lease_lost() -> Self;
+    /// Whether this is that error: the row is another runner's now, hands off.
+    fn is_lease_lost(&self) -> bool;
+    /// Whether another run (this replica's after a restart, or another's) should take
+    /// the work up where it stopped: a shutdown or a passing failure, not a bad request.
+    fn is_resumable(&self) -> bool;
+}
+
+/// Runs leased background work for this process.
+pub struct JobRunner {
+    store: Store,
+    /// This process's name on the leases it takes.
+    owner: String,
+    /// How long a lease holds unless renewed.
+    lease: Duration,
+    /// The background runs, awaited at shutdown.
+    runs: TaskTracker,
+    /// Cancelled at shutdown: runs stop after the input they are on.
+    stop: CancellationToken,
+}
+
+impl JobRunner {
+    /// A runner whose leases on `store`'s rows hold for `lease` unless renewed.
+    pub fn new(store: Store, lease: Duration) -> Self {
+        Self {
+            store,
+            owner: format!("replica-{:016x}", rand::random::<u64>()),
+            lease: lease.max(Duration::from_secs(1)),
+            runs: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// This process's name on its leases.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// When a lease taken or renewed now lapses, in seconds since the epoch.
+    pub fn lease_until(&self) -> i64 {
+        let seconds = i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX);
+        crate::store::now().saturating_add(seconds)
+    }
+
+    /// How often lapsed leases are worth looking for: half a lease.
+    pub fn resume_interval(&self) -> Duration {
+        (self.lease / 2).max(Duration::from_secs(1))
+    }
+
+    /// Whether the process is shutting down, so that work stops where it is.
+    pub fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Completes when the process starts shutting down.
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+
+    /// Takes the lease of `id` for this process, unless another replica's is live;
+    /// answers whether this process holds it now.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn take(&self, leased: Leased, task: &str, id: &str) -> Result<bool, StoreError> {
+        self.store
+            .take_lease(
+                leased,
+                task,
+                id,
+                &self.owner,
+                crate::store::now(),
+                self.lease_until(),
+            )
+            .await
+    }
+
+    /// Runs `work` in the background, awaited by [`JobRunner::stop`].
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.runs.spawn(work);
+    }
+
+    /// Runs `work` under the lease this process took on `id`, renewing it meanwhile;
+    /// lets it go when the work stops short (expired at once when it is resumable,
+    /// cleared when it is not). The work's own final save ends the lease.
+    ///
+    /// # Errors
+    /// The work's error, or [`Interruption::lease_lost`] when the lease could not be
+    /// renewed.
+    pub async fn run_leased<E: Interruption>(
+        &self,
+        leased: Leased,
+        task: &str,
+        id: &str,
+        work: impl Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
+        let result = tokio::select! {
+            result = work => result,
+            lost = self.keep_lease(leased, task, id) => Err(lost),
+        };
+        let resumable = match &result {
+            // The final save ended the lease, or it is another replica's now.
+            Ok(()) => return result,
+            Err(e) if e.is_lease_lost() => return result,
+            Err(e) => e.is_resumable(),
+        };
+        if let Err(e) = self
+            .store
+            .release_lease(leased, task, id, &self.owner, resumable)
+            .await
+        {
+            // It lapses by itself.
+            tracing::warn!(task, id, error = %e, "letting go of a lease failed");
+        }
+        result
+    }
+
+    /// Renews the lease every third of its length; returns only when it cannot.
+    async fn keep_lease<E: Interruption>(&self, leased: Leased, task: &str, id: &str) -> E {
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            match self
+                .store
+                .renew_lease(leased, task, id, &self.owner, self.lease_until())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return E::lease_lost(),
+                Err(e) => return e.into(),
+            }
+        }
+    }
+
+    /// Tells every background run to stop after the input it is on (each saves what it
+    /// has and lets its lease go, so that another replica, or this one restarted,
+    /// resumes it), and waits for them.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.runs.close();
+        self.runs.wait().await;
+    }
+}

@@ -1,0 +1,172 @@
+//! Leases on background work: which replica runs a row's job, and until when.
+//!
+//! Vote-k's stage 2 (on its selection row) and evaluation jobs (on their job row) run on
+//! one replica at a time: the one whose lease has not expired. The runner extends it
+//! while it works; a lease left to expire (its replica died) is taken over by another
+//! replica, or by the same one restarted. Every statement here is a single `UPDATE` or
+//! `SELECT`, so that replicas racing for a lease never both win.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// The tables whose rows carry a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leased {
+    /// Selections: vote-k's stage 2.
+    Selections,
+    /// Background jobs: evaluations.
+    Jobs,
+}
+
+impl Leased {
+    /// The table's name (a constant, never user input).
+    fn table(self) -> &'static str {
+        match self {
+            Self::Selections => "selections",
+            Self::Jobs => "jobs",
+        }
+    }
+}
+
+/// A replica's claim to run a row's background work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The replica holding it.
+    pub owner: String,
+    /// Seconds since the epoch when it lapses unless renewed.
+    pub expires: i64,
+}
+
+/// A lease that nobody renewed in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LapsedLease {
+    /// The row's task.
+    pub task: String,
+    /// The row.
+    pub id: String,
+    /// The replica that held it.
+    pub owner: String,
+}
+
+impl Store {
+    /// Takes the lease of a row for `owner` until `until`, unless another owner's lease
+    /// is live at `now`; answers whether `owner` holds it now.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn take_lease(
+        &self,
+        leased: Leased,
+        task: &str,
+        id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        // One statement: of replicas racing for an expired lease, one update wins and
+        // the others find it live.
+        let taken = sqlx::query(&format!(
+            "UPDATE {} SET lease_owner = $1, lease_expires = $2 \
+             WHERE task = $3 AND id = $4 \
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires < $5)",
+            leased.table()
+        ))
+        .bind(owner)
+        .bind(until)
+        .bind(task)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    /// Extends `owner`'s lease to `until`; answers false when `owner` no longer holds it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn renew_lease(
+        &self,
+        leased: Leased,
+        task: &str,
+        id: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(&format!(
+            "UPDATE {} SET lease_expires = $1 \
+             WHERE task = $2 AND id = $3 AND lease_owner = $4",
+            leased.table()
+        ))
+        .bind(until)
+        .bind(task)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed == 1)
+    }
+
+    /// Lets go of `owner`'s lease: expired at once, so that any replica resumes the
+    /// work, when `resumable`; else cleared, so that only a new request starts it again.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn release_lease(
+        &self,
+        leased: Leased,
+        task: &str,
+        id: &str,
+        owner: &str,
+        resumable: bool,
+    ) -> Result<(), StoreError> {
+        let set = if resumable {
+            "lease_expires = 0"
+        } else {
+            "lease_owner = NULL, lease_expires = NULL"
+        };
+        sqlx::query(&format!(
+            "UPDATE {} SET {set} WHERE task = $1 AND id = $2 AND lease_owner = $3",
+            leased.table()
+        ))
+        .bind(task)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every row whose lease lapsed before `now`: work whose replica died or stopped,
+    /// with the task, id and the lapsed owner.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn lapsed_leases(
+        &self,
+        leased: Leased,
+        now: i64,
+    ) -> Result<Vec<LapsedLease>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT task, id, lease_owner FROM {} \
+             WHERE lease_owner IS NOT NULL AND lease_expires < $1 ORDER BY updated_at",
+            leased.table()
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(LapsedLease {
+                    task: r.try_get("task")?,
+                    id: r.try_get("id")?,
+                    owner: r.try_get("lease_owner")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+}
