@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Faults survived, with figures: kills a server mid-write and mid-stage-2, stops
+"""Faults survived, with figures: kills a server mid-write, mid-stage-2 and mid-evaluation, stops
 PostgreSQL under load, and soaks a server with mixed traffic.
 
     scripts/faults.py import     [--trials 20]   SIGKILL during imports: batches whole or absent
     scripts/faults.py stage-two  [--trials 20]   SIGKILL during vote-k's stage 2: resumed, same items
+    scripts/faults.py evaluation [--trials 20]   SIGKILL during an evaluation job: resumed by the
+                                                 restarted replica, same table, rows redone
     scripts/faults.py postgres   [--seconds 20]  PostgreSQL stopped under load (root, needs
                                                  EXEMPLAR_TEST_POSTGRES_URL): 503 while down,
                                                  recovery by itself, no partial batch
@@ -212,6 +214,53 @@ def scenario_stage_two(trials):
     return same == trials
 
 
+def scenario_evaluation(trials):
+    examples = [{"id": f"e{i}", "text": row["text"], "label": row["label"]} for i, row in enumerate(rows(124))]
+    test = [{"text": row["text"], "label": row["label"]} for row in rows(220)[124:]]
+    request = {"examples": test, "k": 4, "background": True}
+
+    def start(server):
+        call(server, "PUT", "/v1/tasks/sst2", TASK)
+        call(server, "POST", "/v1/tasks/sst2/examples", {"examples": examples})
+        status, job = call(server, "POST", "/v1/tasks/sst2/evaluate", request)
+        assert status == 202, job
+        return f"/v1/tasks/sst2/evaluations/{job['id']}"
+
+    def predictions(server):
+        request = urllib.request.Request(server.base + "/metrics")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("exemplar_predictions_total "):
+                    return float(line.split()[1])
+        return 0.0
+
+    work = tempfile.mkdtemp()
+    server = Server(f"sqlite://{work}/reference.db", "--job-lease-seconds", "2")
+    path = start(server)
+    reference = wait_selection(server, path, lambda j: j["state"] != "running")
+    assert reference["state"] == "complete", reference
+    server.kill()
+    same, resume_seconds, redone = 0, [], []
+    for trial in range(trials):
+        server = Server(f"sqlite://{work}/trial{trial}.db", "--job-lease-seconds", "2")
+        path = start(server)
+        target = random.randint(16, 80)
+        saved = wait_selection(server, path, lambda j: j["progress"]["done"] >= target or j["state"] != "running")
+        killed = time.time()
+        server.restart()
+        wait_selection(server, path, lambda j: predictions(server) > 0 or j["state"] != "running")
+        resume_seconds.append(time.time() - killed)
+        done = wait_selection(server, path, lambda j: j["state"] != "running")
+        same += done["state"] == "complete" and done["result"] == reference["result"]
+        redone.append(predictions(server) - (len(test) - saved["progress"]["done"]))
+        server.kill()
+    print(f"evaluation: {trials} kills at 16..80 of {len(test)} rows; resumed by the restarted "
+          f"replica in {min(resume_seconds):.1f}..{max(resume_seconds):.1f} s (restart included); "
+          f"rows predicted again after a kill {min(redone):.0f}..{max(redone):.0f} (at most one "
+          f"batch of 16 unsaved); same table as the uninterrupted run {same}/{trials}")
+    return same == trials
+
+
 def scenario_postgres(seconds):
     admin = os.environ.get("EXEMPLAR_TEST_POSTGRES_URL")
     if not admin:
@@ -344,7 +393,7 @@ def scenario_soak(minutes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["import", "stage-two", "postgres", "soak"])
+    parser.add_argument("scenario", choices=["import", "stage-two", "evaluation", "postgres", "soak"])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=10)
@@ -354,6 +403,7 @@ def main():
     ok = {
         "import": lambda: scenario_import(args.trials),
         "stage-two": lambda: scenario_stage_two(args.trials),
+        "evaluation": lambda: scenario_evaluation(args.trials),
         "postgres": lambda: scenario_postgres(args.seconds),
         "soak": lambda: scenario_soak(args.minutes),
     }[args.scenario]()

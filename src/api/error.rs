@@ -162,9 +162,8 @@ impl ApiError {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
                 SelectionError::Store(store) => store_status_and_code(store),
-                SelectionError::Select(SelectError::Graph(_)) | SelectionError::Aborted(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                }
+                SelectionError::Select(SelectError::Graph(_) | SelectError::Cancelled)
+                | SelectionError::Aborted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             Self::Evaluation(error) => match error {
                 EvaluationError::Task(error) => task_status_and_code(error),

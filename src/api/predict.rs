@@ -52,6 +52,9 @@ pub(super) struct OptionsBody {
     order: Order,
     #[serde(default)]
     calibrate: bool,
+    vote_weight: Option<f64>,
+    #[serde(default)]
+    cover_labels: bool,
     #[serde(default)]
     return_prompt: bool,
     max_prompt_tokens: Option<usize>,
@@ -67,6 +70,12 @@ impl OptionsBody {
         let selection = match self.strategy {
             SelectionName::Fixed => {
                 let ids = self.ids.unwrap_or_default();
+                if self.cover_labels {
+                    return Err(ApiError::invalid(
+                        "cover_labels",
+                        "fixed demonstrations are the ones given: cover_labels needs a retrieval strategy",
+                    ));
+                }
                 if ids.is_empty() {
                     return Err(ApiError::invalid(
                         "ids",
@@ -107,6 +116,16 @@ impl OptionsBody {
                 format!("{temperature} is out of range: give 0 (greedy) to 2"),
             ));
         }
+        if let Some(weight) = self.vote_weight {
+            if !(0.0..=1.0).contains(&weight) {
+                return Err(ApiError::invalid(
+                    "vote_weight",
+                    format!(
+                        "{weight} is out of range: give 0 (the LLM alone) to 1 (the vote alone)"
+                    ),
+                ));
+            }
+        }
         if self.max_prompt_tokens == Some(0) {
             return Err(ApiError::invalid("max_prompt_tokens", "must be at least 1"));
         }
@@ -116,6 +135,8 @@ impl OptionsBody {
             order: self.order,
             seed,
             calibrate: self.calibrate,
+            vote_weight: self.vote_weight,
+            cover_labels: self.cover_labels,
             return_prompt: self.return_prompt,
             max_prompt_tokens: self.max_prompt_tokens,
             generation: GenerationOptions {
@@ -155,6 +176,10 @@ struct PredictionBody {
     output: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     probabilities: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    llm_probabilities: Option<BTreeMap<String, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vote_probabilities: Option<BTreeMap<String, f64>>,
     demonstrations: Vec<DemonstrationRef>,
     prompt_tokens: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +192,8 @@ impl From<Prediction> for PredictionBody {
             label: p.label,
             output: p.output,
             probabilities: p.probabilities.into_iter().collect(),
+            llm_probabilities: p.llm_probabilities.map(|l| l.into_iter().collect()),
+            vote_probabilities: p.vote_probabilities.map(|v| v.into_iter().collect()),
             demonstrations: p
                 .demonstrations
                 .into_iter()

@@ -1,6 +1,7 @@
 //! Selection time of each method: a 3000-item SST-2 pool with budget 100, and a
 //! 20000-item pool (SST-2, TREC and SUBJ train texts) for fast vote-k and IDEAL.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use super::{read_rows, BenchArgs};
@@ -46,7 +47,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let params = Params::resolve(method, budget, ParamOverrides::default());
         let started = Instant::now();
         let chosen = tokio::task::spawn_blocking(move || {
-            first_pass(method, &pool, budget, &params, 0, |_, _| {})
+            first_pass(method, &pool, budget, &params, 0, |_, _| {
+                ControlFlow::Continue(())
+            })
         })
         .await??;
         let label = match method {

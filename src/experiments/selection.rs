@@ -4,6 +4,7 @@
 //! 100 test rows; random, fast vote-k and IDEAL with 3 seeds, vote-k (whose stage 2
 //! runs the LLM over the whole pool) with 1 seed.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -279,7 +280,9 @@ async fn run_one(
     let started = Instant::now();
     let pool_embeddings = embeddings.to_vec();
     let mut chosen = tokio::task::spawn_blocking(move || {
-        first_pass(method, &pool_embeddings, budget, &params, seed, |_, _| {})
+        first_pass(method, &pool_embeddings, budget, &params, seed, |_, _| {
+            ControlFlow::Continue(())
+        })
     })
     .await??;
     let mut selection_seconds = started.elapsed().as_secs_f64();

@@ -7,6 +7,7 @@
 
 pub mod calibration;
 pub mod metrics;
+pub mod vote;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -107,6 +108,13 @@ pub struct PredictOptions {
     pub seed: u64,
     /// Apply contextual calibration.
     pub calibrate: bool,
+    /// Make every label appear among retrieved demonstrations where k allows.
+    #[serde(default)]
+    pub cover_labels: bool,
+    /// Mix the demonstrations' similarity-weighted vote into the label probabilities
+    /// with this weight (0: the LLM alone, 1: the vote alone); `None`: no vote.
+    #[serde(default)]
+    pub vote_weight: Option<f64>,
     /// Answer the prompt text too.
     pub return_prompt: bool,
     /// The most prompt tokens; by default the context window less the longest answer.
@@ -125,6 +133,8 @@ impl PredictOptions {
             order: Order::NearestLast,
             seed,
             calibrate,
+            cover_labels: false,
+            vote_weight: None,
             return_prompt: false,
             max_prompt_tokens: None,
             generation: GenerationOptions {
@@ -158,6 +168,10 @@ pub struct Prediction {
     pub probabilities: Vec<(String, f64)>,
     /// The probabilities before calibration (equal to `probabilities` without it).
     pub uncalibrated: Vec<(String, f64)>,
+    /// With a vote weight: the LLM's probabilities (calibrated if asked) before the mix.
+    pub llm_probabilities: Option<Vec<(String, f64)>>,
+    /// With a vote weight: the demonstrations' similarity-weighted vote.
+    pub vote_probabilities: Option<Vec<(String, f64)>>,
     /// The demonstrations used, in prompt order.
     pub demonstrations: Vec<Demonstration>,
     /// Tokens in the prompt.
@@ -242,6 +256,12 @@ impl Predictor {
             return Err(invalid(
                 "calibrate",
                 "calibration needs labels; this task generates text",
+            ));
+        }
+        if options.vote_weight.is_some() && !classification {
+            return Err(invalid(
+                "vote_weight",
+                "the demonstrations vote on labels; this task generates text",
             ));
         }
         let k = match &options.selection {
@@ -434,6 +454,8 @@ impl PredictionRun {
             let collection = self.collection.clone();
             let selection = options.selection.clone();
             let (k, budget, context) = (self.k, self.budget, self.context);
+            let cover_labels = options.cover_labels;
+            let labels = self.labels.clone();
             // Retrieval and tokenization are CPU work: off the async workers.
             tokio::task::spawn_blocking(move || {
                 let demonstrations = match (fixed, collection, selection, vector) {
@@ -444,7 +466,12 @@ impl PredictionRun {
                             .as_deref()
                             .and_then(|id| collection.by_id(id))
                             .map(|e| e.point);
-                        tasks::choose(&collection, &vector, k, strategy, exclude)
+                        let chosen = tasks::choose(&collection, &vector, k, strategy, exclude);
+                        if cover_labels {
+                            tasks::cover_labels(&collection, &vector, chosen, &labels, exclude)
+                        } else {
+                            chosen
+                        }
                     }
                     _ => Vec::new(),
                 };
@@ -467,6 +494,8 @@ impl PredictionRun {
             output: None,
             probabilities: Vec::new(),
             uncalibrated: Vec::new(),
+            llm_probabilities: None,
+            vote_probabilities: None,
             demonstrations: prepared.demonstrations.clone(),
             prompt_tokens,
             prompt: options.return_prompt.then(|| prepared.text.clone()),
@@ -489,16 +518,28 @@ impl PredictionRun {
             let generation = self.predictor.llm.generate(prompt, params, None).await?;
             prediction.output = Some(generation.text.trim().to_owned());
         } else {
-            let (uncalibrated, probabilities) = self
+            let (uncalibrated, mut probabilities) = self
                 .predictor
                 .classify(&prepared, self.continuations.clone(), options.calibrate)
                 .await?;
+            let labels = &self.labels;
+            if let Some(weight) = options.vote_weight {
+                let shown = prepared
+                    .demonstrations
+                    .iter()
+                    .map(|d| (d.example.label.as_str(), d.similarity));
+                let votes = vote::distribution(labels, shown);
+                let mixed = vote::mix(&probabilities, &votes, weight);
+                prediction.llm_probabilities =
+                    Some(labels.iter().cloned().zip(probabilities).collect());
+                prediction.vote_probabilities = Some(labels.iter().cloned().zip(votes).collect());
+                probabilities = mixed;
+            }
             let best = probabilities
                 .iter()
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map_or(0, |(i, _)| i);
-            let labels = &self.labels;
             prediction.label = labels.get(best).cloned();
             prediction.probabilities = labels.iter().cloned().zip(probabilities).collect();
             prediction.uncalibrated = labels.iter().cloned().zip(uncalibrated).collect();

@@ -12,6 +12,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::ops::ControlFlow;
 
 use rand::{Rng, SeedableRng};
 
@@ -127,12 +128,13 @@ impl Ord for Candidate {
 }
 
 /// Greedy selection of `budget` items by marginal influence, evaluated lazily, with
-/// each selected item's marginal gain.
+/// each selected item's marginal gain; `None` when `on_pick` (told the picks so far, and
+/// also polled while the first gains are computed) breaks off the work.
 pub fn select(
     diffusion: &Diffusion,
     budget: usize,
-    mut on_pick: impl FnMut(usize),
-) -> Vec<(usize, f64)> {
+    mut on_pick: impl FnMut(usize) -> ControlFlow<()>,
+) -> Option<Vec<(usize, f64)>> {
     let n = diffusion.len();
     let runs = diffusion.runs();
     let mut reached = vec![vec![false; n]; runs];
@@ -146,13 +148,18 @@ pub fn select(
         }
         total as f64 / runs as f64
     };
-    let mut queue: BinaryHeap<Candidate> = (0..n)
-        .map(|item| Candidate {
+    let mut queue = BinaryHeap::with_capacity(n);
+    for item in 0..n {
+        // Every item's first gain is most of the work on a large pool.
+        if item % 64 == 63 && on_pick(0).is_break() {
+            return None;
+        }
+        queue.push(Candidate {
             gain: gain(item, &reached),
             item,
             round: 0,
-        })
-        .collect();
+        });
+    }
     let mut chosen = Vec::with_capacity(budget.min(n));
     while chosen.len() < budget.min(n) {
         let Some(top) = queue.pop() else { break };
@@ -161,7 +168,9 @@ pub fn select(
                 diffusion.spread(run, top.item, reached_in_run);
             }
             chosen.push((top.item, top.gain));
-            on_pick(chosen.len());
+            if on_pick(chosen.len()).is_break() {
+                return None;
+            }
         } else {
             // Gains only shrink as the set grows, so a stale bound that still tops the
             // queue after refreshing is the true best.
@@ -172,7 +181,7 @@ pub fn select(
             });
         }
     }
-    chosen
+    Some(chosen)
 }
 
 #[cfg(test)]
@@ -204,9 +213,21 @@ mod tests {
         // Greedy: 0 and 5 tie at 4, the lower index goes first; then 5 adds {5, 4} = 2;
         // then nothing is left to gain and the lowest index, 1, comes with gain 0.
         let mut picks = 0;
-        let chosen = select(&diffusion, 3, |_| picks += 1);
-        assert_eq!(chosen, vec![(0, 4.0), (5, 2.0), (1, 0.0)]);
+        let chosen = select(&diffusion, 3, |_| {
+            picks += 1;
+            ControlFlow::Continue(())
+        });
+        assert_eq!(chosen, Some(vec![(0, 4.0), (5, 2.0), (1, 0.0)]));
         assert_eq!(picks, 3);
+        // Broken off after the first pick: no selection.
+        let stopped = select(&diffusion, 3, |done| {
+            if done == 1 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(stopped, None);
         assert_eq!(diffusion.influence(&[0, 5]), 6.0);
     }
 
@@ -234,7 +255,8 @@ mod tests {
             })
             .collect();
         let diffusion = Diffusion::new(&graph, 10, 11);
-        let lazy: Vec<usize> = select(&diffusion, 8, |_| {})
+        let lazy: Vec<usize> = select(&diffusion, 8, |_| ControlFlow::Continue(()))
+            .expect("never broken off")
             .into_iter()
             .map(|(u, _)| u)
             .collect();

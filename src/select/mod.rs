@@ -15,6 +15,8 @@ pub mod ideal;
 pub mod selections;
 pub mod votek;
 
+use std::ops::ControlFlow;
+
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -103,6 +105,9 @@ pub enum SelectError {
     /// A matrix product failed.
     #[error("graph: {0}")]
     Graph(String),
+    /// The caller broke the work off (its request was dropped).
+    #[error("the selection was broken off")]
+    Cancelled,
 }
 
 /// Checks parameters against the pool before any work.
@@ -161,7 +166,8 @@ pub fn check(
 /// The first selection over a pool's embeddings: the whole answer for random,
 /// fast vote-k and IDEAL, stage 1 for vote-k. Answers pool positions in order.
 ///
-/// `on_progress(done, of)` is told as items are chosen.
+/// `on_progress(done, of)` is told as items are chosen (and polled while IDEAL computes
+/// its first gains); breaking from it stops the work with [`SelectError::Cancelled`].
 ///
 /// # Errors
 /// When a parameter is invalid or the graph cannot be built.
@@ -171,7 +177,7 @@ pub fn first_pass(
     budget: usize,
     params: &Params,
     seed: u64,
-    mut on_progress: impl FnMut(usize, usize),
+    mut on_progress: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<Vec<usize>, SelectError> {
     check(method, budget, params, embeddings.len())?;
     let n = embeddings.len();
@@ -199,7 +205,9 @@ pub fn first_pass(
                 if greedy.step().is_none() {
                     break;
                 }
-                on_progress(greedy.selected().len(), size);
+                if on_progress(greedy.selected().len(), size).is_break() {
+                    return Err(SelectError::Cancelled);
+                }
             }
             greedy.selected().to_vec()
         }
@@ -207,6 +215,7 @@ pub fn first_pass(
             let graph = graph::knn_graph(embeddings, params.k).map_err(graph_error)?;
             let diffusion = ideal::Diffusion::new(&graph, params.runs, seed);
             ideal::select(&diffusion, budget, |done| on_progress(done, budget))
+                .ok_or(SelectError::Cancelled)?
                 .into_iter()
                 .map(|(item, _)| item)
                 .collect()
@@ -259,14 +268,18 @@ mod tests {
         let embeddings: Vec<Vec<f32>> = (0..20).map(|i| vec![1.0, i as f32]).collect();
         // Budget 0: refused.
         assert!(matches!(
-            first_pass(Method::Random, &embeddings, 0, &params, 0, |_, _| {}),
+            first_pass(Method::Random, &embeddings, 0, &params, 0, |_, _| {
+                ControlFlow::Continue(())
+            }),
             Err(SelectError::InvalidParameter {
                 field: "budget",
                 ..
             })
         ));
         // A pool smaller than the graph's k: refused with the numbers.
-        let small = first_pass(Method::FastVoteK, &embeddings, 5, &params, 0, |_, _| {});
+        let small = first_pass(Method::FastVoteK, &embeddings, 5, &params, 0, |_, _| {
+            ControlFlow::Continue(())
+        });
         assert_eq!(
             small,
             Err(SelectError::PoolTooSmall {
@@ -282,15 +295,52 @@ mod tests {
             Method::VoteK,
             Method::Ideal,
         ] {
-            let all =
-                first_pass(method, &embeddings, 25, &params, 0, |_, _| {}).expect("whole pool");
+            let all = first_pass(method, &embeddings, 25, &params, 0, |_, _| {
+                ControlFlow::Continue(())
+            })
+            .expect("whole pool");
             assert_eq!(all, (0..20).collect::<Vec<_>>());
         }
         // Same seed, same items.
-        let a = first_pass(Method::Random, &embeddings, 5, &params, 9, |_, _| {}).expect("sample");
+        let a = first_pass(Method::Random, &embeddings, 5, &params, 9, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .expect("sample");
         assert_eq!(
             a,
-            first_pass(Method::Random, &embeddings, 5, &params, 9, |_, _| {}).expect("sample")
+            first_pass(Method::Random, &embeddings, 5, &params, 9, |_, _| {
+                ControlFlow::Continue(())
+            })
+            .expect("sample")
         );
+    }
+
+    #[test]
+    fn a_pass_broken_off_by_its_caller_stops_at_its_next_step() {
+        let embeddings: Vec<Vec<f32>> = (0..40)
+            .map(|i| vec![(i as f32).cos(), (i as f32).sin(), 1.0])
+            .collect();
+        let overrides = ParamOverrides {
+            k: Some(5),
+            ..ParamOverrides::default()
+        };
+        for method in [Method::FastVoteK, Method::Ideal] {
+            let params = Params::resolve(method, 10, overrides);
+            let mut steps = 0;
+            let stopped = first_pass(method, &embeddings, 10, &params, 0, |done, _| {
+                steps += 1;
+                if done == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            assert_eq!(stopped, Err(SelectError::Cancelled), "{method:?}");
+            let picks = first_pass(method, &embeddings, 10, &params, 0, |_, _| {
+                ControlFlow::Continue(())
+            });
+            assert_eq!(picks.map(|p| p.len()), Ok(10), "{method:?}");
+            assert!(steps <= 2, "{method:?} went on for {steps} steps");
+        }
     }
 }

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 pub use collection::{Collection, Example};
 pub use replicas::SyncReport;
-pub use retrieval::{choose, embedding_text};
+pub use retrieval::{choose, cover_labels, embedding_text};
 pub use spec::{check_name, SpecError, TaskSpec, ValidTask, MAX_LABELS};
 pub use validate::{check_k, check_strategy, MAX_BATCH, MAX_ID_BYTES, MAX_K, MAX_TEXT_BYTES};
 pub use views::{Demonstration, ItemInput, ItemView, Page, RetrieveQuery, TaskView};

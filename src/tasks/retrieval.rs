@@ -134,6 +134,64 @@ pub fn choose(
     demonstrations
 }
 
+/// Makes every label of `labels` appear among `demonstrations` (most similar first, as
+/// [`choose`] answers them) where there is room: for each label missing, the example of
+/// that label most similar to `query` takes the place of the least similar demonstration
+/// whose label is shown more than once. With fewer demonstrations than labels, or no
+/// example of a label, the label stays missing.
+pub fn cover_labels(
+    collection: &Collection,
+    query: &[f32],
+    mut demonstrations: Vec<Demonstration>,
+    labels: &[String],
+    exclude: Option<usize>,
+) -> Vec<Demonstration> {
+    if demonstrations.len() < labels.len() {
+        return demonstrations;
+    }
+    for label in labels {
+        if demonstrations.iter().any(|d| d.example.label == *label) {
+            continue;
+        }
+        let nearest = collection
+            .all()
+            .into_iter()
+            .filter(|e| e.label == *label && Some(e.point) != exclude)
+            .filter_map(|e| {
+                let vector = collection.index.vector(e.point)?;
+                Some((crate::index::cosine(query, &vector), e))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((similarity, example)) = nearest else {
+            continue;
+        };
+        let shown_twice = |d: &Demonstration| {
+            demonstrations
+                .iter()
+                .filter(|o| o.example.label == d.example.label)
+                .count()
+                > 1
+        };
+        let Some(replaced) = (0..demonstrations.len())
+            .filter(|&i| shown_twice(&demonstrations[i]))
+            .min_by(|&a, &b| {
+                demonstrations[a]
+                    .similarity
+                    .total_cmp(&demonstrations[b].similarity)
+            })
+        else {
+            break;
+        };
+        demonstrations.remove(replaced);
+        demonstrations.push(Demonstration {
+            example,
+            similarity,
+        });
+        demonstrations.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+    }
+    demonstrations
+}
+
 pub(super) fn example_from(item: StoredItem) -> Example {
     Example {
         point: item.seq as usize,
@@ -141,5 +199,67 @@ pub(super) fn example_from(item: StoredItem) -> Example {
         text: item.text,
         text_pair: item.text_pair,
         label: item.label.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collection() -> Collection {
+        // Three positives close to the query, a negative and a neutral further away.
+        let rows = [
+            ("p1", "positive", [1.0, 0.0]),
+            ("p2", "positive", [0.9, 0.1]),
+            ("p3", "positive", [0.8, 0.2]),
+            ("n1", "negative", [0.1, 0.9]),
+            ("u1", "neutral", [0.3, 0.7]),
+        ];
+        let rows = rows
+            .iter()
+            .enumerate()
+            .map(|(point, (id, label, vector))| {
+                let example = Example {
+                    point,
+                    id: (*id).to_owned(),
+                    text: (*id).to_owned(),
+                    text_pair: None,
+                    label: (*label).to_owned(),
+                };
+                (example, vector.to_vec())
+            })
+            .collect();
+        Collection::build(2, rows).expect("collection")
+    }
+
+    fn ids(demonstrations: &[Demonstration]) -> Vec<&str> {
+        demonstrations
+            .iter()
+            .map(|d| d.example.id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn missing_labels_take_the_places_of_the_least_similar_repeated_ones() {
+        let collection = collection();
+        let labels: Vec<String> = ["negative", "positive", "neutral"]
+            .map(String::from)
+            .to_vec();
+        let query = [1.0, 0.0];
+        let nearest = choose(&collection, &query, 3, Strategy::Knn, None);
+        assert_eq!(ids(&nearest), ["p1", "p2", "p3"]);
+        let covered = cover_labels(&collection, &query, nearest.clone(), &labels, None);
+        // Negative takes the place of p3 (the least similar repeated), then neutral p2's.
+        assert_eq!(ids(&covered), ["p1", "u1", "n1"]);
+        // Too few demonstrations to cover three labels: unchanged.
+        let two = choose(&collection, &query, 2, Strategy::Knn, None);
+        assert_eq!(
+            ids(&cover_labels(&collection, &query, two, &labels, None)),
+            ["p1", "p2"]
+        );
+        // The excluded example (leave-one-out) never comes back; a label without
+        // examples stays missing.
+        let excluded = cover_labels(&collection, &query, nearest, &labels, Some(3));
+        assert_eq!(ids(&excluded), ["p1", "p2", "u1"]);
     }
 }

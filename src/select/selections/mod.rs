@@ -19,10 +19,12 @@ mod stage_two;
 mod state;
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::{first_pass, Method, ParamOverrides, Params, SelectError};
 use crate::jobs::{Interruption, JobRunner};
@@ -288,9 +290,18 @@ impl Selector {
         let embeddings: Vec<Vec<f32>> = pool.iter().map(|p| p.embedding.clone()).collect();
         let (method, budget, seed) = (request.method, request.budget, request.seed);
         let reporter = Arc::clone(&progress);
+        // A request dropped (its client left, or it timed out) breaks the pass off at
+        // its next step instead of leaving it to run on a blocking thread.
+        let dropped = CancellationToken::new();
+        let _cancel_when_dropped = dropped.clone().drop_guard();
         let chosen = tokio::task::spawn_blocking(move || {
             first_pass(method, &embeddings, budget, &params, seed, |done, of| {
-                reporter("selecting", done, of)
+                reporter("selecting", done, of);
+                if dropped.is_cancelled() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
             })
         })
         .await
