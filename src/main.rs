@@ -17,6 +17,7 @@ use exemplar::client::predict::PredictArgs;
 use exemplar::config::Config;
 use exemplar::experiments::icl::IclArgs;
 use exemplar::experiments::selection::SelectionArgs;
+use exemplar::experiments::vote::VoteArgs;
 use exemplar::select::cli::SelectArgs;
 
 /// An HTTP service for in-context learning.
@@ -69,6 +70,9 @@ enum Experiment {
     Icl(IclArgs),
     /// Selective annotation on SST-2 and TREC with each selection method.
     Selection(SelectionArgs),
+    /// The LLM, its demonstrations' vote, and their mix with a weight tuned by
+    /// leave-one-out, on SST-2, TREC and SUBJ.
+    Vote(VoteArgs),
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -133,6 +137,10 @@ fn main() -> anyhow::Result<()> {
         Command::Experiment(Experiment::Selection(args)) => {
             args.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::selection::run(&args))
+        }
+        Command::Experiment(Experiment::Vote(args)) => {
+            args.models.apply_thread_count();
+            tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::vote::run(&args))
         }
         Command::Bench(args) => {
             args.models.apply_thread_count();

@@ -148,7 +148,8 @@ struct Outcome {
     macro_f1: f64,
 }
 
-fn progress(len: usize, message: String) -> ProgressBar {
+/// A progress bar of `len` steps.
+pub(super) fn progress(len: usize, message: String) -> ProgressBar {
     ProgressBar::new(len as u64)
         .with_style(
             ProgressStyle::with_template("{msg:32} {bar:30} {pos}/{len} eta {eta}")
@@ -159,7 +160,7 @@ fn progress(len: usize, message: String) -> ProgressBar {
 
 /// Opens the data set's database in the cache, holding its task with the sampled
 /// annotated examples (imported once).
-async fn prepare_task(
+pub(super) async fn prepare_task(
     cache: &Cache,
     dataset: &Dataset,
     train: &[Row],

@@ -5,6 +5,7 @@
 
 pub mod icl;
 pub mod selection;
+pub mod vote;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,318 @@
+//! `exemplar experiment vote`: the LLM, the demonstrations' similarity-weighted vote,
+//! and their mix on SST-2, TREC and SUBJ, with the mix weight chosen by leave-one-out on
+//! annotated examples only (never on the test rows).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::icl::{prepare_task, progress};
+use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
+use crate::config::ModelConfig;
+use crate::predict::{
+    calibration, metrics, vote, PredictOptions, Prediction, Predictor, QueryInput,
+};
+use crate::retrieve::Strategy;
+use crate::server::load_models;
+
+/// Seed of the annotated-example sample (the `icl` experiment's).
+const TRAIN_SEED: u64 = 0;
+/// Seed of the test sample (the `icl` experiment's).
+const TEST_SEED: u64 = 1;
+/// Seed of the annotated examples the weight is tuned on.
+const TUNE_SEED: u64 = 2;
+/// Mix weights tried: 0, 0.1, ..., 1.
+const WEIGHTS: usize = 11;
+/// Inputs per prediction call.
+const CHUNK: usize = 16;
+
+/// Options of `exemplar experiment vote`.
+#[derive(Debug, Args)]
+pub struct VoteArgs {
+    #[command(flatten)]
+    pub models: ModelConfig,
+    /// Folder with `sst2/`, `trec/`, `subj/` JSON lines.
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Where finished rows and the per-data-set databases are kept.
+    #[arg(long, default_value = "results-cache/vote")]
+    pub cache: PathBuf,
+    /// The results file; its `vote` section is rewritten.
+    #[arg(long, default_value = "docs/results.md")]
+    pub out: PathBuf,
+    /// Annotated examples drawn from each train set.
+    #[arg(long, default_value_t = 1000)]
+    pub examples: usize,
+    /// Test rows drawn from each test set.
+    #[arg(long, default_value_t = 200)]
+    pub test_rows: usize,
+    /// Annotated examples the weight is tuned on, each left out of its own prompt.
+    #[arg(long, default_value_t = 100)]
+    pub tune_rows: usize,
+    /// Demonstrations per prompt (kNN).
+    #[arg(long, default_value_t = 8)]
+    pub k: usize,
+}
+
+/// One data set's finished row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outcome {
+    /// The weight leave-one-out chose.
+    weight: f64,
+    /// Leave-one-out accuracy at that weight.
+    tuned_accuracy: f64,
+    /// Test accuracy and macro-F1: the LLM alone, the vote alone, the mix.
+    llm: (f64, f64),
+    vote: (f64, f64),
+    mix: (f64, f64),
+    /// The LLM batch-calibrated by its mean distribution over the tuning examples
+    /// (Zhou et al., 2023), alone and mixed with the vote at its own tuned weight.
+    batch_calibrated: (f64, f64),
+    batch_calibrated_mix: (f64, f64),
+    batch_calibrated_weight: f64,
+    n: usize,
+}
+
+/// The LLM's and the vote's distributions of each query, and the gold labels.
+struct Scored {
+    llm: Vec<Vec<f64>>,
+    vote: Vec<Vec<f64>>,
+    gold: Vec<String>,
+}
+
+async fn score(
+    predictor: &Arc<Predictor>,
+    dataset: &Dataset,
+    queries: Vec<(QueryInput, String)>,
+    k: usize,
+    title: &str,
+) -> anyhow::Result<Scored> {
+    let bar = progress(queries.len(), format!("{}: {title}", dataset.title));
+    let mut scored = Scored {
+        llm: Vec::new(),
+        vote: Vec::new(),
+        gold: Vec::new(),
+    };
+    let options = PredictOptions {
+        vote_weight: Some(0.0),
+        ..PredictOptions::classify_with(k, Strategy::Knn, 0, false)
+    };
+    for chunk in queries.chunks(CHUNK) {
+        let inputs = chunk.iter().map(|(input, _)| input.clone()).collect();
+        for (prediction, (_, gold)) in predictor
+            .predict(dataset.name, inputs, &options)
+            .await?
+            .into_iter()
+            .zip(chunk)
+        {
+            let Prediction {
+                llm_probabilities: Some(llm),
+                vote_probabilities: Some(votes),
+                ..
+            } = prediction
+            else {
+                anyhow::bail!("a prediction with a vote weight lacks its distributions");
+            };
+            scored.llm.push(llm.into_iter().map(|(_, p)| p).collect());
+            scored
+                .vote
+                .push(votes.into_iter().map(|(_, p)| p).collect());
+            scored.gold.push(gold.clone());
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    Ok(scored)
+}
+
+/// Accuracy and macro-F1 of the argmax of `(1 - weight) * llm + weight * vote`.
+fn measure(labels: &[String], scored: &Scored, weight: f64) -> (f64, f64) {
+    let predicted: Vec<String> = scored
+        .llm
+        .iter()
+        .zip(&scored.vote)
+        .map(|(llm, votes)| {
+            let mixed = vote::mix(llm, votes, weight);
+            let best = mixed
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+                .map_or(0, |(i, _)| i);
+            labels[best].clone()
+        })
+        .collect();
+    let evaluation = metrics::evaluate(labels, &scored.gold, &predicted);
+    (evaluation.accuracy, evaluation.macro_f1)
+}
+
+async fn run_dataset(
+    args: &VoteArgs,
+    predictor: &Arc<Predictor>,
+    dataset: &Dataset,
+    test: &[Row],
+) -> anyhow::Result<Outcome> {
+    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
+    // Annotated examples, each left out of its own prompt.
+    let mut annotated = predictor.catalog().examples(dataset.name)?.all();
+    annotated.sort_by(|a, b| a.id.cmp(&b.id));
+    annotated.shuffle(&mut rand::rngs::StdRng::seed_from_u64(TUNE_SEED));
+    let tune: Vec<(QueryInput, String)> = annotated
+        .iter()
+        .take(args.tune_rows)
+        .map(|example| {
+            let input = QueryInput {
+                text: example.text.clone(),
+                text_pair: example.text_pair.clone(),
+                exclude: Some(example.id.clone()),
+            };
+            (input, example.label.clone())
+        })
+        .collect();
+    let tuned = score(predictor, dataset, tune, args.k, "leave-one-out").await?;
+    let (weight, tuned_accuracy) = best_weight(&labels, &tuned);
+    let bias = calibration::mean(&tuned.llm);
+    let tuned_calibrated = batch_calibrated(tuned, &bias);
+    let (calibrated_weight, _) = best_weight(&labels, &tuned_calibrated);
+    let queries = test
+        .iter()
+        .map(|row| {
+            let input = QueryInput {
+                text: row.text.clone(),
+                text_pair: None,
+                exclude: None,
+            };
+            (input, row.label.clone())
+        })
+        .collect();
+    let scored = score(predictor, dataset, queries, args.k, "test rows").await?;
+    let (llm, votes, mix, n) = (
+        measure(&labels, &scored, 0.0),
+        measure(&labels, &scored, 1.0),
+        measure(&labels, &scored, weight),
+        scored.gold.len(),
+    );
+    let calibrated = batch_calibrated(scored, &bias);
+    Ok(Outcome {
+        weight,
+        tuned_accuracy,
+        llm,
+        vote: votes,
+        mix,
+        batch_calibrated: measure(&labels, &calibrated, 0.0),
+        batch_calibrated_mix: measure(&labels, &calibrated, calibrated_weight),
+        batch_calibrated_weight: calibrated_weight,
+        n,
+    })
+}
+
+/// The weight of 0, 0.1, ..., 1 with the best accuracy on `scored`, and that accuracy;
+/// of equals, the least vote.
+fn best_weight(labels: &[String], scored: &Scored) -> (f64, f64) {
+    (0..WEIGHTS)
+        .map(|i| {
+            let weight = i as f64 / (WEIGHTS - 1) as f64;
+            (weight, measure(labels, scored, weight).0)
+        })
+        .fold((0.0, f64::NEG_INFINITY), |best, (w, a)| {
+            if a > best.1 {
+                (w, a)
+            } else {
+                best
+            }
+        })
+}
+
+/// `scored` with the LLM's distributions divided by `bias` and renormalised.
+fn batch_calibrated(scored: Scored, bias: &[f64]) -> Scored {
+    Scored {
+        llm: scored
+            .llm
+            .iter()
+            .map(|p| calibration::calibrate(p, bias))
+            .collect(),
+        ..scored
+    }
+}
+
+/// Runs every missing data set and rewrites the table.
+///
+/// # Errors
+/// When data, models or the database cannot be loaded.
+pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
+    let cache = Cache::open(&args.cache)?;
+    let models = args.models.clone();
+    let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
+        .await
+        .context("loading models")??;
+    let mut rows = Vec::new();
+    for dataset in &DATASETS {
+        let key = format!(
+            "{}-k{}-{}-{}-{}",
+            dataset.name, args.k, args.examples, args.test_rows, args.tune_rows
+        );
+        let outcome = match cache.get::<Outcome>(&key) {
+            Some(outcome) => outcome,
+            None => {
+                let train = sample(
+                    &read_split(&args.data, dataset, "train")?,
+                    args.examples,
+                    TRAIN_SEED,
+                );
+                let test = sample(
+                    &read_split(&args.data, dataset, "test")?,
+                    args.test_rows,
+                    TEST_SEED,
+                );
+                let catalog =
+                    Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
+                let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
+                let outcome = run_dataset(args, &predictor, dataset, &test).await?;
+                catalog.close().await;
+                cache.put(&key, &outcome)?;
+                outcome
+            }
+        };
+        rows.push((dataset.title, outcome));
+    }
+    write_section(&args.out, "vote", &table(args, &rows))?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn table(args: &VoteArgs, rows: &[(&str, Outcome)]) -> String {
+    let cell = |(accuracy, f1): (f64, f64)| format!("{:.1} / {:.1}", 100.0 * accuracy, 100.0 * f1);
+    let mut out = format!(
+        "## The LLM and its demonstrations' vote\n\n\
+         Made by `cargo run --release -- experiment vote --threads 2` (same models, \
+         annotated examples and test rows as the in-context learning table; kNN, k = {}). The vote is the \
+         demonstrations' labels weighted by their similarity; the mix is \
+         `(1 - w) * LLM + w * vote` (`vote_weight` of predict), with w in 0, 0.1, ..., 1 \
+         chosen by leave-one-out on {} annotated examples, never on the test rows. Cells: \
+         accuracy / macro-F1 in % on the test rows. Batch calibration (Zhou et al., 2023) \
+         divides the LLM's probabilities by their mean over the same annotated examples; its \
+         mix has its own tuned weight.\n\n\
+         | data set | LLM alone | vote alone | mix, w tuned | w | leave-one-out accuracy at w \
+         | LLM batch-calibrated | its mix, w tuned | its w |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        args.k, args.tune_rows
+    );
+    for (title, o) in rows {
+        out.push_str(&format!(
+            "| {title} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {:.1} |\n",
+            cell(o.llm),
+            cell(o.vote),
+            cell(o.mix),
+            o.weight,
+            100.0 * o.tuned_accuracy,
+            cell(o.batch_calibrated),
+            cell(o.batch_calibrated_mix),
+            o.batch_calibrated_weight
+        ));
+    }
+    out
+}
