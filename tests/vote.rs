@@ -23,6 +23,16 @@ fn rows(data: &str, n: usize) -> Vec<Value> {
         .collect()
 }
 
+fn labels_by_id(examples: &[Value]) -> BTreeMap<String, String> {
+    examples
+        .iter()
+        .map(|e| {
+            let field = |name: &str| e[name].as_str().expect("a string").to_owned();
+            (field("id"), field("label"))
+        })
+        .collect()
+}
+
 fn distribution(value: &Value) -> BTreeMap<String, f64> {
     value
         .as_object()
@@ -38,15 +48,7 @@ async fn the_vote_and_the_llm_are_mixed_as_asked_and_labels_can_be_covered() {
     let server = TestServer::start(&[]).await;
     let examples = rows("sst2", 24);
     server.sentiment_task("sst2", json!(examples)).await;
-    let label_of: BTreeMap<String, String> = examples
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_owned(),
-                e["label"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let label_of = labels_by_id(&examples);
     let query = json!([{"text": "a tender, funny and beautifully acted film"}]);
 
     let mut shares = Vec::new();
@@ -128,15 +130,7 @@ async fn the_vote_and_the_llm_are_mixed_as_asked_and_labels_can_be_covered() {
         .post("/v1/tasks/trec/examples", json!({ "examples": examples }))
         .await;
     assert_eq!(status, 201, "{body}");
-    let label_of: BTreeMap<String, String> = examples
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_owned(),
-                e["label"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let label_of = labels_by_id(&examples);
     let shown_labels = |body: &Value| -> BTreeSet<String> {
         body["predictions"][0]["demonstrations"]
             .as_array()

@@ -16,12 +16,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{Interruption, JobRunner, JobState};
-use crate::llm::LlmError;
 use crate::predict::metrics::{self, Evaluation};
 use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput, EMBED_CHUNK};
 use crate::store::{JobRow, Leased, StoreError};
 use crate::tasks::{Catalog, TaskError};
-use crate::worker::QueueError;
 
 /// What the job table calls an evaluation.
 const KIND: &str = "evaluation";
@@ -81,12 +79,11 @@ impl Interruption for EvaluationError {
     }
 
     fn is_resumable(&self) -> bool {
-        matches!(
-            self,
-            Self::ShuttingDown
-                | Self::Store(_)
-                | Self::Predict(PredictError::Llm(LlmError::Queue(QueueError::Full)))
-        )
+        match self {
+            Self::ShuttingDown | Self::Store(_) => true,
+            Self::Predict(error) => error.is_overloaded(),
+            _ => false,
+        }
     }
 }
 

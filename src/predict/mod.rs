@@ -22,6 +22,7 @@ use crate::llm::{GenerationParams, LlmError, LlmHandle, LlmTokenizer, ScoreReque
 use crate::prompt::{Input, PromptBuilder};
 use crate::retrieve::Strategy;
 use crate::tasks::{self, Catalog, Collection, Demonstration, TaskError};
+use crate::worker::QueueError;
 
 /// The inputs whose label probabilities measure a prompt's bias (Zhao et al., 2021).
 pub const CONTENT_FREE_INPUTS: [&str; 3] = ["N/A", "", "[MASK]"];
@@ -60,6 +61,13 @@ pub enum PredictError {
     /// Work handed to a blocking thread died (it panicked).
     #[error("{0} was aborted")]
     Aborted(&'static str),
+}
+
+impl PredictError {
+    /// Whether the model's queue was full: worth a retry shortly, unlike the others.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Self::Llm(LlmError::Queue(QueueError::Full)))
+    }
 }
 
 /// How the demonstrations are found.

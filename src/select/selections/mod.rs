@@ -28,11 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{first_pass, Method, ParamOverrides, Params, SelectError};
 use crate::jobs::{Interruption, JobRunner};
-use crate::llm::LlmError;
 use crate::predict::{PredictError, Predictor};
 use crate::store::{ItemKind, SelectionRow, StoreError};
 use crate::tasks::{Catalog, TaskError};
-use crate::worker::QueueError;
 
 pub use jobs::StageTwoProgress;
 pub use stage_two::stage_two_confidences;
@@ -97,12 +95,11 @@ impl Interruption for SelectionError {
     }
 
     fn is_resumable(&self) -> bool {
-        matches!(
-            self,
-            Self::ShuttingDown
-                | Self::Store(_)
-                | Self::Predict(PredictError::Llm(LlmError::Queue(QueueError::Full)))
-        )
+        match self {
+            Self::ShuttingDown | Self::Store(_) => true,
+            Self::Predict(error) => error.is_overloaded(),
+            _ => false,
+        }
     }
 }
 
