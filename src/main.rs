@@ -16,6 +16,7 @@ use exemplar::client::import::ImportArgs;
 use exemplar::client::predict::PredictArgs;
 use exemplar::config::Config;
 use exemplar::experiments::icl::IclArgs;
+use exemplar::experiments::order::OrderArgs;
 use exemplar::experiments::selection::SelectionArgs;
 use exemplar::experiments::vote::VoteArgs;
 use exemplar::select::cli::SelectArgs;
@@ -73,6 +74,9 @@ enum Experiment {
     /// The LLM, its demonstrations' vote, and their mix with a weight tuned by
     /// leave-one-out, on SST-2, TREC and SUBJ.
     Vote(VoteArgs),
+    /// Demonstration order (nearest last or first) against accuracy and prefix-cache
+    /// reuse, on SST-2 and TREC.
+    Order(OrderArgs),
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -141,6 +145,10 @@ fn main() -> anyhow::Result<()> {
         Command::Experiment(Experiment::Vote(args)) => {
             args.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::vote::run(&args))
+        }
+        Command::Experiment(Experiment::Order(args)) => {
+            args.models.apply_thread_count();
+            tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::order::run(&args))
         }
         Command::Bench(args) => {
             args.models.apply_thread_count();

@@ -41,6 +41,7 @@ use tracing::Level;
 
 pub use error::ApiError;
 pub use json::ApiJson;
+pub use metrics::recorder as metrics_recorder;
 
 use crate::auth::{Access, Keyring, Scope};
 use crate::config::{Config, DeviceKind, WeightFormat};

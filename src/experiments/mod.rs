@@ -4,6 +4,7 @@
 //! markers, so that each experiment owns its own section.
 
 pub mod icl;
+pub mod order;
 pub mod selection;
 pub mod vote;
 
