@@ -13,7 +13,17 @@ use serde_json::{json, Value};
 #[tokio::test]
 #[ignore = "loads the models; run with --include-ignored"]
 async fn sigterm_drains_answers_the_request_in_flight_and_exits_zero() {
-    let mut server = TestServer::start(&["--drain-seconds", "3", "--log-format", "json"]).await;
+    // A long grace: on a loaded machine the completion may outlast the drain, and this
+    // test is about the drain (the cut after the grace is `tests/long_requests.rs`'s).
+    let mut server = TestServer::start(&[
+        "--drain-seconds",
+        "3",
+        "--shutdown-grace-seconds",
+        "300",
+        "--log-format",
+        "json",
+    ])
+    .await;
     let (status, _) = server.get("/ready").await;
     assert_eq!(status, 200);
 
