@@ -10,7 +10,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
+use super::{
+    read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED, TRAIN_SEED,
+};
 use crate::config::ModelConfig;
 use crate::predict::metrics;
 use crate::predict::{PredictOptions, Predictor, QueryInput};
@@ -19,10 +21,6 @@ use crate::server::load_models;
 use crate::store::{ItemKind, Store};
 use crate::tasks::{self, Catalog, ItemInput, TaskSpec};
 
-/// Seed of the annotated-example sample.
-const TRAIN_SEED: u64 = 0;
-/// Seed of the test sample.
-const TEST_SEED: u64 = 1;
 /// Inputs per prediction call.
 const CHUNK: usize = 8;
 

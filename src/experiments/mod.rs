@@ -15,6 +15,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{de::DeserializeOwned, Serialize};
 
+/// Seed of the annotated-example sample every experiment draws from a train set.
+pub const TRAIN_SEED: u64 = 0;
+/// Seed of the test sample every experiment draws from a test set.
+pub const TEST_SEED: u64 = 1;
+
 /// One labelled row of a data set.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Row {

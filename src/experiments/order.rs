@@ -11,16 +11,12 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::icl::{prepare_task, progress};
-use super::{read_split, sample, write_section, Cache, Dataset, DATASETS};
+use super::{read_split, sample, write_section, Cache, Dataset, DATASETS, TEST_SEED, TRAIN_SEED};
 use crate::config::ModelConfig;
 use crate::predict::{metrics, Order, PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
 use crate::server::load_models;
 
-/// Seed of the annotated-example sample (the `icl` experiment's).
-const TRAIN_SEED: u64 = 0;
-/// Seed of the test sample (the `icl` experiment's).
-const TEST_SEED: u64 = 1;
 /// Inputs per prediction call: one page of `exemplar eval`.
 const PAGE: usize = 16;
 

@@ -14,7 +14,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
+use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED};
 use crate::config::ModelConfig;
 use crate::embed::EmbedderHandle;
 use crate::predict::metrics;
@@ -28,8 +28,6 @@ use crate::tasks::{Catalog, ItemInput, TaskSpec};
 
 /// Seed of the pool sample.
 const POOL_SEED: u64 = 0;
-/// Seed of the test sample.
-const TEST_SEED: u64 = 1;
 /// Demonstrations per prediction.
 const K: usize = 8;
 /// Inputs per prediction call.

@@ -12,7 +12,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::icl::{prepare_task, progress};
-use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS};
+use super::{
+    read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED, TRAIN_SEED,
+};
 use crate::config::ModelConfig;
 use crate::predict::{
     calibration, metrics, vote, PredictOptions, Prediction, Predictor, QueryInput,
@@ -20,10 +22,6 @@ use crate::predict::{
 use crate::retrieve::Strategy;
 use crate::server::load_models;
 
-/// Seed of the annotated-example sample (the `icl` experiment's).
-const TRAIN_SEED: u64 = 0;
-/// Seed of the test sample (the `icl` experiment's).
-const TEST_SEED: u64 = 1;
 /// Seed of the annotated examples the weight is tuned on.
 const TUNE_SEED: u64 = 2;
 /// Mix weights tried: 0, 0.1, ..., 1.
