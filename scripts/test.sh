@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite as CI does: fetches the models, starts PostgreSQL for the
-# PostgreSQL tests (when EXEMPLAR_TEST_POSTGRES_URL is not already set), runs cargo test
-# including those tests and the Docker deployment test, then fuzzes a live server
+# PostgreSQL tests (when EXEMPLAR_TEST_POSTGRES_URL is not already set), installs
+# headless Chromium for the browser test, runs cargo test including those tests and the
+# Docker deployment test, then fuzzes a live server
 # against openapi.yaml with schemathesis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
+scripts/install-browser.sh
 if [ -z "${EXEMPLAR_TEST_POSTGRES_URL:-}" ]; then
   EXEMPLAR_TEST_POSTGRES_URL=$(scripts/start-postgres.sh)
   export EXEMPLAR_TEST_POSTGRES_URL

@@ -24,6 +24,8 @@
 //! - [`bench`]: the speed measurements behind `exemplar bench`.
 //! - [`client`]: `exemplar import`, `eval` and `predict`, clients of the HTTP API.
 //! - [`experiments`]: `exemplar experiment`, the tables in `docs/results.md`.
+//! - [`plot`]: SVG charts of those results.
+//! - [`ui`]: the annotation page at `/ui`, static files that speak the public API.
 
 pub mod api;
 pub mod auth;
@@ -37,6 +39,7 @@ pub mod index;
 pub mod jobs;
 pub mod llm;
 pub mod model_source;
+pub mod plot;
 pub mod predict;
 pub mod prompt;
 pub mod quant;
@@ -45,6 +48,7 @@ pub mod select;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod ui;
 pub mod worker;
 
 pub use server::serve;

@@ -280,6 +280,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             };
             router.route(route.path, handler)
         })
+        .merge(crate::ui::routes())
         .fallback(|uri: Uri| async move { ApiError::UnknownRoute(uri.path().to_owned()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -75,6 +75,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub llama_bench: Option<PathBuf>,
 
+    /// Folder for the suites' SVG charts (`docs` refreshes the README's); none without it.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+
     /// Timed repeats of each measurement.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,

@@ -72,7 +72,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ours.push((format, prompt_speed, generation_speed));
     }
     if let Some(llama_bench) = &args.llama_bench {
-        against_llama_cpp(args, llama_bench, &model_path, &ours)?;
+        let theirs = against_llama_cpp(args, llama_bench, &model_path, &ours)?;
+        if let Some(folder) = &args.plots {
+            let picture = folder.join("speed-llama-cpp.svg");
+            plot_against_llama_cpp(&picture, args, &ours, &theirs)?;
+            println!("wrote {}", picture.display());
+        }
     }
 
     let files = model_source::resolve_embedder(&args.models.embedder_ref())?;
@@ -92,13 +97,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Runs llama.cpp's `llama-bench` on the same weights (the shipped file, and our Q8_0
-/// conversion of it written out) and prints its speeds beside ours.
+/// conversion of it written out), prints its speeds beside ours and answers them
+/// (format, prompt tok/s, generation tok/s).
 fn against_llama_cpp(
     args: &BenchArgs,
     llama_bench: &std::path::Path,
     model_path: &std::path::Path,
     ours: &[(WeightFormat, f64, f64)],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(WeightFormat, f64, f64)>> {
+    let mut theirs = Vec::new();
     let threads = candle_core::utils::get_num_threads();
     let converted = tempfile::Builder::new().suffix(".gguf").tempfile()?;
     println!(
@@ -143,8 +150,62 @@ fn against_llama_cpp(
             prompt_speed / their_prompt,
             generation_speed / their_generation
         );
+        theirs.push((format, their_prompt, their_generation));
     }
-    Ok(())
+    Ok(theirs)
+}
+
+/// Our prompt and generation speeds beside llama.cpp's, per weight format, as bars.
+fn plot_against_llama_cpp(
+    path: &std::path::Path,
+    args: &BenchArgs,
+    ours: &[(WeightFormat, f64, f64)],
+    theirs: &[(WeightFormat, f64, f64)],
+) -> anyhow::Result<()> {
+    let name = |format: WeightFormat| match format {
+        WeightFormat::AsShipped => "Q4_1 (shipped)",
+        WeightFormat::Q8_0 => "Q8_0",
+        WeightFormat::F32 => "f32",
+    };
+    let mut groups = Vec::new();
+    let (mut exemplar, mut llama_cpp) = (Vec::new(), Vec::new());
+    for prompt in [true, false] {
+        let what = if prompt { "prompt" } else { "generation" };
+        for &(format, their_prompt, their_generation) in theirs {
+            let Some(&(_, our_prompt, our_generation)) = ours.iter().find(|o| o.0 == format) else {
+                continue;
+            };
+            groups.push(format!("{what}, {}", name(format)));
+            let (mine, other) = if prompt {
+                (our_prompt, their_prompt)
+            } else {
+                (our_generation, their_generation)
+            };
+            exemplar.push(mine);
+            llama_cpp.push(other);
+        }
+    }
+    crate::plot::bars(
+        path,
+        &format!(
+            "Tokens/s, {} threads, same GGUF ({}-token prompt, {} generated)",
+            candle_core::utils::get_num_threads(),
+            args.prompt_tokens,
+            args.generate_tokens
+        ),
+        &groups,
+        &[
+            crate::plot::Series {
+                name: "Exemplar".to_owned(),
+                values: exemplar,
+            },
+            crate::plot::Series {
+                name: "llama.cpp".to_owned(),
+                values: llama_cpp,
+            },
+        ],
+        "tokens/s",
+    )
 }
 
 /// Q8_0 matrix products of the model's shapes: candle's kernel against ours on each

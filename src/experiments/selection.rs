@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED};
 use crate::config::ModelConfig;
 use crate::embed::EmbedderHandle;
+use crate::plot;
 use crate::predict::metrics;
 use crate::predict::{PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
@@ -383,6 +384,9 @@ pub async fn run(args: &SelectionArgs) -> anyhow::Result<()> {
         .collect();
     write_section(&args.out, "selection", &table(args, &results))?;
     println!("wrote {}", args.out.display());
+    for picture in plots(args, &results)? {
+        println!("wrote {}", picture.display());
+    }
     Ok(())
 }
 
@@ -468,6 +472,103 @@ fn mean_and_spread(values: &[f64]) -> (f64, f64) {
     (mean, variance.sqrt())
 }
 
+/// The name the API and the CLI use.
+fn method_name(method: Method) -> String {
+    clap::ValueEnum::to_possible_value(&method)
+        .map_or_else(|| format!("{method:?}"), |v| v.get_name().to_owned())
+}
+
+/// The table as two pictures next to the results file: accuracy against the budget per
+/// method and data set (bars from the lowest to the highest seed), and accuracy per
+/// method and data set at the largest budget.
+fn plots(
+    args: &SelectionArgs,
+    results: &[(&Planned, Vec<Outcome>)],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let folder = args.out.parent().unwrap_or(std::path::Path::new("."));
+    let finished = || results.iter().filter(|(_, outcomes)| !outcomes.is_empty());
+    let mut datasets: Vec<&Dataset> = Vec::new();
+    let mut methods: Vec<Method> = Vec::new();
+    for (row, _) in finished() {
+        if !datasets.iter().any(|d| d.name == row.dataset.name) {
+            datasets.push(row.dataset);
+        }
+        if !methods.contains(&row.method) {
+            methods.push(row.method);
+        }
+    }
+    let accuracies = |outcomes: &[Outcome]| -> Vec<f64> {
+        outcomes.iter().map(|o| 100.0 * o.accuracy).collect()
+    };
+    let panels: Vec<plot::Panel> = datasets
+        .iter()
+        .map(|dataset| plot::Panel {
+            title: dataset.title.to_owned(),
+            series: methods
+                .iter()
+                .map(|&method| plot::Series {
+                    name: method_name(method),
+                    values: finished()
+                        .filter(|(row, _)| row.dataset.name == dataset.name && row.method == method)
+                        .map(|(row, outcomes)| {
+                            let accuracy = accuracies(outcomes);
+                            plot::Point {
+                                x: row.budget as f64,
+                                mean: mean_and_spread(&accuracy).0,
+                                low: accuracy.iter().copied().fold(f64::MAX, f64::min),
+                                high: accuracy.iter().copied().fold(f64::MIN, f64::max),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    let budget_plot = folder.join("selection-budget.svg");
+    plot::lines(
+        &budget_plot,
+        &panels,
+        "annotation budget",
+        "test accuracy %",
+        0.0..100.0,
+    )?;
+    let largest = finished()
+        .map(|(row, _)| row.budget)
+        .max()
+        .unwrap_or_default();
+    let methods_plot = folder.join("selection-methods.svg");
+    plot::bars(
+        &methods_plot,
+        &format!("Accuracy at budget {largest} (mean of the seeds)"),
+        &datasets
+            .iter()
+            .map(|d| d.title.to_owned())
+            .collect::<Vec<_>>(),
+        &methods
+            .iter()
+            .map(|&method| plot::Series {
+                name: method_name(method),
+                values: datasets
+                    .iter()
+                    .map(|dataset| {
+                        finished()
+                            .find(|(row, _)| {
+                                row.dataset.name == dataset.name
+                                    && row.method == method
+                                    && row.budget == largest
+                            })
+                            .map_or(0.0, |(_, outcomes)| {
+                                mean_and_spread(&accuracies(outcomes)).0
+                            })
+                    })
+                    .collect(),
+            })
+            .collect::<Vec<_>>(),
+        "test accuracy %",
+    )?;
+    Ok(vec![budget_plot, methods_plot])
+}
+
 fn table(args: &SelectionArgs, results: &[(&Planned, Vec<Outcome>)]) -> String {
     let mut out = format!(
         "## Selective annotation on SST-2 and TREC\n\n\
@@ -484,9 +585,7 @@ fn table(args: &SelectionArgs, results: &[(&Planned, Vec<Outcome>)]) -> String {
     );
     for (row, outcomes) in results {
         let (dataset, budget) = (row.dataset.title, row.budget);
-        // The name the API and the CLI use.
-        let method = clap::ValueEnum::to_possible_value(&row.method)
-            .map_or_else(|| format!("{:?}", row.method), |v| v.get_name().to_owned());
+        let method = method_name(row.method);
         if outcomes.is_empty() {
             out.push_str(&format!(
                 "| {method} | {dataset} | {budget} | - | - | 0 | - |\n"

@@ -16,6 +16,7 @@ use super::{
     read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED, TRAIN_SEED,
 };
 use crate::config::ModelConfig;
+use crate::plot;
 use crate::predict::{
     calibration, metrics, vote, PredictOptions, Prediction, Predictor, QueryInput,
 };
@@ -37,8 +38,9 @@ pub struct VoteArgs {
     /// Folder with `sst2/`, `trec/`, `subj/` JSON lines.
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
-    /// Where finished rows and the per-data-set databases are kept.
-    #[arg(long, default_value = "results-cache/vote")]
+    /// Where finished rows (JSON, committed: what the table and its picture are made
+    /// from) and the per-data-set databases (ignored by git) are kept.
+    #[arg(long, default_value = "results/vote")]
     pub cache: PathBuf,
     /// The results file; its `vote` section is rewritten.
     #[arg(long, default_value = "docs/results.md")]
@@ -279,7 +281,33 @@ pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
     }
     write_section(&args.out, "vote", &table(args, &rows))?;
     println!("wrote {}", args.out.display());
+    let picture = args.out.with_file_name("vote.svg");
+    plot(&picture, &rows)?;
+    println!("wrote {}", picture.display());
     Ok(())
+}
+
+/// Test accuracy per data set of the LLM, the vote and their mixes, as bars.
+fn plot(path: &std::path::Path, rows: &[(&str, Outcome)]) -> anyhow::Result<()> {
+    let series = |name: &str, value: fn(&Outcome) -> (f64, f64)| plot::Series {
+        name: name.to_owned(),
+        values: rows.iter().map(|(_, o)| 100.0 * value(o).0).collect(),
+    };
+    plot::bars(
+        path,
+        "The LLM, its demonstrations' vote, and their mix (w tuned by leave-one-out)",
+        &rows
+            .iter()
+            .map(|(title, _)| (*title).to_owned())
+            .collect::<Vec<_>>(),
+        &[
+            series("LLM alone", |o| o.llm),
+            series("vote alone", |o| o.vote),
+            series("mix", |o| o.mix),
+            series("batch-calibrated mix", |o| o.batch_calibrated_mix),
+        ],
+        "test accuracy %",
+    )
 }
 
 fn table(args: &VoteArgs, rows: &[(&str, Outcome)]) -> String {

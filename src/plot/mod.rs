@@ -1,0 +1,213 @@
+//! SVG charts of the experiments' and benchmarks' results, written next to
+//! `docs/results.md` (plotters' SVG backend: no fonts or image libraries needed).
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
+use plotters::prelude::*;
+
+/// One point of a line: a mean with the spread around it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Where on the x axis.
+    pub x: f64,
+    /// The mean, drawn as the line.
+    pub mean: f64,
+    /// The bottom of the spread (the lowest seed).
+    pub low: f64,
+    /// The top of the spread (the highest seed).
+    pub high: f64,
+}
+
+/// A named line of points, or a named row of bars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series<T> {
+    /// The legend's name.
+    pub name: String,
+    /// The points (lines) or one value per group (bars).
+    pub values: Vec<T>,
+}
+
+/// One panel of a line chart.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    /// The panel's title.
+    pub title: String,
+    /// Its lines.
+    pub series: Vec<Series<Point>>,
+}
+
+/// Size of one panel in pixels.
+const PANEL: (u32, u32) = (480, 360);
+
+fn failed<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("drawing {}: {e}", path.display())
+}
+
+/// Line charts side by side, each line with error bars from `low` to `high`.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn lines(
+    path: &Path,
+    panels: &[Panel],
+    x_label: &str,
+    y_label: &str,
+    y_range: std::ops::Range<f64>,
+) -> anyhow::Result<()> {
+    let failed = failed(path);
+    let size = (PANEL.0 * panels.len().max(1) as u32, PANEL.1);
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(&failed)?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (panel, area) in panels.iter().zip(&areas) {
+        let xs = panel
+            .series
+            .iter()
+            .flat_map(|s| s.values.iter().map(|p| p.x));
+        let (low, high) = xs.fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(x), h.max(x)));
+        let pad = ((high - low) * 0.08).max(1.0);
+        let mut chart = ChartBuilder::on(area)
+            .caption(&panel.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d((low - pad)..(high + pad), y_range.clone())
+            .map_err(&failed)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(&failed)?;
+        for (i, series) in panel.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points = &series.values;
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|p| (p.x, p.mean)),
+                    color.stroke_width(2),
+                ))
+                .map_err(&failed)?
+                .label(series.name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(points.iter().map(|p| {
+                    ErrorBar::new_vertical(p.x, p.low, p.mean, p.high, color.stroke_width(1), 8)
+                }))
+                .map_err(&failed)?;
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|p| Circle::new((p.x, p.mean), 3, color.filled())),
+                )
+                .map_err(&failed)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK.mix(0.3))
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .map_err(&failed)?;
+    }
+    root.present().map_err(&failed)?;
+    Ok(())
+}
+
+/// Grouped bars: one group per entry of `groups`, one bar per series in each group.
+///
+/// # Errors
+/// When the file cannot be written, or a series has not one value per group.
+pub fn bars(
+    path: &Path,
+    title: &str,
+    groups: &[String],
+    series: &[Series<f64>],
+    y_label: &str,
+) -> anyhow::Result<()> {
+    if let Some(bad) = series.iter().find(|s| s.values.len() != groups.len()) {
+        return Err(anyhow!(
+            "{}: {} values for {} groups",
+            bad.name,
+            bad.values.len(),
+            groups.len()
+        ));
+    }
+    let failed = failed(path);
+    let top = series
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .fold(0.0_f64, f64::max);
+    let root = SVGBackend::new(path, (PANEL.0 * 2, PANEL.1 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(&failed)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(
+            (0..groups.len()).into_segmented(),
+            0.0..(top * 1.15).max(1.0),
+        )
+        .map_err(&failed)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .light_line_style(WHITE)
+        .y_desc(y_label)
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                groups.get(*i).cloned().unwrap_or_default()
+            }
+            SegmentValue::Last => String::new(),
+        })
+        .draw()
+        .map_err(&failed)?;
+    // Each group's segment is split among its bars, with a margin on both sides.
+    let width = 0.8 / series.len().max(1) as f64;
+    let plot = chart.plotting_area();
+    let (pixels_x, _) = plot.get_pixel_range();
+    let segment = (pixels_x.end - pixels_x.start) as f64 / groups.len().max(1) as f64;
+    for (i, series_i) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        for (group, &value) in series_i.values.iter().enumerate() {
+            let left = pixels_x.start as f64 + segment * (group as f64 + 0.1 + width * i as f64);
+            let right = left + segment * width * 0.92;
+            let (_, bottom) = plot.map_coordinate(&(SegmentValue::CenterOf(group), 0.0));
+            let (_, height) = plot.map_coordinate(&(SegmentValue::CenterOf(group), value));
+            root.draw(&Rectangle::new(
+                [(left as i32, height), (right as i32, bottom)],
+                color.filled(),
+            ))
+            .map_err(&failed)?;
+            root.draw(&Text::new(
+                format!("{value:.1}"),
+                ((left as i32) + 2, height - 14),
+                ("sans-serif", 11),
+            ))
+            .map_err(&failed)?;
+        }
+        root.draw(&Rectangle::new(
+            [
+                (pixels_x.start + 10 + 130 * i as i32, PANEL.1 as i32 + 18),
+                (pixels_x.start + 22 + 130 * i as i32, PANEL.1 as i32 + 30),
+            ],
+            color.filled(),
+        ))
+        .map_err(&failed)?;
+        root.draw(&Text::new(
+            series_i.name.clone(),
+            (pixels_x.start + 26 + 130 * i as i32, PANEL.1 as i32 + 17),
+            ("sans-serif", 13),
+        ))
+        .map_err(&failed)?;
+    }
+    root.present().map_err(&failed)?;
+    Ok(())
+}
