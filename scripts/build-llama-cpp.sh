@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's `llama-bench` from the llama-cpp-python source package on PyPI (the
-# registry this project may use), for `exemplar bench --suite models --llama-bench PATH`.
-# Prints the binary's path on its last line; a second run only prints it.
+# Builds llama.cpp's `llama-bench` and `llama-server` from the llama-cpp-python source
+# package on PyPI (the registry this project may use), for `exemplar bench --suite models
+# --llama-bench PATH` and `exemplar bench --suite predict --llama-server PATH` (the
+# server sits beside the bench binary). Prints llama-bench's path on its last line; a
+# second run only prints it.
 #   LLAMA_CPP_PYTHON_VERSION  the package version (default below)
 #   LLAMA_CPP_DIR             where to build (default target/llama.cpp)
 set -euo pipefail
@@ -9,9 +11,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 dest="${LLAMA_CPP_DIR:-$root/target/llama.cpp}"
 bin="$dest/build/bin/llama-bench"
+server="$dest/build/bin/llama-server"
 fail() { echo "build-llama-cpp: $*" >&2; exit 1; }
 
-if [ -x "$bin" ]; then
+if [ -x "$bin" ] && [ -x "$server" ]; then
   echo "$bin"
   exit 0
 fi
@@ -30,7 +33,8 @@ mkdir -p "$(dirname "$dest")"
 cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$dest"
 # GGML_NATIVE: llama.cpp compiled for this CPU, its best case.
 cmake -S "$dest" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-cmake --build "$dest/build" --target llama-bench -j "$(nproc)" >&2
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
+cmake --build "$dest/build" --target llama-bench llama-server -j "$(nproc)" >&2
 [ -x "$bin" ] || fail "no llama-bench after the build"
+[ -x "$server" ] || fail "no llama-server after the build"
 echo "$bin"

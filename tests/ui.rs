@@ -10,6 +10,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,12 +26,15 @@ use serde_json::{json, Value};
 /// evaluates ten rows inside it with room to spare).
 const PATIENCE: Duration = Duration::from_secs(240);
 
-/// A chromedriver process, killed when dropped.
+/// A chromedriver process in a process group of its own, killed with the browsers it
+/// started when dropped (a failed test never closes its session, and killing only
+/// chromedriver would leave Chromium running).
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.wait();
     }
 }
@@ -41,6 +45,7 @@ async fn browser() -> (Driver, Client) {
     let driver = Driver(
         Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -271,6 +276,17 @@ async fn the_whole_annotation_loop_runs_in_a_browser() {
         .unwrap();
     assert_eq!(listed.len(), 50, "the first page lists 50 items");
     page.screenshot("pool").await;
+    // The first item goes; the page and the API both count 299.
+    page.click("#pool-table tbody tr:first-child button.delete")
+        .await;
+    page.until("#pool-count", "the count after a delete", |t| {
+        t == "reviews: 299 items, 0 annotated examples"
+    })
+    .await;
+    let (status, _) = server
+        .call_as(Some(&key), Method::GET, "/v1/tasks/reviews/pool/p0", None)
+        .await;
+    assert_eq!(status, 404, "the deleted item is still in the pool");
 
     // Select: fast vote-k, budget 10.
     page.open("select").await;

@@ -9,6 +9,7 @@
 //! - select: selection time of each method on 3000- and 20000-item pools.
 
 mod models;
+mod peer;
 mod predict;
 mod select;
 mod store;
@@ -74,6 +75,12 @@ pub struct BenchArgs {
     /// models suite runs it on the same GGUF, threads and prompt, and prints the ratios.
     #[arg(long)]
     pub llama_bench: Option<PathBuf>,
+
+    /// llama.cpp's `llama-server` binary (built beside llama-bench by the same script):
+    /// the predict suite runs the peer pipeline on it (first-token label scoring of the
+    /// same prompts, demonstrations from our retrieval) and prints the ratios.
+    #[arg(long)]
+    pub llama_server: Option<PathBuf>,
 
     /// Folder for the suites' SVG charts (`docs` refreshes the README's); none without it.
     #[arg(long)]

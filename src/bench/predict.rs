@@ -10,11 +10,13 @@ use clap::Parser;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use super::peer::LlamaServer;
 use super::{latency_line, percentile, BenchArgs};
 use crate::config::Config;
 use crate::experiments::{read_split, sample, DATASETS};
 use crate::llm::{Llm, ScoreRequest};
 use crate::model_source;
+use crate::plot;
 use crate::server::open_device;
 
 /// The queue the bench server gets, small enough to overflow on purpose.
@@ -64,6 +66,73 @@ fn print_row(title: &str, clients: usize, rate: f64, mut latencies: Vec<Duration
     );
 }
 
+/// The peer pipeline over `rows`, one request at a time: our `/retrieve` for the
+/// demonstrations, then llama.cpp's first-token scoring of the prompt we built from them
+/// (`answers`: our predictions of the same rows, with their prompts). Answers
+/// predictions/s, latencies and the labels.
+async fn peer_client(
+    client: &reqwest::Client,
+    peer: &LlamaServer,
+    task: &str,
+    labels: &[&str],
+    rows: &[crate::experiments::Row],
+    answers: &[Value],
+) -> anyhow::Result<(f64, Vec<Duration>, Vec<String>)> {
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(rows.len());
+    let mut predicted = Vec::with_capacity(rows.len());
+    for (row, answer) in rows.iter().zip(answers) {
+        let sent = Instant::now();
+        let (status, retrieved) = post(
+            client,
+            &format!("{task}/retrieve"),
+            &json!({"text": row.text, "k": 8}),
+        )
+        .await?;
+        if status != 200 {
+            bail!("retrieve failed: {retrieved}");
+        }
+        let prompt = answer["predictions"][0]["prompt"]
+            .as_str()
+            .context("the prediction has no prompt")?;
+        predicted.push(peer.first_token_label(client, prompt, labels).await?);
+        latencies.push(sent.elapsed());
+    }
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, latencies, predicted))
+}
+
+/// Predictions/s per data set: ours with 1 and 8 clients, and the peer pipeline's.
+fn plot_rates(path: &std::path::Path, rates: &[(&str, Vec<f64>)]) -> anyhow::Result<()> {
+    let names = [
+        "Exemplar, 1 client",
+        "Exemplar, 8 clients",
+        "llama.cpp server + our retrieval, 1 client",
+    ];
+    let columns = rates.iter().map(|(_, r)| r.len()).min().unwrap_or(0);
+    let series: Vec<plot::Series<f64>> = names[..columns]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| plot::Series {
+            name: (*name).to_owned(),
+            values: rates.iter().map(|(_, r)| r[i]).collect(),
+        })
+        .collect();
+    plot::bars(
+        path,
+        &format!(
+            "Predictions/s, k = 8 from 1000 examples, {} threads",
+            candle_core::utils::get_num_threads()
+        ),
+        &rates
+            .iter()
+            .map(|(t, _)| (*t).to_owned())
+            .collect::<Vec<_>>(),
+        &series,
+        "predictions/s",
+    )
+}
+
 /// Runs the predict suite.
 ///
 /// # Errors
@@ -108,8 +177,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    let peer = match &args.llama_server {
+        Some(binary) => Some(
+            LlamaServer::start(
+                binary,
+                &model_source::resolve_gguf(&args.models.model_ref())?,
+                args.models.weights,
+                candle_core::utils::get_num_threads(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let data = super::data_root(args);
     let mut trec_prompt = String::new();
+    let mut rates = Vec::new();
     println!("| task, k = 8 | clients | predictions/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
     for dataset in [&DATASETS[0], &DATASETS[1]] {
         let task = format!("{base}/v1/tasks/{}", dataset.name);
@@ -152,6 +234,39 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .collect();
         let (rate, latencies, answers) = one_client(&client, &predict, &knn).await?;
         print_row(dataset.title, 1, rate, latencies);
+        let mut row_rates = vec![rate];
+        if let Some(peer) = &peer {
+            let (peer_rate, latencies, labels) =
+                peer_client(&client, peer, &task, dataset.labels, &test[..32], &answers).await?;
+            print_row(
+                &format!(
+                    "{} (llama.cpp server, first token; our retrieval)",
+                    dataset.title
+                ),
+                1,
+                peer_rate,
+                latencies,
+            );
+            let correct = |predicted: &mut dyn Iterator<Item = String>| {
+                predicted
+                    .zip(&test[..32])
+                    .filter(|(p, row)| *p == row.label)
+                    .count()
+            };
+            let ours = correct(&mut answers.iter().map(|a| {
+                a["predictions"][0]["label"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            }));
+            let theirs = correct(&mut labels.into_iter());
+            println!(
+                "| {} — correct of 32: ours {ours}, llama.cpp first token {theirs}; ours / llama.cpp {:.2}x | | | | |",
+                dataset.title,
+                rate / peer_rate
+            );
+            row_rates.push(peer_rate);
+        }
         if dataset.name == "trec" {
             trec_prompt = answers
                 .first()
@@ -202,6 +317,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
         print_row(dataset.title, 8, rate, latencies);
+        row_rates.insert(1, rate);
+        rates.push((dataset.title, row_rates));
+    }
+    drop(peer);
+    if let Some(folder) = &args.plots {
+        let picture = folder.join("predictions-per-second.svg");
+        plot_rates(&picture, &rates)?;
+        println!("wrote {}", picture.display());
     }
 
     // Overload: many more simultaneous requests than the queue holds.

@@ -530,7 +530,6 @@ fn plots(
         &panels,
         "annotation budget",
         "test accuracy %",
-        0.0..100.0,
     )?;
     let largest = finished()
         .map(|(row, _)| row.budget)

@@ -45,18 +45,23 @@ fn failed<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_
     move |e| anyhow!("drawing {}: {e}", path.display())
 }
 
-/// Line charts side by side, each line with error bars from `low` to `high`.
+/// Line charts side by side on one y scale, each line with error bars from `low` to
+/// `high`.
 ///
 /// # Errors
 /// When the file cannot be written.
-pub fn lines(
-    path: &Path,
-    panels: &[Panel],
-    x_label: &str,
-    y_label: &str,
-    y_range: std::ops::Range<f64>,
-) -> anyhow::Result<()> {
+pub fn lines(path: &Path, panels: &[Panel], x_label: &str, y_label: &str) -> anyhow::Result<()> {
     let failed = failed(path);
+    let points = || {
+        panels
+            .iter()
+            .flat_map(|p| &p.series)
+            .flat_map(|s| &s.values)
+    };
+    let bottom = points().map(|p| p.low).fold(f64::MAX, f64::min);
+    let top = points().map(|p| p.high).fold(f64::MIN, f64::max);
+    let margin = ((top - bottom) * 0.1).max(1.0);
+    let y_range = (bottom - margin)..(top + margin);
     let size = (PANEL.0 * panels.len().max(1) as u32, PANEL.1);
     let root = SVGBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(&failed)?;
@@ -79,6 +84,8 @@ pub fn lines(
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .light_line_style(WHITE)
             .draw()
             .map_err(&failed)?;
@@ -159,14 +166,11 @@ pub fn bars(
     chart
         .configure_mesh()
         .disable_x_mesh()
+        // Group names are drawn centred below their bars instead.
+        .x_label_formatter(&|_| String::new())
         .light_line_style(WHITE)
         .y_desc(y_label)
-        .x_label_formatter(&|x| match x {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
-                groups.get(*i).cloned().unwrap_or_default()
-            }
-            SegmentValue::Last => String::new(),
-        })
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(&failed)?;
     // Each group's segment is split among its bars, with a margin on both sides.
@@ -174,6 +178,18 @@ pub fn bars(
     let plot = chart.plotting_area();
     let (pixels_x, _) = plot.get_pixel_range();
     let segment = (pixels_x.end - pixels_x.start) as f64 / groups.len().max(1) as f64;
+    let (_, axis) = plot.map_coordinate(&(SegmentValue::CenterOf(0), 0.0));
+    for (group, name) in groups.iter().enumerate() {
+        // The naive font is about 0.55 of its size wide per character.
+        let center = pixels_x.start as f64 + segment * (group as f64 + 0.5);
+        let half = name.chars().count() as f64 * 13.0 * 0.55 / 2.0;
+        root.draw(&Text::new(
+            name.clone(),
+            ((center - half) as i32, axis + 8),
+            ("sans-serif", 13),
+        ))
+        .map_err(&failed)?;
+    }
     for (i, series_i) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         for (group, &value) in series_i.values.iter().enumerate() {
