@@ -457,15 +457,12 @@ async fn the_whole_annotation_loop_runs_in_a_browser() {
     );
     page.screenshot("try").await;
 
-    // An API refusal is shown as the API words it: a test file with a label the task
-    // does not have.
-    let bad_file = tempfile::Builder::new()
-        .suffix(".jsonl")
-        .tempfile()
-        .unwrap();
+    // An API refusal is shown as the API words it: a CSV test file (a quoted field with
+    // a comma and quotes in it) whose label the task does not have.
+    let bad_file = tempfile::Builder::new().suffix(".csv").tempfile().unwrap();
     std::fs::write(
         bad_file.path(),
-        "{\"text\": \"a fine film\", \"label\": \"neutral\"}\n",
+        "text,label\n\"a fine, \"\"quoted\"\" film\",neutral\n",
     )
     .unwrap();
     let (status, refusal) = server
@@ -473,7 +470,7 @@ async fn the_whole_annotation_loop_runs_in_a_browser() {
             Some(&key),
             Method::POST,
             "/v1/tasks/reviews/evaluate",
-            Some(json!({"examples": [{"text": "a fine film", "label": "neutral"}], "k": 8, "background": true})),
+            Some(json!({"examples": [{"text": "a fine, \"quoted\" film", "label": "neutral"}], "k": 8, "background": true})),
         )
         .await;
     assert_eq!(status, 422, "{refusal}");

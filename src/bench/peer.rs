@@ -130,20 +130,63 @@ impl LlamaServer {
         } else {
             bail!("llama-server answered no token probabilities: {answer}");
         };
-        let score = |label: &str| {
-            candidates
-                .iter()
-                .filter(|(token, _)| {
-                    let token = token.trim();
-                    !token.is_empty() && label.starts_with(token)
-                })
-                .map(|(_, p)| *p)
-                .fold(0.0, f64::max)
-        };
-        let best = labels
+        first_token_label(&candidates, labels).context("no labels")
+    }
+}
+
+/// The label whose text starts with the likeliest of the `candidates` (first tokens and
+/// their probabilities); labels no candidate starts score 0, and the first label wins
+/// a tie.
+fn first_token_label(candidates: &[(String, f64)], labels: &[&str]) -> Option<String> {
+    let score = |label: &str| {
+        candidates
             .iter()
-            .max_by(|a, b| score(a).total_cmp(&score(b)))
-            .context("no labels")?;
-        Ok((*best).to_owned())
+            .filter(|(token, _)| {
+                let token = token.trim();
+                !token.is_empty() && label.starts_with(token)
+            })
+            .map(|(_, p)| *p)
+            .fold(0.0, f64::max)
+    };
+    let mut best: Option<(&str, f64)> = None;
+    for &label in labels {
+        let p = score(label);
+        if best.is_none_or(|(_, top)| p > top) {
+            best = Some((label, p));
+        }
+    }
+    best.map(|(label, _)| label.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidates(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+        pairs.iter().map(|(t, p)| ((*t).to_owned(), *p)).collect()
+    }
+
+    #[test]
+    fn the_likeliest_first_token_picks_its_label() {
+        let labels = ["negative", "positive"];
+        let top = candidates(&[(" The", 0.5), (" positive", 0.3), (" neg", 0.2)]);
+        assert_eq!(
+            first_token_label(&top, &labels).as_deref(),
+            Some("positive")
+        );
+        // A label split into several tokens is scored by its first one.
+        let top = candidates(&[(" neg", 0.4), (" positive", 0.3)]);
+        assert_eq!(
+            first_token_label(&top, &labels).as_deref(),
+            Some("negative")
+        );
+    }
+
+    #[test]
+    fn blank_tokens_score_nothing_and_the_first_label_wins_a_tie() {
+        let labels = ["human", "location"];
+        let top = candidates(&[(" ", 0.9), ("\n", 0.05)]);
+        assert_eq!(first_token_label(&top, &labels).as_deref(), Some("human"));
+        assert_eq!(first_token_label(&top, &[]), None);
     }
 }

@@ -227,3 +227,86 @@ pub fn bars(
     root.present().map_err(&failed)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svg(draw: impl FnOnce(&Path) -> anyhow::Result<()>) -> String {
+        let file = tempfile::Builder::new().suffix(".svg").tempfile().unwrap();
+        draw(file.path()).unwrap();
+        std::fs::read_to_string(file.path()).unwrap()
+    }
+
+    #[test]
+    fn bars_carry_their_groups_series_and_values() {
+        let groups = ["SST-2".to_owned(), "TREC".to_owned()];
+        let series = [
+            Series {
+                name: "LLM alone".to_owned(),
+                values: vec![79.5, 58.0],
+            },
+            Series {
+                name: "vote alone".to_owned(),
+                values: vec![69.0, 67.25],
+            },
+        ];
+        let text = svg(|path| bars(path, "accuracy", &groups, &series, "%"));
+        for expected in [
+            "SST-2",
+            "TREC",
+            "LLM alone",
+            "vote alone",
+            "79.5",
+            "58.0",
+            "67.2",
+        ] {
+            assert!(text.contains(expected), "{expected} is not drawn");
+        }
+        // One filled bar per value and one legend swatch per series, beside the frame.
+        let filled = text.matches("<rect").count();
+        assert!(filled >= 4 + 2, "{filled} rectangles");
+    }
+
+    #[test]
+    fn bars_refuse_a_series_without_one_value_per_group() {
+        let series = [Series {
+            name: "short".to_owned(),
+            values: vec![1.0],
+        }];
+        let file = tempfile::Builder::new().suffix(".svg").tempfile().unwrap();
+        let error = bars(file.path(), "t", &["a".into(), "b".into()], &series, "y").unwrap_err();
+        assert_eq!(error.to_string(), "short: 1 values for 2 groups");
+    }
+
+    #[test]
+    fn lines_draw_every_panel_and_series() {
+        let point = |x: f64, mean: f64| Point {
+            x,
+            mean,
+            low: mean - 5.0,
+            high: mean + 5.0,
+        };
+        let panels = [
+            Panel {
+                title: "SST-2".to_owned(),
+                series: vec![Series {
+                    name: "ideal".to_owned(),
+                    values: vec![point(18.0, 69.7), point(100.0, 67.7)],
+                }],
+            },
+            Panel {
+                title: "TREC".to_owned(),
+                series: vec![Series {
+                    name: "ideal".to_owned(),
+                    values: vec![point(18.0, 43.3), point(100.0, 60.3)],
+                }],
+            },
+        ];
+        let text = svg(|path| lines(path, &panels, "budget", "accuracy"));
+        for expected in ["SST-2", "TREC", "ideal", "budget", "accuracy"] {
+            assert!(text.contains(expected), "{expected} is not drawn");
+        }
+        assert!(text.contains("width=\"960\""), "two panels side by side");
+    }
+}
