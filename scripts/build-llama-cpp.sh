@@ -31,8 +31,12 @@ tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
 rm -rf "$dest"
 mkdir -p "$(dirname "$dest")"
 cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$dest"
-# GGML_NATIVE: llama.cpp compiled for this CPU, its best case.
-cmake -S "$dest" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+# The x86 instruction sets our kernels use, named rather than GGML_NATIVE: on a Xeon
+# that lists AMX (a VM whose hypervisor does not enable it), -march=native makes a
+# binary that dies with an invalid opcode.
+cmake -S "$dest" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+  -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+  -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
 cmake --build "$dest/build" --target llama-bench llama-server -j "$(nproc)" >&2
 [ -x "$bin" ] || fail "no llama-bench after the build"

@@ -188,11 +188,14 @@ pub(super) async fn prepare_task(
     }))?;
     catalog.put_task(dataset.name, spec).await?;
     let bar = progress(train.len(), format!("{}: importing", dataset.title));
-    for chunk in train.chunks(100) {
+    for (c, chunk) in train.chunks(100).enumerate() {
         let items = chunk
             .iter()
-            .map(|row| ItemInput {
-                id: None,
+            .enumerate()
+            .map(|(i, row)| ItemInput {
+                // Ids by position, not generated at random: the vote experiment draws
+                // its tuning examples in id order, which must be the same every run.
+                id: Some(format!("train-{:05}", c * 100 + i)),
                 text: row.text.clone(),
                 text_pair: None,
                 label: Some(row.label.clone()),
