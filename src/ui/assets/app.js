@@ -517,6 +517,7 @@ function start() {
     const key = $("api-key").value.trim();
     if (key) sessionStorage.setItem(KEY, key); else sessionStorage.removeItem(KEY);
     $("key-state").textContent = key ? "key in use" : "";
+    await refreshTaskPicker();
     show(location.hash.slice(1));
   }));
   $("task-picker").addEventListener("change", (e) => {
