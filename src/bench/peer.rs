@@ -81,8 +81,37 @@ impl LlamaServer {
         }
     }
 
-    /// The label whose text starts with the likeliest of llama.cpp's top first tokens
-    /// after `prompt`.
+    /// The first token of each label as it follows an answer cue (`" {label}"`), by
+    /// llama.cpp's own tokenizer.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn first_tokens(
+        &self,
+        client: &reqwest::Client,
+        labels: &[&str],
+    ) -> anyhow::Result<Vec<u64>> {
+        let mut firsts = Vec::with_capacity(labels.len());
+        for label in labels {
+            let answer: Value = client
+                .post(format!("{}/tokenize", self.base))
+                .json(&json!({"content": format!(" {label}")}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            firsts.push(
+                answer["tokens"][0].as_u64().with_context(|| {
+                    format!("llama-server did not tokenize {label:?}: {answer}")
+                })?,
+            );
+        }
+        Ok(firsts)
+    }
+
+    /// Which label llama.cpp's first-token probabilities after `prompt` pick, given each
+    /// label's first token (`firsts`, from [`LlamaServer::first_tokens`]).
     ///
     /// # Errors
     /// When the server fails or answers no token probabilities.
@@ -90,8 +119,8 @@ impl LlamaServer {
         &self,
         client: &reqwest::Client,
         prompt: &str,
-        labels: &[&str],
-    ) -> anyhow::Result<String> {
+        firsts: &[u64],
+    ) -> anyhow::Result<usize> {
         let body = json!({
             "prompt": prompt,
             "n_predict": 1,
@@ -106,87 +135,55 @@ impl LlamaServer {
             .error_for_status()?
             .json()
             .await?;
-        let first = &answer["completion_probabilities"][0];
-        // Newer servers answer log-probabilities, older ones probabilities.
-        let candidates: Vec<(String, f64)> = if let Some(top) = first["top_logprobs"].as_array() {
-            top.iter()
-                .map(|t| {
-                    (
-                        t["token"].as_str().unwrap_or_default().to_owned(),
-                        t["logprob"].as_f64().unwrap_or(f64::NEG_INFINITY).exp(),
-                    )
-                })
-                .collect()
-        } else if let Some(top) = first["probs"].as_array().or(first["top_probs"].as_array()) {
-            top.iter()
-                .map(|t| {
-                    let token = t["tok_str"]
-                        .as_str()
-                        .or(t["token"].as_str())
-                        .unwrap_or_default();
-                    (token.to_owned(), t["prob"].as_f64().unwrap_or(0.0))
-                })
-                .collect()
-        } else {
-            bail!("llama-server answered no token probabilities: {answer}");
+        let Some(top) = answer["completion_probabilities"][0]["top_logprobs"].as_array() else {
+            bail!("llama-server answered no token log-probabilities: {answer}");
         };
-        first_token_label(&candidates, labels).context("no labels")
+        let candidates: Vec<(u64, f64)> = top
+            .iter()
+            .filter_map(|t| Some((t["id"].as_u64()?, t["logprob"].as_f64()?)))
+            .collect();
+        likeliest(&candidates, firsts).context("no labels")
     }
 }
 
-/// The label whose text starts with the likeliest of the `candidates` (first tokens and
-/// their probabilities); labels no candidate starts score 0, and the first label wins
-/// a tie.
-fn first_token_label(candidates: &[(String, f64)], labels: &[&str]) -> Option<String> {
-    let score = |label: &str| {
+/// The index of the label whose first token is likeliest among the `candidates` (token
+/// ids and log-probabilities); a label whose token is not among them scores nothing,
+/// and the first label wins a tie.
+fn likeliest(candidates: &[(u64, f64)], firsts: &[u64]) -> Option<usize> {
+    let score = |first: u64| {
         candidates
             .iter()
-            .filter(|(token, _)| {
-                let token = token.trim();
-                !token.is_empty() && label.starts_with(token)
-            })
-            .map(|(_, p)| *p)
-            .fold(0.0, f64::max)
+            .find(|(id, _)| *id == first)
+            .map_or(f64::NEG_INFINITY, |(_, logprob)| *logprob)
     };
-    let mut best: Option<(&str, f64)> = None;
-    for &label in labels {
-        let p = score(label);
-        if best.is_none_or(|(_, top)| p > top) {
-            best = Some((label, p));
+    let mut best: Option<(usize, f64)> = None;
+    for (index, &first) in firsts.iter().enumerate() {
+        let logprob = score(first);
+        if best.is_none_or(|(_, top)| logprob > top) {
+            best = Some((index, logprob));
         }
     }
-    best.map(|(label, _)| label.to_owned())
+    best.map(|(index, _)| index)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn candidates(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
-        pairs.iter().map(|(t, p)| ((*t).to_owned(), *p)).collect()
-    }
-
     #[test]
     fn the_likeliest_first_token_picks_its_label() {
-        let labels = ["negative", "positive"];
-        let top = candidates(&[(" The", 0.5), (" positive", 0.3), (" neg", 0.2)]);
-        assert_eq!(
-            first_token_label(&top, &labels).as_deref(),
-            Some("positive")
-        );
-        // A label split into several tokens is scored by its first one.
-        let top = candidates(&[(" neg", 0.4), (" positive", 0.3)]);
-        assert_eq!(
-            first_token_label(&top, &labels).as_deref(),
-            Some("negative")
-        );
+        // negative = 101, positive = 202; 7 is some other token.
+        let top = [(7, -0.5), (202, -1.2), (101, -1.6)];
+        assert_eq!(likeliest(&top, &[101, 202]), Some(1));
+        let top = [(101, -0.9), (202, -1.2)];
+        assert_eq!(likeliest(&top, &[101, 202]), Some(0));
     }
 
     #[test]
-    fn blank_tokens_score_nothing_and_the_first_label_wins_a_tie() {
-        let labels = ["human", "location"];
-        let top = candidates(&[(" ", 0.9), ("\n", 0.05)]);
-        assert_eq!(first_token_label(&top, &labels).as_deref(), Some("human"));
-        assert_eq!(first_token_label(&top, &[]), None);
+    fn labels_outside_the_top_tokens_lose_and_the_first_label_wins_a_tie() {
+        let top = [(7, -0.1), (202, -3.0)];
+        assert_eq!(likeliest(&top, &[101, 202]), Some(1));
+        assert_eq!(likeliest(&top, &[101, 303]), Some(0));
+        assert_eq!(likeliest(&top, &[]), None);
     }
 }

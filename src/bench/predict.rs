@@ -78,6 +78,7 @@ async fn peer_client(
     rows: &[crate::experiments::Row],
     answers: &[Value],
 ) -> anyhow::Result<(f64, Vec<Duration>, Vec<String>)> {
+    let firsts = peer.first_tokens(client, labels).await?;
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(rows.len());
     let mut predicted = Vec::with_capacity(rows.len());
@@ -95,7 +96,8 @@ async fn peer_client(
         let prompt = answer["predictions"][0]["prompt"]
             .as_str()
             .context("the prediction has no prompt")?;
-        predicted.push(peer.first_token_label(client, prompt, labels).await?);
+        let label = peer.first_token_label(client, prompt, &firsts).await?;
+        predicted.push(labels[label].to_owned());
         latencies.push(sent.elapsed());
     }
     let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
