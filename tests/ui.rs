@@ -126,6 +126,15 @@ impl Page {
         field.send_keys(text).await.expect("type");
     }
 
+    /// Chooses `file` in the file input `css`, as the file dialog would.
+    async fn choose_file(&self, css: &str, file: &std::path::Path) {
+        self.find(css)
+            .await
+            .send_keys(&file.display().to_string())
+            .await
+            .expect("file chosen");
+    }
+
     /// Presses one key on the page, as a person at the keyboard does.
     async fn press(&self, key: char) {
         let keys = KeyActions::new("keyboard".to_owned())
@@ -255,11 +264,7 @@ async fn the_whole_annotation_loop_runs_in_a_browser() {
         .collect();
     std::fs::write(pool_file.path(), lines.join("\n")).unwrap();
     page.open("pool").await;
-    page.find("#pool-file")
-        .await
-        .send_keys(&pool_file.path().display().to_string())
-        .await
-        .expect("file chosen");
+    page.choose_file("#pool-file", pool_file.path()).await;
     page.click("#pool-form button").await;
     page.until("#pool-status", "the upload's end", |t| {
         t == "300 of 300 uploaded"
@@ -481,11 +486,7 @@ async fn the_whole_annotation_loop_runs_in_a_browser() {
     );
     page.open("evaluate").await;
     page.click("input[name=eval-source][value=file]").await;
-    page.find("#eval-file")
-        .await
-        .send_keys(&bad_file.path().display().to_string())
-        .await
-        .expect("file chosen");
+    page.choose_file("#eval-file", bad_file.path()).await;
     page.click("#eval-form button").await;
     let deadline = Instant::now() + PATIENCE;
     while page.text("#error").await.is_empty() {

@@ -45,6 +45,16 @@ fn failed<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_
     move |e| anyhow!("drawing {}: {e}", path.display())
 }
 
+/// A tick label with a decimal where the axis spans less than 10, so that ticks half a
+/// unit apart do not read alike.
+fn tick(value: f64, span: f64) -> String {
+    if span < 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
+}
+
 /// Line charts side by side on one y scale, each line with error bars from `low` to
 /// `high`.
 ///
@@ -85,7 +95,7 @@ pub fn lines(path: &Path, panels: &[Panel], x_label: &str, y_label: &str) -> any
             .x_desc(x_label)
             .y_desc(y_label)
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
+            .y_label_formatter(&|y| tick(*y, y_range.end - y_range.start))
             .light_line_style(WHITE)
             .draw()
             .map_err(&failed)?;
@@ -170,7 +180,7 @@ pub fn bars(
         .x_label_formatter(&|_| String::new())
         .light_line_style(WHITE)
         .y_desc(y_label)
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| tick(*y, top))
         .draw()
         .map_err(&failed)?;
     // Each group's segment is split among its bars, with a margin on both sides.
@@ -266,6 +276,13 @@ mod tests {
         // One filled bar per value and one legend swatch per series, beside the frame.
         let filled = text.matches("<rect").count();
         assert!(filled >= 4 + 2, "{filled} rectangles");
+    }
+
+    #[test]
+    fn ticks_of_a_short_axis_keep_a_decimal() {
+        assert_eq!(tick(2.5, 4.0), "2.5");
+        assert_eq!(tick(2.0, 4.0), "2.0");
+        assert_eq!(tick(70.0, 80.0), "70");
     }
 
     #[test]
