@@ -14,13 +14,13 @@ mod predict;
 mod select;
 mod store;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, WeightFormat};
 
 /// Which measurements to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -165,4 +165,33 @@ pub(crate) fn latency_line(what: &str, mut samples: Vec<Duration>) {
         percentile(&samples, 0.5).as_secs_f64() * 1e3,
         percentile(&samples, 0.99).as_secs_f64() * 1e3
     );
+}
+
+/// The GGUF file llama.cpp is given for a weight format: the shipped file, or our
+/// conversion of it written to a temporary file that lives as long as this value.
+enum WeightsFile {
+    Shipped(PathBuf),
+    Converted(tempfile::NamedTempFile),
+}
+
+impl WeightsFile {
+    /// `model` as `format`.
+    fn write(model: &Path, format: WeightFormat) -> anyhow::Result<Self> {
+        Ok(match format {
+            WeightFormat::AsShipped => Self::Shipped(model.to_path_buf()),
+            format => {
+                let converted = tempfile::Builder::new().suffix(".gguf").tempfile()?;
+                crate::llm::write_converted(model, format, converted.path())?;
+                Self::Converted(converted)
+            }
+        })
+    }
+
+    /// Where the file is.
+    fn path(&self) -> &Path {
+        match self {
+            Self::Shipped(path) => path,
+            Self::Converted(file) => file.path(),
+        }
+    }
 }

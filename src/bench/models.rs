@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::{read_rows, timed, BenchArgs};
+use super::{read_rows, timed, BenchArgs, WeightsFile};
 use crate::config::WeightFormat;
 use crate::embed::Embedder;
 use crate::llm::Llm;
@@ -107,7 +107,6 @@ fn against_llama_cpp(
 ) -> anyhow::Result<Vec<(WeightFormat, f64, f64)>> {
     let mut theirs = Vec::new();
     let threads = candle_core::utils::get_num_threads();
-    let converted = tempfile::Builder::new().suffix(".gguf").tempfile()?;
     println!(
         "\nllama.cpp ({}), {threads} threads, same GGUF weights:",
         llama_bench.display()
@@ -115,17 +114,13 @@ fn against_llama_cpp(
     println!("| weights | llama.cpp prompt tok/s | ours / llama.cpp | llama.cpp generation tok/s | ours / llama.cpp |");
     println!("|---|---|---|---|---|");
     for &(format, prompt_speed, generation_speed) in ours {
-        let file = match format {
-            WeightFormat::AsShipped => model_path.to_path_buf(),
-            WeightFormat::Q8_0 => {
-                crate::llm::write_converted(model_path, format, converted.path())?;
-                converted.path().to_path_buf()
-            }
-            WeightFormat::F32 => continue,
-        };
+        if format == WeightFormat::F32 {
+            continue;
+        }
+        let file = WeightsFile::write(model_path, format)?;
         let output = std::process::Command::new(llama_bench)
             .arg("-m")
-            .arg(&file)
+            .arg(file.path())
             .args(["-p", &args.prompt_tokens.to_string()])
             .args(["-n", &args.generate_tokens.to_string()])
             .args(["-t", &threads.to_string()])

@@ -3,13 +3,14 @@
 //! prompt (the way a practitioner scores labels with it), with the demonstrations
 //! retrieved by our `/retrieve` (embedding and index search, no LLM).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use super::WeightsFile;
 use crate::config::WeightFormat;
 
 /// Top tokens asked of llama.cpp after the prompt; labels outside them score 0.
@@ -19,8 +20,8 @@ const TOP_TOKENS: usize = 20;
 pub struct LlamaServer {
     child: Child,
     base: String,
-    /// Our conversion of the weights, when the bench runs a converted format.
-    _converted: Option<tempfile::NamedTempFile>,
+    /// The weights it serves, kept on disk while it runs.
+    _weights: WeightsFile,
 }
 
 impl Drop for LlamaServer {
@@ -42,20 +43,13 @@ impl LlamaServer {
         weights: WeightFormat,
         threads: usize,
     ) -> anyhow::Result<Self> {
-        let (file, converted): (PathBuf, _) = match weights {
-            WeightFormat::AsShipped => (model.to_path_buf(), None),
-            format => {
-                let converted = tempfile::Builder::new().suffix(".gguf").tempfile()?;
-                crate::llm::write_converted(model, format, converted.path())?;
-                (converted.path().to_path_buf(), Some(converted))
-            }
-        };
+        let file = WeightsFile::write(model, weights)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let child = Command::new(binary)
             .arg("-m")
-            .arg(&file)
+            .arg(file.path())
             .args(["-t", &threads.to_string(), "-c", "4096", "-np", "1"])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .stdout(Stdio::null())
@@ -65,7 +59,7 @@ impl LlamaServer {
         let server = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            _converted: converted,
+            _weights: file,
         };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -249,19 +249,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 peer_rate,
                 latencies,
             );
-            let correct = |predicted: &mut dyn Iterator<Item = String>| {
+            let correct = |predicted: &[&str]| {
                 predicted
+                    .iter()
                     .zip(&test[..32])
-                    .filter(|(p, row)| *p == row.label)
+                    .filter(|(p, row)| **p == row.label)
                     .count()
             };
-            let ours = correct(&mut answers.iter().map(|a| {
-                a["predictions"][0]["label"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            }));
-            let theirs = correct(&mut labels.into_iter());
+            let ours: Vec<&str> = answers
+                .iter()
+                .map(|a| a["predictions"][0]["label"].as_str().unwrap_or_default())
+                .collect();
+            let (ours, theirs) = (
+                correct(&ours),
+                correct(&labels.iter().map(String::as_str).collect::<Vec<_>>()),
+            );
             println!(
                 "| {} — correct of 32: ours {ours}, llama.cpp first token {theirs}; ours / llama.cpp {:.2}x | | | | |",
                 dataset.title,
