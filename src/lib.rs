@@ -48,6 +48,7 @@ pub mod select;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod tuning;
 pub mod ui;
 pub mod worker;
 

@@ -12,7 +12,7 @@ use crate::api::{self, AppState, Services, Settings};
 use crate::auth::{AuthError, Keyring};
 use crate::config::{Config, DeviceKind, ModelConfig};
 use crate::embed::{EmbedError, Embedder, EmbedderHandle};
-use crate::evaluation::Evaluations;
+use crate::evaluation::{Evaluations, Evaluator};
 use crate::jobs::JobRunner;
 use crate::llm::{Llm, LlmError, LlmHandle};
 use crate::model_source::{self, SourceError};
@@ -20,6 +20,7 @@ use crate::predict::Predictor;
 use crate::select::selections::{Selector, StageTwoRun};
 use crate::store::{Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
+use crate::tuning::{Tuner, Tunings};
 
 /// How often each replica reads the key table again: the longest a key revoked
 /// elsewhere still works here.
@@ -158,8 +159,13 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
             Arc::clone(&runner),
         )),
         evaluations: Arc::new(Evaluations::new(
+            Evaluator::new(Arc::clone(&catalog), Arc::clone(&predictor)),
             Arc::clone(&catalog),
-            Arc::clone(&predictor),
+            Arc::clone(&runner),
+        )),
+        tunings: Arc::new(Tunings::new(
+            Tuner::new(Arc::clone(&catalog), Arc::clone(&predictor)),
+            Arc::clone(&catalog),
             Arc::clone(&runner),
         )),
         runner,
@@ -271,21 +277,27 @@ pub async fn serve(
         },
     ));
     // Jobs whose lease lapsed because their replica died or stopped.
-    let (selector, evaluations) = (
+    let (selector, evaluations, tunings) = (
         Arc::clone(&services.selector),
         Arc::clone(&services.evaluations),
+        Arc::clone(&services.tunings),
     );
     let resumer = tokio::spawn(every(
         services.runner.resume_interval(),
         "resuming lapsed jobs",
         move || {
-            let (selector, evaluations) = (Arc::clone(&selector), Arc::clone(&evaluations));
+            let (selector, evaluations, tunings) = (
+                Arc::clone(&selector),
+                Arc::clone(&evaluations),
+                Arc::clone(&tunings),
+            );
             async move {
                 selector.resume_lapsed().await.map_err(|e| e.to_string())?;
                 evaluations
                     .resume_lapsed()
                     .await
                     .map_err(|e| e.to_string())?;
+                tunings.resume_lapsed().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(())
             }
         },

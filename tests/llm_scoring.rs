@@ -74,6 +74,7 @@ fn packed_sequences_of_different_lengths_equal_one_sequence_runs_with_f32_weight
             prefix: Vec::new(),
             queries: sequences.clone(),
             continuations: continuations.clone(),
+            blocks: Vec::new(),
         })
         .expect("scores");
     let mut largest = 0f32;
@@ -96,6 +97,7 @@ fn a_remembered_prefix_scores_exactly_as_a_fresh_pass() {
         prefix: encode(prefix),
         queries: vec![encode("\n\nReview: two dull hours.\nSentiment:")],
         continuations: vec![encode(" negative"), encode(" positive")],
+        blocks: Vec::new(),
     };
     let praise = request("Review: a joy from start to end.\nSentiment: positive");
     let scorn = request("Review: a joy from start to end.\nSentiment: negative");
@@ -134,6 +136,7 @@ fn a_shared_run_of_whole_chunks_is_reused_and_scores_exactly_as_a_fresh_pass() {
         prefix: encode(&format!("{demonstrations}{last}")),
         queries: vec![encode("\n\nReview: two dull hours.\nSentiment:")],
         continuations: vec![encode(" negative"), encode(" positive")],
+        blocks: Vec::new(),
     };
     let first = request("Review: a joy from start to end.\nSentiment: positive");
     let second = request("Review: a bore.\nSentiment: negative");
@@ -199,6 +202,7 @@ fn compare(format: WeightFormat) -> f32 {
             prefix: prefix.clone(),
             queries: queries.clone(),
             continuations: continuations.clone(),
+            blocks: Vec::new(),
         })
         .expect("scores");
     let mut largest_logprob_gap = 0f32;
@@ -229,6 +233,7 @@ fn compare(format: WeightFormat) -> f32 {
                 prefix: prefix.clone(),
                 queries: vec![query.clone()],
                 continuations: continuations.clone(),
+                blocks: Vec::new(),
             })
             .expect("scores");
         assert_eq!(
@@ -242,6 +247,7 @@ fn compare(format: WeightFormat) -> f32 {
             prefix: Vec::new(),
             queries: vec![[prefix.clone(), queries[0].clone()].concat()],
             continuations: continuations.clone(),
+            blocks: Vec::new(),
         })
         .expect("scores");
     for (a, b) in probabilities(&unsplit[0])

@@ -12,12 +12,14 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::evaluation::EvaluationError;
+use crate::jobs::JobError;
 use crate::llm::LlmError;
 use crate::predict::PredictError;
 use crate::select::selections::SelectionError;
 use crate::select::SelectError;
 use crate::store::StoreError;
 use crate::tasks::TaskError;
+use crate::tuning::TuningError;
 use crate::worker::QueueError;
 
 /// Seconds a client is asked to wait after a 429.
@@ -95,6 +97,9 @@ pub enum ApiError {
     /// An evaluation failed.
     #[error(transparent)]
     Evaluation(#[from] EvaluationError),
+    /// A tuning failed.
+    #[error(transparent)]
+    Tuning(#[from] TuningError),
     /// A failure inside the service; details go to the log, not to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -168,14 +173,20 @@ impl ApiError {
             Self::Evaluation(error) => match error {
                 EvaluationError::Task(error) => task_status_and_code(error),
                 EvaluationError::Predict(error) => predict_status_and_code(error),
-                EvaluationError::Store(store) => store_status_and_code(store),
-                EvaluationError::NotFound { .. } => (StatusCode::NOT_FOUND, "evaluation_not_found"),
+                EvaluationError::Job(error) => job_status_and_code(error),
                 EvaluationError::NeedsLabels(_) | EvaluationError::UnknownLabel { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
                 }
-                EvaluationError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-                EvaluationError::Cancelled | EvaluationError::LeaseLost => {
-                    (StatusCode::CONFLICT, "conflict")
+            },
+            Self::Tuning(error) => match error {
+                TuningError::Task(error) => task_status_and_code(error),
+                TuningError::Predict(error) => predict_status_and_code(error),
+                TuningError::Job(error) => job_status_and_code(error),
+                TuningError::TooFewExamples { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "no_examples")
+                }
+                TuningError::NeedsLabels(_) | TuningError::InvalidGrid { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
                 }
             },
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -229,6 +240,23 @@ fn store_status_and_code(error: &StoreError) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
     } else {
         (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    }
+}
+
+fn job_status_and_code(error: &JobError) -> (StatusCode, &'static str) {
+    match error {
+        JobError::Store(store) => store_status_and_code(store),
+        JobError::NotFound { kind, .. } => (StatusCode::NOT_FOUND, job_not_found_code(kind)),
+        JobError::ShuttingDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        JobError::Cancelled(_) | JobError::LeaseLost(_) => (StatusCode::CONFLICT, "conflict"),
+    }
+}
+
+/// The code of an unknown job: `evaluation_not_found`, `tuning_not_found`.
+fn job_not_found_code(kind: &str) -> &'static str {
+    match kind {
+        "tuning" => "tuning_not_found",
+        _ => "evaluation_not_found",
     }
 }
 

@@ -73,7 +73,10 @@ async fn evaluate(
     ApiJson(request): ApiJson<EvaluateRequest>,
 ) -> Result<Response, ApiError> {
     let services = state.services()?;
-    let options = request.options.validate(state.settings().max_tokens_cap)?;
+    let defaults = services.catalog.definition(&task).await?.spec.defaults;
+    let options = request
+        .options
+        .validate(state.settings().max_tokens_cap, defaults.as_ref())?;
     let rows = if request.leave_one_out {
         if !request.examples.is_empty() {
             return Err(ApiError::invalid(
@@ -81,7 +84,7 @@ async fn evaluate(
                 "give examples or leave_one_out, not both",
             ));
         }
-        services.evaluations.leave_one_out_rows(&task)?
+        services.evaluations.kind().leave_one_out_rows(&task)?
     } else {
         check_texts(request.examples.iter().map(|e| e.text.as_str()), "examples")?;
         limits::texts_at_most(
@@ -138,11 +141,12 @@ async fn evaluate(
         return Ok(response);
     }
 
-    let labels = services.evaluations.check(&task, &rows).await?;
+    let labels = services.evaluations.kind().check(&task, &rows).await?;
     let (inputs, gold): (Vec<QueryInput>, Vec<String>) =
         rows.into_iter().map(|r| (r.input, r.label)).unzip();
     let mut run = services
         .evaluations
+        .kind()
         .predictor()
         .start(&task, inputs, &options)
         .await?;

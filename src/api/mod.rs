@@ -22,6 +22,7 @@ mod selections;
 mod streaming;
 mod tasks;
 mod tokenize;
+mod tunings;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -52,6 +53,7 @@ use crate::llm::LlmHandle;
 use crate::predict::Predictor;
 use crate::select::selections::Selector;
 use crate::tasks::Catalog;
+use crate::tuning::Tunings;
 
 /// The most texts one embeddings request may carry.
 pub const MAX_EMBEDDING_INPUTS: usize = 256;
@@ -71,7 +73,9 @@ pub struct Services {
     pub selector: Arc<Selector>,
     /// Evaluations, in the request or as background jobs.
     pub evaluations: Arc<Evaluations>,
-    /// Background jobs: vote-k's stage 2 and evaluations.
+    /// Tunings of tasks' prediction defaults, as background jobs.
+    pub tunings: Arc<Tunings>,
+    /// Background jobs: vote-k's stage 2, evaluations and tunings.
     pub runner: Arc<JobRunner>,
     /// The API keys that requests are checked against.
     pub keyring: Arc<Keyring>,
@@ -235,6 +239,7 @@ fn routes() -> Vec<Route> {
         retrieve::routes(),
         predict::routes(),
         evaluations::routes(),
+        tunings::routes(),
         selections::routes(),
     ]
     .into_iter()

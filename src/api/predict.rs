@@ -15,6 +15,7 @@ use super::retrieve::{StrategyName, DEFAULT_K};
 use super::streaming::{self, Format, Line};
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
+use crate::predict::defaults::{Calibration, PredictDefaults, StrategyChoice};
 use crate::predict::{GenerationOptions, Order, PredictOptions, Prediction, QueryInput, Selection};
 use crate::tasks::MAX_ID_BYTES;
 
@@ -29,32 +30,40 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// How a request chooses demonstrations: a retrieval strategy or fixed ids.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum SelectionName {
-    #[default]
     Knn,
     Mmr,
     Random,
     Fixed,
 }
 
-/// Options shared by predict and evaluate.
+impl From<StrategyChoice> for SelectionName {
+    fn from(choice: StrategyChoice) -> Self {
+        match choice {
+            StrategyChoice::Knn => Self::Knn,
+            StrategyChoice::Mmr => Self::Mmr,
+        }
+    }
+}
+
+/// Options shared by predict and evaluate. What a request leaves out comes from the
+/// task's defaults, then from the service's.
 #[derive(Deserialize)]
 pub(super) struct OptionsBody {
     k: Option<usize>,
-    #[serde(default)]
-    strategy: SelectionName,
+    strategy: Option<SelectionName>,
     ids: Option<Vec<String>>,
     lambda: Option<f32>,
     seed: Option<u64>,
-    #[serde(default)]
-    order: Order,
-    #[serde(default)]
-    calibrate: bool,
+    order: Option<Order>,
+    calibrate: Option<bool>,
+    calibration: Option<Calibration>,
     vote_weight: Option<f64>,
     #[serde(default)]
     cover_labels: bool,
+    cached_demonstrations: Option<bool>,
     #[serde(default)]
     return_prompt: bool,
     max_prompt_tokens: Option<usize>,
@@ -64,10 +73,21 @@ pub(super) struct OptionsBody {
 }
 
 impl OptionsBody {
-    /// The options, checked, with their defaults filled in.
-    pub(super) fn validate(self, max_tokens_cap: usize) -> Result<PredictOptions, ApiError> {
+    /// The options, checked, with the task's `defaults` and then the service's filled
+    /// in.
+    pub(super) fn validate(
+        self,
+        max_tokens_cap: usize,
+        defaults: Option<&PredictDefaults>,
+    ) -> Result<PredictOptions, ApiError> {
+        let defaults = defaults.cloned().unwrap_or_default();
         let seed = self.seed.unwrap_or(0);
-        let selection = match self.strategy {
+        let strategy = self.strategy.unwrap_or_else(|| {
+            defaults
+                .strategy
+                .map_or(SelectionName::Knn, SelectionName::from)
+        });
+        let selection = match strategy {
             SelectionName::Fixed => {
                 let ids = self.ids.unwrap_or_default();
                 if self.cover_labels {
@@ -98,7 +118,7 @@ impl OptionsBody {
                 Selection::Retrieve(name.with(self.lambda, Some(seed)))
             }
         };
-        let k = self.k.unwrap_or(DEFAULT_K);
+        let k = self.k.or(defaults.k).unwrap_or(DEFAULT_K);
         limits::in_range("k", k, 0, limits::MAX_K)?;
         let stop = self.stop.unwrap_or_default();
         limits::stop_strings(&stop)?;
@@ -116,7 +136,8 @@ impl OptionsBody {
                 format!("{temperature} is out of range: give 0 (greedy) to 2"),
             ));
         }
-        if let Some(weight) = self.vote_weight {
+        let vote_weight = self.vote_weight.or(defaults.vote_weight);
+        if let Some(weight) = vote_weight {
             if !(0.0..=1.0).contains(&weight) {
                 return Err(ApiError::invalid(
                     "vote_weight",
@@ -129,14 +150,43 @@ impl OptionsBody {
         if self.max_prompt_tokens == Some(0) {
             return Err(ApiError::invalid("max_prompt_tokens", "must be at least 1"));
         }
+        let calibration = match (self.calibrate, self.calibration) {
+            (Some(calibrate), Some(calibration))
+                if calibrate != (calibration == Calibration::Contextual) =>
+            {
+                return Err(ApiError::invalid(
+                    "calibrate",
+                    "`calibrate` and `calibration` disagree: give one of them",
+                ));
+            }
+            (_, Some(calibration)) => calibration,
+            (Some(true), None) => Calibration::Contextual,
+            (Some(false), None) => Calibration::None,
+            (None, None) => defaults.calibration.unwrap_or_default(),
+        };
+        let label_prior = match calibration {
+            Calibration::Batch => Some(defaults.label_prior.ok_or_else(|| {
+                ApiError::invalid(
+                    "calibration",
+                    "batch calibration divides by the task's mean label distribution, which \
+                     the tune job measures: run POST /v1/tasks/{task}/tune first",
+                )
+            })?),
+            _ => None,
+        };
         Ok(PredictOptions {
             k,
             selection,
-            order: self.order,
+            order: self.order.or(defaults.order).unwrap_or_default(),
             seed,
-            calibrate: self.calibrate,
-            vote_weight: self.vote_weight,
+            calibrate: calibration == Calibration::Contextual,
+            label_prior,
+            vote_weight,
             cover_labels: self.cover_labels,
+            cached_demonstrations: self
+                .cached_demonstrations
+                .or(defaults.cached_demonstrations)
+                .unwrap_or(false),
             return_prompt: self.return_prompt,
             max_prompt_tokens: self.max_prompt_tokens,
             generation: GenerationOptions {
@@ -256,7 +306,16 @@ async fn predict(
         request.inputs.iter().filter_map(|i| i.text_pair.as_deref()),
         limits::MAX_QUERY_BYTES,
     )?;
-    let options = request.options.validate(state.settings().max_tokens_cap)?;
+    let defaults = state
+        .services()?
+        .catalog
+        .definition(&task)
+        .await?
+        .spec
+        .defaults;
+    let options = request
+        .options
+        .validate(state.settings().max_tokens_cap, defaults.as_ref())?;
     let inputs = request
         .inputs
         .into_iter()

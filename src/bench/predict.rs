@@ -390,6 +390,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         prefix: Vec::new(),
         queries: vec![prompt.clone()],
         continuations: continuations.clone(),
+        blocks: Vec::new(),
     };
     let shared = super::timed(args.repeats, || Ok(llm.score(&request)?))?;
     let per_label = super::timed(args.repeats, || {
@@ -416,6 +417,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         prefix: prompt,
         queries,
         continuations,
+        blocks: Vec::new(),
     };
     let mut cache = crate::llm::PrefixCache::default();
     let one_each = super::timed(args.repeats, || Ok(llm.score_cached(&request, &mut cache)?))?;

@@ -1,13 +1,14 @@
 //! The job runner: work that outlives a request, run in the background on one replica
 //! at a time under a lease in the database, and resumed after a crash.
 //!
-//! Vote-k's stage 2 (`select::selections`) and evaluation jobs (`evaluation`) both run
-//! here. Each keeps its own progress in its own row and saves it batch by batch under
+//! Vote-k's stage 2 (`select::selections`) and the jobs of [`Jobs`] (evaluations,
+//! tunings) run here. Each keeps its own progress in its own row and saves it batch by batch under
 //! the lease; the runner takes the lease, renews it every third of its length while the
 //! work runs, lets it go when the work stops short (expired at once when another run
 //! should take the work up, cleared when nobody should), and at shutdown tells every
 //! run to stop after the input it is on and waits for them.
 
+mod kind;
 mod state;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::store::{Leased, Store, StoreError};
 
+pub use kind::{JobError, JobKind, Jobs, Progress, StoredJob};
 pub use state::JobState;
 
 /// Why leased work stopped short, as far as the runner must know it.
@@ -29,6 +31,10 @@ pub trait Interruption: From<StoreError> {
     /// Whether another run (this replica's after a restart, or another's) should take
     /// the work up where it stopped: a shutdown or a passing failure, not a bad request.
     fn is_resumable(&self) -> bool;
+    /// Whether the work was cancelled on request.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Runs leased background work for this process.

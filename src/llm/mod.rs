@@ -4,6 +4,7 @@
 //! cheap to clone (the cached tensors are shared, not copied), so a prompt prefix can
 //! be run once and continued in several ways.
 
+mod demonstration_cache;
 mod generate;
 mod handle;
 mod model;
@@ -28,6 +29,7 @@ pub use weights::write_converted;
 
 use crate::config::WeightFormat;
 use crate::worker::QueueError;
+use demonstration_cache::DemonstrationCache;
 use model::{KvCache, Llama, Step};
 
 /// What can go wrong loading or running the LLM.
@@ -135,6 +137,21 @@ impl Session {
             model: Arc::clone(&self.model),
             cache: self.cache.truncated(tokens)?,
             position: tokens.min(self.position),
+        })
+    }
+
+    /// The keys and values of the session's tokens `start..start + tokens`.
+    fn kv_slice(&self, start: usize, tokens: usize) -> Result<KvCache, LlmError> {
+        self.cache.slice(start, tokens)
+    }
+
+    /// This session followed by cached `blocks` of `tokens` tokens in all, each with
+    /// the shift from where it was computed (right after this session) to its place.
+    fn followed_by(&self, blocks: &[(&KvCache, usize)], tokens: usize) -> Result<Self, LlmError> {
+        Ok(Self {
+            model: Arc::clone(&self.model),
+            cache: self.cache.followed_by(&self.model, blocks)?,
+            position: self.position + tokens,
         })
     }
 

@@ -115,7 +115,7 @@ pub struct Llama {
 /// Each layer's keys and values of the tokens a sequence has seen.
 #[derive(Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(super) layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl KvCache {
@@ -138,6 +138,53 @@ impl KvCache {
                 None => Ok(None),
             })
             .collect::<Result<_, LlmError>>()?;
+        Ok(Self { layers })
+    }
+
+    /// The keys and values of tokens `start..start + tokens` only (views, not copies).
+    pub(super) fn slice(&self, start: usize, tokens: usize) -> Result<Self, LlmError> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|kv| match kv {
+                Some((k, v)) => Ok(Some((
+                    k.narrow(2, start, tokens)?,
+                    v.narrow(2, start, tokens)?,
+                ))),
+                None => Ok(None),
+            })
+            .collect::<Result<_, LlmError>>()?;
+        Ok(Self { layers })
+    }
+
+    /// This cache followed by `blocks`, each block's keys rotated `shift` positions
+    /// further than where they were computed (rotary embeddings compose: a key rotated
+    /// for position `p` and then by `shift` is the key for `p + shift`).
+    pub(super) fn followed_by(
+        &self,
+        model: &Llama,
+        blocks: &[(&KvCache, usize)],
+    ) -> Result<Self, LlmError> {
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for layer in 0..model.layers.len() {
+            let mut keys = Vec::with_capacity(blocks.len() + 1);
+            let mut values = Vec::with_capacity(blocks.len() + 1);
+            if let Some(Some((k, v))) = self.layers.get(layer) {
+                keys.push(k.clone());
+                values.push(v.clone());
+            }
+            for (block, shift) in blocks {
+                if let Some(Some((k, v))) = block.layers.get(layer) {
+                    keys.push(model.shift_keys(k, *shift)?);
+                    values.push(v.clone());
+                }
+            }
+            layers.push(if keys.is_empty() {
+                None
+            } else {
+                Some((Tensor::cat(&keys, 2)?, Tensor::cat(&values, 2)?))
+            });
+        }
         Ok(Self { layers })
     }
 
@@ -250,6 +297,33 @@ impl Llama {
     /// Positions the rotary tables cover.
     pub fn max_positions(&self) -> usize {
         self.cos.dim(0).unwrap_or(0)
+    }
+
+    /// Keys `[1, heads, tokens, head_dim]` rotated for their positions, rotated `by`
+    /// positions further.
+    pub(super) fn shift_keys(&self, keys: &Tensor, by: usize) -> Result<Tensor, LlmError> {
+        if by == 0 {
+            return Ok(keys.clone());
+        }
+        if by >= self.max_positions() {
+            return Err(LlmError::InvalidInput(format!(
+                "a shift of {by} is past the model's {} positions",
+                self.max_positions()
+            )));
+        }
+        let tokens = keys.dim(2)?;
+        let half = self.cos.dim(1)?;
+        let row = |table: &Tensor| -> Result<Tensor, LlmError> {
+            Ok(table
+                .narrow(0, by, 1)?
+                .broadcast_as((tokens, half))?
+                .contiguous()?)
+        };
+        Ok(candle_nn::rotary_emb::rope_i(
+            &keys.contiguous()?,
+            &row(&self.cos)?,
+            &row(&self.sin)?,
+        )?)
     }
 
     /// Runs `step` after what `cache` holds, appends the step's keys and values to it,

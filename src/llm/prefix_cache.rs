@@ -14,8 +14,12 @@
 //! new keys and values onto the reused chunks, which copies them, so entries never
 //! share storage and their sizes add up. When the budget is passed the least recently
 //! used entries go first.
+//!
+//! A prompt whose demonstrations are to come from the demonstration cache
+//! ([`PrefixCache::session_with_blocks`]) runs its head here and its demonstrations
+//! there; each cache keeps to the budget on its own.
 
-use super::{Llm, LlmError, Session};
+use super::{DemonstrationCache, Llm, LlmError, Session};
 
 /// Tokens per prefill step, and the unit of reuse.
 pub const CHUNK: usize = 64;
@@ -33,6 +37,8 @@ struct Entry {
 /// Recent prefixes and their KV state.
 pub struct PrefixCache {
     entries: Vec<Entry>,
+    /// Demonstration blocks, for prompts that take them from the cache.
+    pub(super) demonstrations: DemonstrationCache,
     budget_bytes: usize,
     clock: u64,
     hits: u64,
@@ -49,6 +55,7 @@ impl PrefixCache {
     pub fn with_budget(budget_bytes: usize) -> Self {
         Self {
             entries: Vec::new(),
+            demonstrations: DemonstrationCache::with_budget(budget_bytes),
             budget_bytes,
             clock: 0,
             hits: 0,
@@ -90,6 +97,35 @@ impl PrefixCache {
         }
         self.remember(prefix, &session);
         Ok(session)
+    }
+
+    /// A session that has run `prefix`, whose last tokens are demonstration blocks of
+    /// the lengths `blocks`: what comes before them runs as [`PrefixCache::session`]
+    /// does, and each block comes from the demonstration cache.
+    ///
+    /// # Errors
+    /// When the blocks are longer than the prefix or the model fails.
+    pub fn session_with_blocks(
+        &mut self,
+        llm: &Llm,
+        prefix: &[u32],
+        blocks: &[usize],
+    ) -> Result<Session, LlmError> {
+        let head_len = prefix
+            .len()
+            .checked_sub(blocks.iter().sum())
+            .ok_or_else(|| {
+                LlmError::InvalidInput("demonstration blocks longer than the prefix".into())
+            })?;
+        let (head, mut rest) = prefix.split_at(head_len);
+        let session = self.session(llm, head)?;
+        let mut parts = Vec::with_capacity(blocks.len());
+        for &len in blocks {
+            let (block, after) = rest.split_at(len);
+            parts.push(block);
+            rest = after;
+        }
+        self.demonstrations.session(head, &session, &parts)
     }
 
     fn remember(&mut self, prefix: &[u32], session: &Session) {

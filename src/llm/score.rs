@@ -26,6 +26,9 @@ pub struct ScoreRequest {
     pub queries: Vec<Vec<u32>>,
     /// The continuations to score after each query; none may be empty.
     pub continuations: Vec<Vec<u32>>,
+    /// Lengths of the demonstration blocks that end the prefix, to take from the
+    /// demonstration cache (approximate); empty to run the prefix exactly.
+    pub blocks: Vec<usize>,
 }
 
 impl Llm {
@@ -56,7 +59,11 @@ impl Llm {
         if request.queries.is_empty() {
             return Ok(Vec::new());
         }
-        let base = cache.session(self, &request.prefix)?;
+        let base = if request.blocks.is_empty() {
+            cache.session(self, &request.prefix)?
+        } else {
+            cache.session_with_blocks(self, &request.prefix, &request.blocks)?
+        };
         request
             .queries
             .iter()
@@ -248,6 +255,7 @@ mod tests {
             prefix: vec![1, 2],
             queries: vec![vec![10, 11], vec![20]],
             continuations: vec![vec![5, 6], vec![5, 7], vec![8]],
+            blocks: Vec::new(),
         };
         let tree = Tree::pack(&request.queries, &request.continuations, 2);
         assert_eq!(tree.ids, vec![10, 11, 5, 20, 5]);
@@ -268,6 +276,7 @@ mod tests {
             prefix: vec![1],
             queries: vec![vec![10], vec![20]],
             continuations: vec![vec![5, 6]],
+            blocks: Vec::new(),
         };
         let tree = Tree::pack(&request.queries, &request.continuations, 1);
         let inf = f32::NEG_INFINITY;

@@ -6,6 +6,7 @@
 //! inputs of calibration) or generate the answer (tasks without labels).
 
 pub mod calibration;
+pub mod defaults;
 pub mod metrics;
 pub mod vote;
 
@@ -116,6 +117,10 @@ pub struct PredictOptions {
     pub seed: u64,
     /// Apply contextual calibration.
     pub calibrate: bool,
+    /// Apply batch calibration: divide the LLM's label probabilities by this mean
+    /// distribution (one per label, in the task's order).
+    #[serde(default)]
+    pub label_prior: Option<Vec<f64>>,
     /// Make every label appear among retrieved demonstrations where k allows.
     #[serde(default)]
     pub cover_labels: bool,
@@ -123,6 +128,10 @@ pub struct PredictOptions {
     /// with this weight (0: the LLM alone, 1: the vote alone); `None`: no vote.
     #[serde(default)]
     pub vote_weight: Option<f64>,
+    /// Take each demonstration's keys and values from the demonstration cache, computed
+    /// once after the instruction (approximate: demonstrations do not see each other).
+    #[serde(default)]
+    pub cached_demonstrations: bool,
     /// Answer the prompt text too.
     pub return_prompt: bool,
     /// The most prompt tokens; by default the context window less the longest answer.
@@ -141,8 +150,10 @@ impl PredictOptions {
             order: Order::NearestLast,
             seed,
             calibrate,
+            label_prior: None,
             cover_labels: false,
             vote_weight: None,
+            cached_demonstrations: false,
             return_prompt: false,
             max_prompt_tokens: None,
             generation: GenerationOptions {
@@ -191,6 +202,9 @@ pub struct Prediction {
 /// A prompt ready for the model: the shared prefix and each query after it.
 struct Prepared {
     prefix: Vec<u32>,
+    /// Lengths of the demonstration blocks ending `prefix`, when they come from the
+    /// demonstration cache.
+    blocks: Vec<usize>,
     query: Vec<u32>,
     content_free: Vec<Vec<u32>>,
     demonstrations: Vec<Demonstration>,
@@ -264,6 +278,29 @@ impl Predictor {
             return Err(invalid(
                 "calibrate",
                 "calibration needs labels; this task generates text",
+            ));
+        }
+        if let Some(prior) = &options.label_prior {
+            if options.calibrate {
+                return Err(invalid(
+                    "calibration",
+                    "contextual and batch calibration exclude each other",
+                ));
+            }
+            let labels = definition.spec.labels.len();
+            if prior.len() != labels || prior.iter().any(|p| !p.is_finite() || *p <= 0.0) {
+                return Err(invalid(
+                    "calibration",
+                    format!(
+                        "batch calibration needs one positive probability per label ({labels})"
+                    ),
+                ));
+            }
+        }
+        if options.cached_demonstrations && !classification {
+            return Err(invalid(
+                "cached_demonstrations",
+                "cached demonstrations serve label scoring; this task generates text",
             ));
         }
         if options.vote_weight.is_some() && !classification {
@@ -342,6 +379,7 @@ impl Predictor {
         let key = {
             let mut hasher = DefaultHasher::new();
             prepared.prefix.hash(&mut hasher);
+            prepared.blocks.hash(&mut hasher);
             prepared.content_free.hash(&mut hasher);
             continuations.hash(&mut hasher);
             hasher.finish()
@@ -361,6 +399,7 @@ impl Predictor {
                 prefix: prepared.prefix.clone(),
                 queries,
                 continuations,
+                blocks: prepared.blocks.clone(),
             })
             .await?;
         let probabilities = calibration::probabilities(&scores[0]);
@@ -458,6 +497,7 @@ impl PredictionRun {
             let order = options.order;
             let seed = options.seed.wrapping_add(index as u64);
             let with_content_free = options.calibrate;
+            let cached_demonstrations = options.cached_demonstrations;
             let fixed = self.fixed.clone();
             let collection = self.collection.clone();
             let selection = options.selection.clone();
@@ -490,6 +530,7 @@ impl PredictionRun {
                     order,
                     seed,
                     with_content_free,
+                    cached_demonstrations,
                 };
                 prepare_within_budget(&job, demonstrations, budget, context, index)
             })
@@ -530,6 +571,9 @@ impl PredictionRun {
                 .predictor
                 .classify(&prepared, self.continuations.clone(), options.calibrate)
                 .await?;
+            if let Some(prior) = &options.label_prior {
+                probabilities = calibration::calibrate(&uncalibrated, prior);
+            }
             let labels = &self.labels;
             if let Some(weight) = options.vote_weight {
                 let shown = prepared
@@ -587,6 +631,7 @@ struct PromptJob<'a> {
     order: Order,
     seed: u64,
     with_content_free: bool,
+    cached_demonstrations: bool,
 }
 
 /// Writes and tokenizes the prompt for one query with the given demonstrations
@@ -602,6 +647,7 @@ fn prepare(
         order,
         seed,
         with_content_free,
+        cached_demonstrations,
     } = *job;
     match order {
         Order::NearestLast => demonstrations.reverse(),
@@ -636,13 +682,38 @@ fn prepare(
         Vec::new()
     };
 
-    let prefix = tokenizer.encode(&prefix_text)?;
     let mut query = tokenizer.encode(&query_text)?;
     let mut content_free: Vec<Vec<u32>> = content_free_texts
         .iter()
         .map(|t| tokenizer.encode(t))
         .collect::<Result<_, _>>()?;
     let full_text = format!("{prefix_text}{query_text}");
+    if cached_demonstrations && !rendered.is_empty() {
+        // Each demonstration is tokenized apart, with the separator before it, so that
+        // its tokens (and its cached keys and values) are the same in every prompt.
+        let head_text = builder.prefix(&[]);
+        let mut prefix = tokenizer.encode(&head_text)?;
+        let mut blocks = Vec::with_capacity(rendered.len());
+        for (i, demonstration) in rendered.iter().enumerate() {
+            let text = if i == 0 && head_text.is_empty() {
+                demonstration.clone()
+            } else {
+                format!("{}{demonstration}", builder.separator())
+            };
+            let ids = tokenizer.encode(&text)?;
+            blocks.push(ids.len());
+            prefix.extend(ids);
+        }
+        return Ok(Prepared {
+            prefix,
+            blocks,
+            query,
+            content_free,
+            demonstrations,
+            text: full_text,
+        });
+    }
+    let prefix = tokenizer.encode(&prefix_text)?;
     // The prefix's cache serves the queries only where tokenizing the parts apart gives
     // the tokens of the whole; otherwise every query runs from the start.
     let splits_cleanly = |part: &str, part_ids: &[u32]| -> Result<bool, PredictError> {
@@ -667,6 +738,7 @@ fn prepare(
     };
     Ok(Prepared {
         prefix,
+        blocks: Vec::new(),
         query,
         content_free,
         demonstrations,

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::predict::defaults::PredictDefaults;
 use crate::prompt::{PromptTemplates, TemplateSpec};
 
 /// The most labels a task may have.
@@ -18,7 +19,7 @@ fn default_separator() -> String {
 }
 
 /// A task as the client writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// The labels to choose from; empty for a generation task.
@@ -32,6 +33,9 @@ pub struct TaskSpec {
     /// What joins the instruction, demonstrations and query.
     #[serde(default = "default_separator")]
     pub separator: String,
+    /// Prediction options for requests that leave them out (written by the tune job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<PredictDefaults>,
 }
 
 /// A task definition that passed every check.
@@ -118,6 +122,11 @@ impl TaskSpec {
                 ),
             ));
         }
+        if let Some(defaults) = &self.defaults {
+            defaults
+                .check(&self.labels)
+                .map_err(|(field, message)| spec_error(field, message))?;
+        }
         let templates = PromptTemplates::parse(&self.template).map_err(|(field, e)| SpecError {
             field,
             message: e.to_string(),
@@ -147,6 +156,7 @@ mod tests {
                 output: "Sentiment: {label}".into(),
             },
             separator: "\n\n".into(),
+            defaults: None,
         }
     }
 

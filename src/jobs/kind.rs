@@ -1,0 +1,416 @@
+//! Jobs of one kind (evaluations, tunings): stored with their request, started, polled,
+//! listed, cancelled, run under a lease batch by batch, and resumed after a crash.
+//!
+//! A kind says what it is asked, what it saves as it goes and how it works
+//! ([`JobKind`]); [`Jobs`] does the rest the same way for every kind. A kind's work
+//! saves through [`Progress::save`] after each batch and stops between inputs when
+//! [`Progress::interrupted`] completes (shutdown or cancellation): what it saved is
+//! where the next run starts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{Interruption, JobRunner, JobState};
+use crate::store::{JobRow, Leased, Store, StoreError};
+use crate::tasks::{Catalog, TaskError};
+
+/// What can stop any job, whatever its kind.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The database failed, or holds a job it cannot read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No job of this kind with that id.
+    #[error("{kind} `{id}` does not exist in task `{task}`")]
+    NotFound {
+        /// The kind asked for.
+        kind: &'static str,
+        /// The task.
+        task: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// The server is shutting down; the job saved its progress and stopped.
+    #[error("the {0} stopped because the server is shutting down; it resumes on the next replica to start")]
+    ShuttingDown(&'static str),
+    /// The job was cancelled.
+    #[error("the {0} was cancelled")]
+    Cancelled(&'static str),
+    /// Another replica took the job over (this one's lease lapsed).
+    #[error("another replica took over this {0}")]
+    LeaseLost(&'static str),
+}
+
+impl JobError {
+    /// Whether another run should take the work up where it stopped.
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, Self::ShuttingDown(_) | Self::Store(_))
+    }
+}
+
+/// One kind of background job.
+pub trait JobKind: Send + Sync + Sized + 'static {
+    /// Its name in the job table and in messages (`evaluation`).
+    const KIND: &'static str;
+    /// The start of its ids (`eval`).
+    const ID_PREFIX: &'static str;
+    /// What it is asked.
+    type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What it saves as it goes, and at the end its answer.
+    type Saved: Serialize + DeserializeOwned + Default + Send + Sync + 'static;
+    /// How a job is answered to clients.
+    type View: Serialize;
+    /// What goes wrong.
+    type Error: Interruption + From<JobError> + From<TaskError> + std::fmt::Display + Send + 'static;
+
+    /// Refuses a request that could never run (before it is stored).
+    fn check<'a>(
+        &'a self,
+        task: &'a str,
+        request: &'a Self::Request,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'a;
+
+    /// Works the job from where its saved state stands to the end, saving on the way;
+    /// leaves the answer in the saved state.
+    fn work<'a>(
+        &'a self,
+        task: &'a str,
+        request: &'a Self::Request,
+        progress: &'a mut Progress<Self>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'a;
+
+    /// The job as answered to clients.
+    fn view(job: &StoredJob<Self>) -> Self::View;
+}
+
+/// A job as stored: its row's facts, its request and what it saved.
+pub struct StoredJob<K: JobKind> {
+    /// The job's id.
+    pub id: String,
+    /// Where it stands.
+    pub state: JobState,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Seconds since the epoch when it was asked for.
+    pub created_at: i64,
+    /// Seconds since the epoch when it last saved.
+    pub updated_at: i64,
+    /// What it was asked.
+    pub request: K::Request,
+    /// What it saved.
+    pub saved: K::Saved,
+}
+
+/// A running job's saved state, and its way to save and to learn that it must stop.
+pub struct Progress<K: JobKind> {
+    /// What the job has done so far; saved by [`Progress::save`].
+    pub saved: K::Saved,
+    task: String,
+    row: JobRow,
+    store: Store,
+    runner: Arc<JobRunner>,
+    cancel: CancellationToken,
+}
+
+impl<K: JobKind> Progress<K> {
+    /// Saves what the job has done, renewing the lease.
+    ///
+    /// # Errors
+    /// [`JobError::LeaseLost`] when another replica holds the job now, or the database
+    /// failing.
+    pub async fn save(&self) -> Result<(), JobError> {
+        let row = JobRow {
+            result: serde_json::to_string(&self.saved).map_err(corrupt)?,
+            ..self.row.clone()
+        };
+        if self
+            .store
+            .save_leased_job(
+                &self.task,
+                &row,
+                self.runner.owner(),
+                Some(self.runner.lease_until()),
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(JobError::LeaseLost(K::KIND))
+        }
+    }
+
+    /// Completes when the job must stop: the server shuts down or the job is cancelled.
+    pub async fn interrupted(&self) -> JobError {
+        tokio::select! {
+            () = self.runner.stopped() => JobError::ShuttingDown(K::KIND),
+            () = self.cancel.cancelled() => JobError::Cancelled(K::KIND),
+        }
+    }
+
+    /// Whether the job must stop now.
+    pub fn must_stop(&self) -> Option<JobError> {
+        if self.runner.stopping() {
+            Some(JobError::ShuttingDown(K::KIND))
+        } else if self.cancel.is_cancelled() {
+            Some(JobError::Cancelled(K::KIND))
+        } else {
+            None
+        }
+    }
+}
+
+fn corrupt(e: serde_json::Error) -> JobError {
+    JobError::Store(StoreError::Corrupt(format!("job: {e}")))
+}
+
+/// Starts, answers, cancels, runs and resumes the jobs of kind `K`.
+pub struct Jobs<K: JobKind> {
+    kind: K,
+    catalog: Arc<Catalog>,
+    runner: Arc<JobRunner>,
+    /// The jobs this process runs, by id: cancelling one stops it between inputs.
+    local: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl<K: JobKind> Jobs<K> {
+    /// Jobs of `kind` over the catalog's tasks, run on `runner`.
+    pub fn new(kind: K, catalog: Arc<Catalog>, runner: Arc<JobRunner>) -> Self {
+        Self {
+            kind,
+            catalog,
+            runner,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The kind, for what it does besides jobs.
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        // The map holds tokens only, whole after any panic.
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a job for `request`, starts it, and answers it as it is then.
+    ///
+    /// # Errors
+    /// When the task is unknown, the kind refuses the request, or the database fails.
+    pub async fn start(
+        self: &Arc<Self>,
+        task: &str,
+        request: K::Request,
+    ) -> Result<K::View, K::Error> {
+        self.catalog.definition(task).await?;
+        self.kind.check(task, &request).await?;
+        let row = JobRow {
+            id: format!("{}-{:016x}", K::ID_PREFIX, rand::random::<u64>()),
+            kind: K::KIND.to_owned(),
+            state: JobState::Running.as_str().to_owned(),
+            request: serde_json::to_string(&request).map_err(corrupt)?,
+            result: serde_json::to_string(&K::Saved::default()).map_err(corrupt)?,
+            error: None,
+            lease: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        self.catalog
+            .store()
+            .insert_job(task, &row, self.runner.owner(), self.runner.lease_until())
+            .await
+            .map_err(JobError::from)?;
+        self.spawn_run(task, &row.id);
+        self.get(task, &row.id).await
+    }
+
+    /// A job by id.
+    ///
+    /// # Errors
+    /// When the task or the job does not exist.
+    pub async fn get(&self, task: &str, id: &str) -> Result<K::View, K::Error> {
+        let (_, job) = self.load(task, id).await?;
+        Ok(K::view(&job))
+    }
+
+    /// The task's most recent jobs of this kind, newest first.
+    ///
+    /// # Errors
+    /// When the task does not exist or the database fails.
+    pub async fn list(&self, task: &str) -> Result<Vec<K::View>, K::Error> {
+        self.catalog.definition(task).await?;
+        let rows = self
+            .catalog
+            .store()
+            .jobs(task, K::KIND)
+            .await
+            .map_err(JobError::from)?;
+        rows.iter().map(|row| Ok(K::view(&stored(row)?))).collect()
+    }
+
+    /// Cancels a running job: it stops between inputs, wherever it runs, and nobody
+    /// resumes it. A job that already ended is answered as it is.
+    ///
+    /// # Errors
+    /// When the task or the job does not exist, or the database fails.
+    pub async fn cancel(&self, task: &str, id: &str) -> Result<K::View, K::Error> {
+        self.load(task, id).await?;
+        self.catalog
+            .store()
+            .end_job(task, id, JobState::Cancelled.as_str())
+            .await
+            .map_err(JobError::from)?;
+        if let Some(token) = self.local().get(id) {
+            token.cancel();
+        }
+        self.get(task, id).await
+    }
+
+    /// Resumes every job of this kind whose lease lapsed (its replica died or
+    /// stopped); answers how many this replica took on.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn resume_lapsed(self: &Arc<Self>) -> Result<usize, K::Error> {
+        let store = self.catalog.store();
+        let mut resumed = 0;
+        let lapsed = store
+            .lapsed_leases(Leased::Jobs, crate::store::now())
+            .await
+            .map_err(JobError::from)?;
+        for lapsed in lapsed {
+            if self.runner.stopping() {
+                break;
+            }
+            let ours = store
+                .job(&lapsed.task, &lapsed.id)
+                .await
+                .map_err(JobError::from)?
+                .is_some_and(|row| row.kind == K::KIND);
+            if !ours
+                || !self
+                    .runner
+                    .take(Leased::Jobs, &lapsed.task, &lapsed.id)
+                    .await
+                    .map_err(JobError::from)?
+            {
+                continue;
+            }
+            tracing::info!(
+                task = lapsed.task,
+                job = lapsed.id,
+                kind = K::KIND,
+                "resuming a job whose lease lapsed"
+            );
+            self.spawn_run(&lapsed.task, &lapsed.id);
+            resumed += 1;
+        }
+        Ok(resumed)
+    }
+
+    async fn load(&self, task: &str, id: &str) -> Result<(JobRow, StoredJob<K>), K::Error> {
+        self.catalog.definition(task).await?;
+        let row = self
+            .catalog
+            .store()
+            .job(task, id)
+            .await
+            .map_err(JobError::from)?
+            .filter(|row| row.kind == K::KIND)
+            .ok_or_else(|| JobError::NotFound {
+                kind: K::KIND,
+                task: task.to_owned(),
+                id: id.to_owned(),
+            })?;
+        let job = stored(&row)?;
+        Ok((row, job))
+    }
+
+    /// Runs the job `id`, whose lease this process holds, in the background.
+    fn spawn_run(self: &Arc<Self>, task: &str, id: &str) {
+        let cancel = CancellationToken::new();
+        self.local().insert(id.to_owned(), cancel.clone());
+        let this = Arc::clone(self);
+        let (task, id) = (task.to_owned(), id.to_owned());
+        self.runner.spawn(async move {
+            let work = this.run(&task, &id, cancel);
+            let result = this.runner.run_leased(Leased::Jobs, &task, &id, work).await;
+            this.local().remove(&id);
+            match result {
+                Ok(()) => {}
+                Err(e) if e.is_resumable() || e.is_cancelled() => {
+                    tracing::info!(task, job = id, kind = K::KIND, "{e}");
+                }
+                Err(e) => tracing::warn!(task, job = id, kind = K::KIND, error = %e, "job stopped"),
+            }
+        });
+    }
+
+    /// Works the job from its saved state, then stores its end: complete with the
+    /// answer, or failed with an error that another run would meet again.
+    async fn run(&self, task: &str, id: &str, cancel: CancellationToken) -> Result<(), K::Error> {
+        let (row, job) = self.load(task, id).await?;
+        if job.state != JobState::Running {
+            return Err(JobError::Cancelled(K::KIND).into());
+        }
+        let mut progress = Progress::<K> {
+            saved: job.saved,
+            task: task.to_owned(),
+            row: row.clone(),
+            store: self.catalog.store().clone(),
+            runner: Arc::clone(&self.runner),
+            cancel,
+        };
+        let result = self.kind.work(task, &job.request, &mut progress).await;
+        let ended = match result {
+            Ok(()) => JobRow {
+                state: JobState::Complete.as_str().to_owned(),
+                result: serde_json::to_string(&progress.saved).map_err(corrupt)?,
+                ..row
+            },
+            Err(e) if e.is_resumable() || e.is_lease_lost() || e.is_cancelled() => return Err(e),
+            Err(e) => JobRow {
+                state: JobState::Failed.as_str().to_owned(),
+                error: Some(e.to_string()),
+                ..row
+            },
+        };
+        // Only while the lease is this process's: a run that lapsed and was taken over,
+        // or was cancelled, never overwrites what is stored.
+        if self
+            .catalog
+            .store()
+            .save_leased_job(task, &ended, self.runner.owner(), None)
+            .await
+            .map_err(JobError::from)?
+        {
+            Ok(())
+        } else {
+            Err(JobError::LeaseLost(K::KIND).into())
+        }
+    }
+}
+
+/// The stored job a row holds.
+fn stored<K: JobKind>(row: &JobRow) -> Result<StoredJob<K>, JobError> {
+    let state = JobState::parse(&row.state).ok_or_else(|| {
+        JobError::Store(StoreError::Corrupt(format!(
+            "job `{}` has the unknown state `{}`",
+            row.id, row.state
+        )))
+    })?;
+    Ok(StoredJob {
+        id: row.id.clone(),
+        state,
+        error: row.error.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        request: serde_json::from_str(&row.request).map_err(corrupt)?,
+        saved: serde_json::from_str(&row.result).map_err(corrupt)?,
+    })
+}

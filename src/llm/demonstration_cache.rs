@@ -1,0 +1,300 @@
+//! Demonstrations' keys and values, each computed once and placed anywhere in a prompt
+//! (cached-demonstration attention, in the manner of parallel context windows and
+//! prompt caches).
+//!
+//! A prompt is a head (the instruction) and blocks (its demonstrations). The head runs
+//! exactly, through the prefix cache. Each block runs once, alone after the head, and its
+//! keys and values are kept; a prompt is then assembled from the head and its blocks,
+//! each block's keys rotated from the position it was computed at to the position it
+//! takes. So a query costs its own tokens and labels, and a demonstration is computed
+//! once for every prompt it appears in.
+//!
+//! It is an approximation, which is why it is an option: a demonstration never attends
+//! to the demonstrations before it in the prompt, only to the head and itself. With one
+//! block it is exact.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use super::model::KvCache;
+use super::{LlmError, Session};
+
+/// One demonstration's keys and values after a head.
+struct Block {
+    kv: KvCache,
+    last_used: u64,
+}
+
+/// Demonstration blocks by the head they follow and their tokens, under a memory budget.
+pub struct DemonstrationCache {
+    blocks: HashMap<(u64, Vec<u32>), Block>,
+    budget_bytes: usize,
+    bytes: usize,
+    clock: u64,
+}
+
+impl DemonstrationCache {
+    /// An empty cache that keeps at most `budget_bytes` of keys and values.
+    pub fn with_budget(budget_bytes: usize) -> Self {
+        Self {
+            blocks: HashMap::new(),
+            budget_bytes,
+            bytes: 0,
+            clock: 0,
+        }
+    }
+
+    /// A session that has seen `head` (exactly) and then each of `blocks` (cached),
+    /// in order.
+    ///
+    /// # Errors
+    /// When a block is empty or the model fails.
+    pub fn session(
+        &mut self,
+        head_tokens: &[u32],
+        head: &Session,
+        blocks: &[&[u32]],
+    ) -> Result<Session, LlmError> {
+        if blocks.iter().any(|b| b.is_empty()) {
+            return Err(LlmError::InvalidInput(
+                "a demonstration block has no tokens".into(),
+            ));
+        }
+        self.clock += 1;
+        let head_key = fingerprint(head_tokens);
+        for block in blocks {
+            self.ensure(head, head_key, block)?;
+        }
+        let mut placed = Vec::with_capacity(blocks.len());
+        let mut shift = 0;
+        for block in blocks {
+            // Every block was ensured above, and nothing is evicted before the end.
+            if let Some(entry) = self.blocks.get(&(head_key, block.to_vec())) {
+                placed.push((&entry.kv, shift));
+            }
+            shift += block.len();
+        }
+        let session = head.followed_by(&placed, shift)?;
+        self.evict();
+        Ok(session)
+    }
+
+    /// Computes `block` after `head` unless it is held.
+    fn ensure(&mut self, head: &Session, head_key: u64, block: &[u32]) -> Result<(), LlmError> {
+        let key = (head_key, block.to_vec());
+        let outcome = if let Some(held) = self.blocks.get_mut(&key) {
+            held.last_used = self.clock;
+            "hit"
+        } else {
+            let mut session = head.clone();
+            session.feed(block)?;
+            let kv = session.kv_slice(head.position, block.len())?;
+            self.bytes += kv.bytes();
+            self.blocks.insert(
+                key,
+                Block {
+                    kv,
+                    last_used: self.clock,
+                },
+            );
+            "miss"
+        };
+        ::metrics::counter!("exemplar_demonstration_cache_lookups_total", "outcome" => outcome)
+            .increment(1);
+        Ok(())
+    }
+
+    /// Drops the least recently used blocks while over budget; the blocks of the prompt
+    /// just assembled (used at the current clock) stay.
+    fn evict(&mut self) {
+        while self.bytes > self.budget_bytes {
+            let Some(oldest) = self
+                .blocks
+                .iter()
+                .filter(|(_, b)| b.last_used < self.clock)
+                .min_by_key(|(_, b)| b.last_used)
+                .map(|(key, _)| key.clone())
+            else {
+                return;
+            };
+            if let Some(block) = self.blocks.remove(&oldest) {
+                self.bytes -= block.kv.bytes();
+            }
+        }
+    }
+}
+
+/// A fingerprint of a token sequence, stable within the process.
+fn fingerprint(tokens: &[u32]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    tokens.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use candle_core::{Device, Tensor};
+
+    use super::super::{log_softmax, Llm, PrefixCache};
+    use crate::config::WeightFormat;
+
+    fn f32_llm() -> Llm {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        Llm::load(&path, &Device::Cpu, WeightFormat::F32)
+            .expect("models: run scripts/fetch-models.sh")
+    }
+
+    fn largest_gap(a: &[f32], b: &[f32]) -> f32 {
+        let (a, b) = (log_softmax(a), log_softmax(b));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// Rotary embeddings compose: the first layer's keys of a block computed at one
+    /// position and rotated by a shift are the keys computed at the shifted position.
+    /// (Deeper layers' keys also depend on how far the block is from the head, which
+    /// is the approximation: a cached block is computed right after the head.)
+    #[test]
+    fn shifted_keys_equal_keys_computed_at_the_shifted_position() {
+        let llm = f32_llm();
+        let tokenizer = llm.tokenizer();
+        let head = tokenizer
+            .encode("Classify the sentiment.")
+            .expect("encodes");
+        let block = tokenizer
+            .encode("\n\nReview: dull.\nSentiment: negative")
+            .expect("encodes");
+        let mut after_head = llm.session();
+        after_head.feed(&head).expect("runs");
+        let first_layer_keys = |skip: usize| -> Tensor {
+            let mut session = after_head.clone();
+            session.position += skip;
+            session.feed(&block).expect("runs");
+            let kv = session.kv_slice(head.len(), block.len()).expect("slice");
+            kv.layers[0].clone().expect("a first layer").0
+        };
+        let here = first_layer_keys(0);
+        let there = first_layer_keys(7);
+        let shifted = llm.model.shift_keys(&here, 7).expect("shifts");
+        let largest = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.max_all())
+                .and_then(|d| d.to_scalar::<f32>())
+                .expect("compares")
+        };
+        assert!(largest(&shifted, &there) < 1e-4);
+        assert!(largest(&here, &there) > 1e-2, "the shift changes the keys");
+    }
+
+    /// Two blocks: the second is computed after the head alone, so the prompt is not
+    /// the exact one; assembled from cached blocks it gives bit for bit what it gave
+    /// when the blocks were computed.
+    #[test]
+    fn assembled_blocks_approximate_the_prompt_and_repeat_exactly() {
+        let llm = f32_llm();
+        let tokenizer = llm.tokenizer();
+        let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+        let head = encode("Classify the sentiment of each review.");
+        let first = encode("\n\nReview: a gorgeous, witty film.\nSentiment: positive");
+        let second = encode("\n\nReview: dull and far too long.\nSentiment: negative");
+        let query = encode("\n\nReview: a lovely surprise.\nSentiment:");
+        let mut prefix = head.clone();
+        prefix.extend(&first);
+        prefix.extend(&second);
+        let blocks = [first.len(), second.len()];
+        let mut cache = PrefixCache::default();
+        let mut computed = cache
+            .session_with_blocks(&llm, &prefix, &blocks)
+            .expect("assembles");
+        let mut reused = cache
+            .session_with_blocks(&llm, &prefix, &blocks)
+            .expect("assembles");
+        assert_eq!(cache.demonstrations.blocks.len(), 2);
+        let from_blocks = computed.feed(&query).expect("runs");
+        assert_eq!(from_blocks, reused.feed(&query).expect("runs"));
+
+        let mut whole = prefix.clone();
+        whole.extend(&query);
+        let exact = llm.session().feed(&whole).expect("runs");
+        let apart = largest_gap(&from_blocks, &exact);
+        assert!(
+            apart > 1e-3,
+            "cached blocks equal the exact prompt ({apart})"
+        );
+        // The same next-token choice as the exact prompt.
+        let argmax = |logits: &[f32]| {
+            logits
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        };
+        assert_eq!(argmax(&from_blocks), argmax(&exact));
+    }
+
+    #[test]
+    fn one_block_is_exact_and_a_second_use_is_a_hit() {
+        let llm = f32_llm();
+        let tokenizer = llm.tokenizer();
+        let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+        let mut prefix = encode("Classify the question.");
+        let block = encode("\n\nQuestion: Who wrote Hamlet?\nType: human");
+        prefix.extend(&block);
+        let query = encode("\n\nQuestion: What is the capital of Peru?\nType:");
+        let mut cache = PrefixCache::default();
+        let mut first = cache
+            .session_with_blocks(&llm, &prefix, &[block.len()])
+            .expect("assembles");
+        assert_eq!(cache.demonstrations.blocks.len(), 1);
+        let mut again = cache
+            .session_with_blocks(&llm, &prefix, &[block.len()])
+            .expect("assembles");
+        assert_eq!(cache.demonstrations.blocks.len(), 1);
+        let mut whole = prefix.clone();
+        whole.extend(&query);
+        let exact = llm.session().feed(&whole).expect("runs");
+        let first = first.feed(&query).expect("runs");
+        assert!(largest_gap(&first, &exact) < 1e-4);
+        assert_eq!(first, again.feed(&query).expect("runs"));
+    }
+
+    #[test]
+    fn blocks_past_the_budget_are_evicted_least_recently_used_first() {
+        let llm = f32_llm();
+        let tokenizer = llm.tokenizer();
+        let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+        let head = encode("Instruction.");
+        let blocks: Vec<Vec<u32>> = ["\n\nA one.", "\n\nB two two.", "\n\nC three."]
+            .iter()
+            .map(|t| encode(t))
+            .collect();
+        // Room for about two blocks: the third evicts the first.
+        let per_token = {
+            let mut cache = PrefixCache::with_budget(usize::MAX);
+            let mut prefix = head.clone();
+            prefix.extend(&blocks[0]);
+            cache
+                .session_with_blocks(&llm, &prefix, &[blocks[0].len()])
+                .expect("assembles");
+            cache.demonstrations.bytes / blocks[0].len()
+        };
+        let budget = per_token * (blocks[0].len() + blocks[1].len() + blocks[2].len() - 1);
+        let mut cache = PrefixCache::with_budget(budget);
+        for block in &blocks {
+            let mut prefix = head.clone();
+            prefix.extend(block);
+            cache
+                .session_with_blocks(&llm, &prefix, &[block.len()])
+                .expect("assembles");
+        }
+        assert_eq!(cache.demonstrations.blocks.len(), 2);
+        assert!(cache.demonstrations.bytes <= budget);
+    }
+}

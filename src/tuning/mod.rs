@@ -1,0 +1,529 @@
+//! Tuning: the prediction options that suit a task, measured by leave-one-out over its
+//! annotated examples and stored as the task's defaults.
+//!
+//! Each LLM configuration of the grid (k, strategy, order, contextual calibration or
+//! not, cached demonstrations or not) predicts the same rows once, keeping each row's
+//! LLM and vote distributions. The rest of the grid costs no model pass: batch
+//! calibration divides the uncalibrated distributions by their mean over the rows (Zhou
+//! et al., 2023), and every vote weight mixes the two distributions. Every combination
+//! is scored; the best (accuracy, then macro-F1, then the earlier in the grid) becomes
+//! the task's defaults, used by requests that leave those options out.
+//!
+//! A tuning is a job (`crate::jobs`): it saves the rows of each configuration as it
+//! goes, and a crash or a shutdown costs at most one batch.
+
+mod grid;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::evaluation::LabelledRow;
+use crate::jobs::{Interruption, JobError, JobKind, JobState, Jobs, Progress, StoredJob};
+use crate::predict::calibration;
+use crate::predict::defaults::{Calibration, PredictDefaults};
+use crate::predict::metrics;
+use crate::predict::vote;
+use crate::predict::{PredictError, Predictor, QueryInput, EMBED_CHUNK};
+use crate::store::StoreError;
+use crate::tasks::{Catalog, TaskError};
+
+pub use grid::{Configuration, Grid};
+
+/// Rows predicted between saves.
+const BATCH: usize = EMBED_CHUNK;
+/// The fewest annotated examples worth tuning on.
+pub const MIN_EXAMPLES: usize = 2;
+
+/// What can go wrong with a tuning.
+#[derive(Debug, thiserror::Error)]
+pub enum TuningError {
+    /// The task is unknown or a task operation failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The predictions failed.
+    #[error(transparent)]
+    Predict(#[from] PredictError),
+    /// The job is unknown, was stopped, or could not be stored.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The task generates text: there are no labels to choose among.
+    #[error("tuning measures classification; task `{0}` has no labels")]
+    NeedsLabels(String),
+    /// Too few annotated examples to leave one out.
+    #[error(
+        "task `{task}` has {examples} annotated examples; tuning needs at least {MIN_EXAMPLES}"
+    )]
+    TooFewExamples {
+        /// The task.
+        task: String,
+        /// Its annotated examples.
+        examples: usize,
+    },
+    /// The grid is malformed.
+    #[error("`{field}`: {message}")]
+    InvalidGrid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl From<StoreError> for TuningError {
+    fn from(e: StoreError) -> Self {
+        Self::Job(e.into())
+    }
+}
+
+impl Interruption for TuningError {
+    fn lease_lost() -> Self {
+        Self::Job(JobError::LeaseLost(Tuner::KIND))
+    }
+
+    fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::Job(JobError::LeaseLost(_)))
+    }
+
+    fn is_resumable(&self) -> bool {
+        match self {
+            Self::Job(error) => error.is_resumable(),
+            Self::Predict(error) => error.is_overloaded(),
+            _ => false,
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Job(JobError::Cancelled(_)))
+    }
+}
+
+/// What a tuning was asked to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TuneRequest {
+    /// The leave-one-out rows, in order.
+    pub rows: Vec<LabelledRow>,
+    /// What to try.
+    pub grid: Grid,
+}
+
+/// One row's distributions under one LLM configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RowScores {
+    /// The LLM's label probabilities (calibrated when the configuration says so).
+    llm: Vec<f64>,
+    /// The demonstrations' similarity-weighted vote.
+    vote: Vec<f64>,
+}
+
+/// What a tuning saves as it goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavedScores {
+    /// Per LLM run of the grid, in order: the rows scored so far.
+    runs: Vec<Vec<RowScores>>,
+    /// Seconds spent predicting, over every run of the job.
+    seconds: f64,
+    /// The answer, once every run is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<TuneResult>,
+}
+
+/// One measured combination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuneRow {
+    /// The options.
+    #[serde(flatten)]
+    pub configuration: Configuration,
+    /// Leave-one-out accuracy.
+    pub accuracy: f64,
+    /// Leave-one-out macro-F1.
+    pub macro_f1: f64,
+}
+
+/// What a tuning answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TuneResult {
+    /// Annotated examples it left out one at a time.
+    pub examples: usize,
+    /// Every combination measured, best first.
+    pub table: Vec<TuneRow>,
+    /// The winner.
+    pub best: TuneRow,
+    /// The task's defaults it wrote.
+    pub defaults: PredictDefaults,
+}
+
+/// How far a tuning has got.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuningProgress {
+    /// Row predictions made.
+    pub done: usize,
+    /// Row predictions in all (rows times LLM runs).
+    pub of: usize,
+    /// Row predictions per second of work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_per_second: Option<f64>,
+}
+
+/// A tuning job as answered to clients.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuningJob {
+    /// The job's id.
+    pub id: String,
+    /// Where it stands.
+    pub state: JobState,
+    /// How far it has got (as of its last saved batch).
+    pub progress: TuningProgress,
+    /// The table and the winner, once complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<TuneResult>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds since the epoch when it was asked for.
+    pub created_at: i64,
+    /// Seconds since the epoch when it last saved.
+    pub updated_at: i64,
+}
+
+/// Tuning jobs, polled at `/v1/tasks/{task}/tunings/{id}`.
+pub type Tunings = Jobs<Tuner>;
+
+/// Tunes tasks: the tuning kind of job.
+pub struct Tuner {
+    catalog: Arc<Catalog>,
+    predictor: Arc<Predictor>,
+}
+
+impl Tuner {
+    /// Tunings over the catalog's tasks, predicting with `predictor`.
+    pub fn new(catalog: Arc<Catalog>, predictor: Arc<Predictor>) -> Self {
+        Self { catalog, predictor }
+    }
+
+    /// Up to `max_examples` of the task's annotated examples, chosen by `seed`, as
+    /// leave-one-out rows.
+    ///
+    /// # Errors
+    /// When the task is unknown, has no labels or too few examples.
+    pub async fn rows(
+        &self,
+        task: &str,
+        max_examples: usize,
+        seed: u64,
+    ) -> Result<Vec<LabelledRow>, TuningError> {
+        let definition = self.catalog.definition(task).await?;
+        if !definition.spec.is_classification() {
+            return Err(TuningError::NeedsLabels(task.to_owned()));
+        }
+        let mut examples = self.catalog.examples(task)?.all();
+        if examples.len() < MIN_EXAMPLES {
+            return Err(TuningError::TooFewExamples {
+                task: task.to_owned(),
+                examples: examples.len(),
+            });
+        }
+        // Sorted first, so that the same seed draws the same rows whatever the index's
+        // order.
+        examples.sort_by(|a, b| a.id.cmp(&b.id));
+        examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        examples.truncate(max_examples);
+        Ok(examples
+            .into_iter()
+            .map(|e| LabelledRow {
+                input: QueryInput {
+                    text: e.text.clone(),
+                    text_pair: e.text_pair.clone(),
+                    exclude: Some(e.id.clone()),
+                },
+                label: e.label.clone(),
+            })
+            .collect())
+    }
+
+    /// Predicts the rows of every LLM run not done yet, batch by batch, saving each.
+    async fn score_runs(
+        &self,
+        task: &str,
+        request: &TuneRequest,
+        progress: &mut Progress<Self>,
+    ) -> Result<(), TuningError> {
+        let runs = request.grid.runs();
+        for (index, run) in runs.iter().enumerate() {
+            if progress.saved.runs.len() <= index {
+                progress.saved.runs.push(Vec::new());
+            }
+            let options = run.options();
+            while progress.saved.runs[index].len() < request.rows.len() {
+                let start = progress.saved.runs[index].len();
+                let batch = &request.rows[start..(start + BATCH).min(request.rows.len())];
+                let inputs = batch.iter().map(|r| r.input.clone()).collect();
+                let started = Instant::now();
+                let mut predictions = self.predictor.start(task, inputs, &options).await?;
+                let mut stopped = None;
+                loop {
+                    let next = tokio::select! {
+                        next = predictions.next() => next,
+                        interruption = progress.interrupted() => {
+                            stopped = Some(interruption);
+                            break;
+                        }
+                    };
+                    let Some(prediction) = next else { break };
+                    let prediction = prediction?;
+                    let values = |pairs: Option<Vec<(String, f64)>>| {
+                        pairs
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(_, p)| p)
+                            .collect()
+                    };
+                    progress.saved.runs[index].push(RowScores {
+                        llm: values(prediction.llm_probabilities),
+                        vote: values(prediction.vote_probabilities),
+                    });
+                }
+                progress.saved.seconds += started.elapsed().as_secs_f64();
+                match progress.save().await {
+                    Ok(()) => {}
+                    Err(JobError::LeaseLost(kind)) => {
+                        return Err(stopped.unwrap_or(JobError::LeaseLost(kind)).into())
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                if let Some(stopped) = stopped {
+                    return Err(stopped.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `defaults` into the task's definition.
+    async fn store_defaults(
+        &self,
+        task: &str,
+        defaults: &PredictDefaults,
+    ) -> Result<(), TuningError> {
+        let mut spec = self.catalog.definition(task).await?.spec;
+        spec.defaults = Some(defaults.clone());
+        self.catalog.put_task(task, spec).await?;
+        Ok(())
+    }
+}
+
+/// Every combination of the grid measured on the saved runs, best first, and the
+/// mean LLM distribution of each uncalibrated run (batch calibration's prior).
+fn measure(
+    labels: &[String],
+    request: &TuneRequest,
+    saved: &SavedScores,
+) -> Vec<(TuneRow, Option<Vec<f64>>)> {
+    let gold: Vec<String> = request.rows.iter().map(|r| r.label.clone()).collect();
+    let mut measured = Vec::new();
+    for (run, scores) in request.grid.runs().iter().zip(&saved.runs) {
+        let llm: Vec<Vec<f64>> = scores.iter().map(|s| s.llm.clone()).collect();
+        let prior = calibration::mean(&llm);
+        for calibration in run.calibrations(&request.grid) {
+            let calibrated: Vec<Vec<f64>> = match calibration {
+                Calibration::Batch => llm
+                    .iter()
+                    .map(|p| calibration::calibrate(p, &prior))
+                    .collect(),
+                _ => llm.clone(),
+            };
+            for &weight in &request.grid.vote_weight {
+                let predicted: Vec<String> = calibrated
+                    .iter()
+                    .zip(scores)
+                    .map(|(p, s)| {
+                        let mixed = vote::mix(p, &s.vote, weight);
+                        let best = mixed
+                            .iter()
+                            .enumerate()
+                            .max_by(|a, b| a.1.total_cmp(b.1))
+                            .map_or(0, |(i, _)| i);
+                        labels.get(best).cloned().unwrap_or_default()
+                    })
+                    .collect();
+                let evaluation = metrics::evaluate(labels, &gold, &predicted);
+                let row = TuneRow {
+                    configuration: run.with(calibration, weight),
+                    accuracy: evaluation.accuracy,
+                    macro_f1: evaluation.macro_f1,
+                };
+                let batch_prior = (calibration == Calibration::Batch).then(|| prior.clone());
+                measured.push((row, batch_prior));
+            }
+        }
+    }
+    // Stable: among equals, the earlier in the grid stays first.
+    measured.sort_by(|(a, _), (b, _)| {
+        b.accuracy
+            .total_cmp(&a.accuracy)
+            .then(b.macro_f1.total_cmp(&a.macro_f1))
+    });
+    measured
+}
+
+impl JobKind for Tuner {
+    const KIND: &'static str = "tuning";
+    const ID_PREFIX: &'static str = "tune";
+    type Request = TuneRequest;
+    type Saved = SavedScores;
+    type View = TuningJob;
+    type Error = TuningError;
+
+    async fn check(&self, task: &str, request: &TuneRequest) -> Result<(), TuningError> {
+        let definition = self.catalog.definition(task).await?;
+        if !definition.spec.is_classification() {
+            return Err(TuningError::NeedsLabels(task.to_owned()));
+        }
+        if request.rows.len() < MIN_EXAMPLES {
+            return Err(TuningError::TooFewExamples {
+                task: task.to_owned(),
+                examples: request.rows.len(),
+            });
+        }
+        request
+            .grid
+            .check()
+            .map_err(|(field, message)| TuningError::InvalidGrid { field, message })
+    }
+
+    async fn work(
+        &self,
+        task: &str,
+        request: &TuneRequest,
+        progress: &mut Progress<Self>,
+    ) -> Result<(), TuningError> {
+        self.score_runs(task, request, progress).await?;
+        let labels = self.catalog.definition(task).await?.spec.labels;
+        let measured = measure(&labels, request, &progress.saved);
+        let Some((best, prior)) = measured.first().cloned() else {
+            return Err(TuningError::InvalidGrid {
+                field: "grid",
+                message: "nothing to measure".to_owned(),
+            });
+        };
+        let defaults = best.configuration.defaults(prior);
+        self.store_defaults(task, &defaults).await?;
+        progress.saved.result = Some(TuneResult {
+            examples: request.rows.len(),
+            table: measured.into_iter().map(|(row, _)| row).collect(),
+            best,
+            defaults,
+        });
+        Ok(())
+    }
+
+    fn view(job: &StoredJob<Self>) -> TuningJob {
+        let (request, saved) = (&job.request, &job.saved);
+        let done: usize = saved.runs.iter().map(Vec::len).sum();
+        TuningJob {
+            id: job.id.clone(),
+            state: job.state,
+            progress: TuningProgress {
+                done,
+                of: request.rows.len() * request.grid.runs().len(),
+                rows_per_second: (saved.seconds > 0.0).then(|| done as f64 / saved.seconds),
+            },
+            result: saved.result.clone(),
+            error: job.error.clone(),
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predict::defaults::StrategyChoice;
+    use crate::predict::Order;
+
+    fn labels() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    fn row(label: &str) -> LabelledRow {
+        LabelledRow {
+            input: QueryInput {
+                text: "t".into(),
+                text_pair: None,
+                exclude: None,
+            },
+            label: label.into(),
+        }
+    }
+
+    fn scores(llm: [f64; 2], vote: [f64; 2]) -> RowScores {
+        RowScores {
+            llm: llm.to_vec(),
+            vote: vote.to_vec(),
+        }
+    }
+
+    /// Hand-checked: the LLM leans to `a` everywhere (right on rows 0 and 1); the vote
+    /// is right on rows 1 to 3. Alone, the LLM scores 2/4 and the vote 3/4; a mix at
+    /// 0.5 follows the vote where it is confident and scores 4/4; batch calibration
+    /// removes the LLM's lean.
+    #[test]
+    fn the_best_mix_wins_and_batch_calibration_uses_the_runs_mean() {
+        let grid = Grid {
+            k: vec![8],
+            strategy: vec![StrategyChoice::Knn],
+            order: vec![Order::NearestLast],
+            calibration: vec![Calibration::None, Calibration::Batch],
+            vote_weight: vec![0.0, 0.5, 1.0],
+            cached_demonstrations: vec![false],
+        };
+        let request = TuneRequest {
+            rows: vec![row("a"), row("a"), row("b"), row("b")],
+            grid,
+        };
+        let saved = SavedScores {
+            runs: vec![vec![
+                scores([0.9, 0.1], [0.4, 0.6]),
+                scores([0.8, 0.2], [0.7, 0.3]),
+                scores([0.7, 0.3], [0.1, 0.9]),
+                scores([0.6, 0.4], [0.2, 0.8]),
+            ]],
+            seconds: 1.0,
+            result: None,
+        };
+        let measured = measure(&labels(), &request, &saved);
+        assert_eq!(measured.len(), 6);
+        let accuracy = |calibration: Calibration, weight: f64| {
+            measured
+                .iter()
+                .find(|(r, _)| {
+                    r.configuration.calibration == calibration
+                        && r.configuration.vote_weight == weight
+                })
+                .map(|(r, _)| r.accuracy)
+        };
+        assert_eq!(accuracy(Calibration::None, 0.0), Some(0.5));
+        assert_eq!(accuracy(Calibration::None, 1.0), Some(0.75));
+        assert_eq!(accuracy(Calibration::None, 0.5), Some(1.0));
+        // Mean LLM distribution (0.75, 0.25): calibrated, rows 2 and 3 turn to `b`
+        // (0.7/0.75 < 0.3/0.25 and 0.6/0.75 < 0.4/0.25), row 0 stays `a`
+        // (0.9/0.75 > 0.1/0.25), row 1 stays `a` (0.8/0.75 > 0.2/0.25): 4/4.
+        assert_eq!(accuracy(Calibration::Batch, 0.0), Some(1.0));
+        let (best, prior) = &measured[0];
+        assert_eq!(best.accuracy, 1.0);
+        // Among the perfect ones, the earliest in the grid: no calibration, w = 0.5.
+        assert_eq!(best.configuration.calibration, Calibration::None);
+        assert_eq!(best.configuration.vote_weight, 0.5);
+        assert!(prior.is_none());
+        let batch = measured
+            .iter()
+            .find(|(r, _)| r.configuration.calibration == Calibration::Batch)
+            .and_then(|(_, p)| p.clone())
+            .unwrap_or_default();
+        assert!((batch[0] - 0.75).abs() < 1e-12 && (batch[1] - 0.25).abs() < 1e-12);
+    }
+}
