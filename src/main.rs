@@ -14,6 +14,7 @@ use exemplar::bench::BenchArgs;
 use exemplar::client::eval::EvalArgs;
 use exemplar::client::import::ImportArgs;
 use exemplar::client::predict::PredictArgs;
+use exemplar::client::tune::TuneArgs;
 use exemplar::config::Config;
 use exemplar::experiments::icl::IclArgs;
 use exemplar::experiments::order::OrderArgs;
@@ -54,6 +55,9 @@ enum Command {
     Eval(EvalArgs),
     /// Label every row of a file through a running server, as JSON lines.
     Predict(PredictArgs),
+    /// Tune a task's prediction defaults on a running server (k, strategy, calibration,
+    /// vote weight, ...) by leave-one-out over its annotated examples, with a progress bar.
+    Tune(TuneArgs),
     /// Choose which pool items of a task to annotate (vote-k, IDEAL, ...).
     Select(SelectArgs),
     /// Create, list and revoke API keys in the service's database.
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         Command::Import(args) => exemplar::client::import::run(&args),
         Command::Eval(args) => exemplar::client::eval::run(&args),
         Command::Predict(args) => exemplar::client::predict::run(&args),
+        Command::Tune(args) => exemplar::client::tune::run(&args),
         Command::Select(args) => {
             args.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::select::cli::run(&args))

@@ -13,7 +13,7 @@ use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
 use crate::predict::defaults::{Calibration, StrategyChoice};
 use crate::predict::Order;
-use crate::tuning::{Grid, TuneRequest, TuningJob};
+use crate::tuning::{Grid, TuneRequest, TuningJob, MIN_EXAMPLES};
 
 /// Annotated examples left out one at a time when the request does not say.
 const DEFAULT_MAX_EXAMPLES: usize = 100;
@@ -70,12 +70,11 @@ async fn tune(
 ) -> Result<Response, ApiError> {
     let services = state.services()?;
     let max_examples = body.max_examples.unwrap_or(DEFAULT_MAX_EXAMPLES);
-    if max_examples < crate::tuning::MIN_EXAMPLES || max_examples > MAX_EVALUATION_EXAMPLES {
+    if !(MIN_EXAMPLES..=MAX_EVALUATION_EXAMPLES).contains(&max_examples) {
         return Err(ApiError::invalid(
             "max_examples",
             format!(
-                "{max_examples} is out of range: give {} to {MAX_EVALUATION_EXAMPLES}",
-                crate::tuning::MIN_EXAMPLES
+                "{max_examples} is out of range: give {MIN_EXAMPLES} to {MAX_EVALUATION_EXAMPLES}"
             ),
         ));
     }

@@ -1,16 +1,17 @@
-//! The command-line clients: `exemplar import`, `eval` and `predict` read a file and
-//! speak the HTTP API of a running server, as applications do, so the server's index
+//! The command-line clients: `exemplar import`, `eval` and `predict` read a file, and
+//! `exemplar tune` follows a server-side job; all speak the HTTP API of a running server, as applications do, so the server's index
 //! and caches serve them and nothing bypasses its validation.
 //!
 //! - [`rows`]: input files (JSON lines or CSV) read into rows with their line numbers.
 //! - [`server`]: the HTTP connection, waiting out 429 and 503 answers.
-//! - [`import`], [`eval`], [`predict`]: one command each.
+//! - [`import`], [`eval`], [`predict`], [`tune`]: one command each.
 
 pub mod eval;
 pub mod import;
 pub mod predict;
 pub mod rows;
 pub mod server;
+pub mod tune;
 
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
@@ -22,6 +23,7 @@ use crate::predict::{
 };
 use crate::retrieve::Strategy;
 use crate::server::load_models;
+use crate::tuning::{self, Configuration, Grid, RowScores};
 
 /// Seed of the annotated examples the weight is tuned on.
 const TUNE_SEED: u64 = 2;
@@ -83,13 +85,44 @@ struct Scored {
     llm: Vec<Vec<f64>>,
     vote: Vec<Vec<f64>>,
     gold: Vec<String>,
+    /// Seconds the predictions took.
+    seconds: f64,
 }
 
+impl Scored {
+    /// Queries predicted per second.
+    fn per_second(&self) -> f64 {
+        self.gold.len() as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// Each query's distributions, as the tune job keeps them.
+    fn rows(&self) -> Vec<RowScores> {
+        self.llm
+            .iter()
+            .zip(&self.vote)
+            .map(|(llm, vote)| RowScores {
+                llm: llm.clone(),
+                vote: vote.clone(),
+            })
+            .collect()
+    }
+}
+
+/// kNN with `k` demonstrations, the vote beside the LLM.
+fn knn_options(k: usize, cached_demonstrations: bool) -> PredictOptions {
+    PredictOptions {
+        vote_weight: Some(0.0),
+        cached_demonstrations,
+        ..PredictOptions::classify_with(k, Strategy::Knn, 0, false)
+    }
+}
+
+/// The distributions of every query under `options` (whose vote weight must be set).
 async fn score(
     predictor: &Arc<Predictor>,
     dataset: &Dataset,
-    queries: Vec<(QueryInput, String)>,
-    k: usize,
+    queries: &[(QueryInput, String)],
+    options: &PredictOptions,
     title: &str,
 ) -> anyhow::Result<Scored> {
     let bar = progress(queries.len(), format!("{}: {title}", dataset.title));
@@ -97,15 +130,13 @@ async fn score(
         llm: Vec::new(),
         vote: Vec::new(),
         gold: Vec::new(),
+        seconds: 0.0,
     };
-    let options = PredictOptions {
-        vote_weight: Some(0.0),
-        ..PredictOptions::classify_with(k, Strategy::Knn, 0, false)
-    };
+    let started = Instant::now();
     for chunk in queries.chunks(CHUNK) {
         let inputs = chunk.iter().map(|(input, _)| input.clone()).collect();
         for (prediction, (_, gold)) in predictor
-            .predict(dataset.name, inputs, &options)
+            .predict(dataset.name, inputs, options)
             .await?
             .into_iter()
             .zip(chunk)
@@ -127,6 +158,7 @@ async fn score(
         bar.inc(chunk.len() as u64);
     }
     bar.finish();
+    scored.seconds = started.elapsed().as_secs_f64();
     Ok(scored)
 }
 
@@ -150,18 +182,16 @@ fn measure(labels: &[String], scored: &Scored, weight: f64) -> (f64, f64) {
     (evaluation.accuracy, evaluation.macro_f1)
 }
 
-async fn run_dataset(
+/// The annotated examples the weight is tuned on, each left out of its own prompt.
+fn tuning_rows(
     args: &VoteArgs,
-    predictor: &Arc<Predictor>,
+    predictor: &Predictor,
     dataset: &Dataset,
-    test: &[Row],
-) -> anyhow::Result<Outcome> {
-    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
-    // Annotated examples, each left out of its own prompt.
+) -> anyhow::Result<Vec<(QueryInput, String)>> {
     let mut annotated = predictor.catalog().examples(dataset.name)?.all();
     annotated.sort_by(|a, b| a.id.cmp(&b.id));
     annotated.shuffle(&mut rand::rngs::StdRng::seed_from_u64(TUNE_SEED));
-    let tune: Vec<(QueryInput, String)> = annotated
+    Ok(annotated
         .iter()
         .take(args.tune_rows)
         .map(|example| {
@@ -172,14 +202,12 @@ async fn run_dataset(
             };
             (input, example.label.clone())
         })
-        .collect();
-    let tuned = score(predictor, dataset, tune, args.k, "leave-one-out").await?;
-    let (weight, tuned_accuracy) = best_weight(&labels, &tuned);
-    let bias = calibration::mean(&tuned.llm);
-    let tuned_calibrated = batch_calibrated(tuned, &bias);
-    let (calibrated_weight, _) = best_weight(&labels, &tuned_calibrated);
-    let queries = test
-        .iter()
+        .collect())
+}
+
+/// The test rows as queries with their gold labels.
+fn test_queries(test: &[Row]) -> Vec<(QueryInput, String)> {
+    test.iter()
         .map(|row| {
             let input = QueryInput {
                 text: row.text.clone(),
@@ -188,8 +216,31 @@ async fn run_dataset(
             };
             (input, row.label.clone())
         })
-        .collect();
-    let scored = score(predictor, dataset, queries, args.k, "test rows").await?;
+        .collect()
+}
+
+async fn run_dataset(
+    args: &VoteArgs,
+    predictor: &Arc<Predictor>,
+    dataset: &Dataset,
+    test: &[Row],
+) -> anyhow::Result<Outcome> {
+    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
+    let tune = tuning_rows(args, predictor, dataset)?;
+    let options = knn_options(args.k, false);
+    let tuned = score(predictor, dataset, &tune, &options, "leave-one-out").await?;
+    let (weight, tuned_accuracy) = best_weight(&labels, &tuned);
+    let bias = calibration::mean(&tuned.llm);
+    let tuned_calibrated = batch_calibrated(tuned, &bias);
+    let (calibrated_weight, _) = best_weight(&labels, &tuned_calibrated);
+    let scored = score(
+        predictor,
+        dataset,
+        &test_queries(test),
+        &options,
+        "test rows",
+    )
+    .await?;
     let (llm, votes, mix, n) = (
         measure(&labels, &scored, 0.0),
         measure(&labels, &scored, 1.0),
@@ -207,6 +258,91 @@ async fn run_dataset(
         batch_calibrated_mix: measure(&labels, &calibrated, calibrated_weight),
         batch_calibrated_weight: calibrated_weight,
         n,
+    })
+}
+
+/// One data set's tuned configuration and cached demonstrations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TunedOutcome {
+    /// What the tune job's grid chose by leave-one-out, and its leave-one-out accuracy.
+    configuration: Configuration,
+    tuned_accuracy: f64,
+    /// Its test accuracy and macro-F1.
+    tuned: (f64, f64),
+    /// Cached demonstrations (kNN, k as the first table): the LLM alone, and the mix
+    /// at its own tuned weight.
+    cached_llm: (f64, f64),
+    cached_mix: (f64, f64),
+    cached_weight: f64,
+    /// Test rows predicted per second in this run: exact prompts, cached demonstrations.
+    exact_per_second: f64,
+    cached_per_second: f64,
+}
+
+/// The grid the experiment tunes: the tune job's default grid, with cached
+/// demonstrations as a choice.
+fn experiment_grid() -> Grid {
+    Grid {
+        cached_demonstrations: vec![false, true],
+        ..Grid::default()
+    }
+}
+
+async fn run_tuned(
+    args: &VoteArgs,
+    predictor: &Arc<Predictor>,
+    dataset: &Dataset,
+    test: &[Row],
+) -> anyhow::Result<TunedOutcome> {
+    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
+    let tune = tuning_rows(args, predictor, dataset)?;
+    let gold: Vec<String> = tune.iter().map(|(_, label)| label.clone()).collect();
+    let grid = experiment_grid();
+    let mut runs = Vec::new();
+    for (i, run) in grid.runs().iter().enumerate() {
+        let title = format!("tuning run {} of {}", i + 1, grid.runs().len());
+        runs.push(
+            score(predictor, dataset, &tune, &run.options(), &title)
+                .await?
+                .rows(),
+        );
+    }
+    let measured = tuning::measure(&labels, &gold, &grid, &runs);
+    let (best, prior) = measured
+        .first()
+        .cloned()
+        .context("the grid measured nothing")?;
+    let queries = test_queries(test);
+    let options = best.configuration.options(prior);
+    let predictions = predictor
+        .predict(
+            dataset.name,
+            queries.iter().map(|(input, _)| input.clone()).collect(),
+            &options,
+        )
+        .await?;
+    let predicted: Vec<String> = predictions
+        .into_iter()
+        .map(|p| p.label.unwrap_or_default())
+        .collect();
+    let test_gold: Vec<String> = queries.iter().map(|(_, label)| label.clone()).collect();
+    let evaluation = metrics::evaluate(&labels, &test_gold, &predicted);
+
+    let cached = knn_options(args.k, true);
+    let cached_tune = score(predictor, dataset, &tune, &cached, "cached, leave-one-out").await?;
+    let (cached_weight, _) = best_weight(&labels, &cached_tune);
+    let cached_test = score(predictor, dataset, &queries, &cached, "cached, test rows").await?;
+    let exact = knn_options(args.k, false);
+    let exact_test = score(predictor, dataset, &queries, &exact, "exact, test rows").await?;
+    Ok(TunedOutcome {
+        configuration: best.configuration,
+        tuned_accuracy: best.accuracy,
+        tuned: (evaluation.accuracy, evaluation.macro_f1),
+        cached_llm: measure(&labels, &cached_test, 0.0),
+        cached_mix: measure(&labels, &cached_test, cached_weight),
+        cached_weight,
+        exact_per_second: exact_test.per_second(),
+        cached_per_second: cached_test.per_second(),
     })
 }
 
@@ -255,9 +391,13 @@ pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
             "{}-k{}-{}-{}-{}",
             dataset.name, args.k, args.examples, args.test_rows, args.tune_rows
         );
-        let outcome = match cache.get::<Outcome>(&key) {
-            Some(outcome) => outcome,
-            None => {
+        let tuned_key = format!("{key}-tuned");
+        let (outcome, tuned) = match (
+            cache.get::<Outcome>(&key),
+            cache.get::<TunedOutcome>(&tuned_key),
+        ) {
+            (Some(outcome), Some(tuned)) => (outcome, tuned),
+            (outcome, tuned) => {
                 let train = sample(
                     &read_split(&args.data, dataset, "train")?,
                     args.examples,
@@ -271,13 +411,27 @@ pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
                 let catalog =
                     Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
                 let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
-                let outcome = run_dataset(args, &predictor, dataset, &test).await?;
+                let outcome = match outcome {
+                    Some(outcome) => outcome,
+                    None => {
+                        let outcome = run_dataset(args, &predictor, dataset, &test).await?;
+                        cache.put(&key, &outcome)?;
+                        outcome
+                    }
+                };
+                let tuned = match tuned {
+                    Some(tuned) => tuned,
+                    None => {
+                        let tuned = run_tuned(args, &predictor, dataset, &test).await?;
+                        cache.put(&tuned_key, &tuned)?;
+                        tuned
+                    }
+                };
                 catalog.close().await;
-                cache.put(&key, &outcome)?;
-                outcome
+                (outcome, tuned)
             }
         };
-        rows.push((dataset.title, outcome));
+        rows.push((dataset.title, outcome, tuned));
     }
     write_section(&args.out, "vote", &table(args, &rows))?;
     println!("wrote {}", args.out.display());
@@ -287,31 +441,64 @@ pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Test accuracy per data set of the LLM, the vote and their mixes, as bars.
-fn plot(path: &std::path::Path, rows: &[(&str, Outcome)]) -> anyhow::Result<()> {
-    let series = |name: &str, value: fn(&Outcome) -> (f64, f64)| plot::Series {
+/// A data set's rows: its title, the first table's outcome, the tuned one.
+type DatasetRows<'a> = (&'a str, Outcome, TunedOutcome);
+
+/// Test accuracy per data set of the LLM, the vote, their mix, the tuned configuration
+/// and cached demonstrations, as bars.
+fn plot(path: &std::path::Path, rows: &[DatasetRows<'_>]) -> anyhow::Result<()> {
+    let series = |name: &str, value: &dyn Fn(&Outcome, &TunedOutcome) -> (f64, f64)| plot::Series {
         name: name.to_owned(),
-        values: rows.iter().map(|(_, o)| 100.0 * value(o).0).collect(),
+        values: rows.iter().map(|(_, o, t)| 100.0 * value(o, t).0).collect(),
     };
     plot::bars(
         path,
-        "The LLM, its demonstrations' vote, and their mix (w tuned by leave-one-out)",
+        "The LLM, its demonstrations' vote, their mix and the tuned configuration",
         &rows
             .iter()
-            .map(|(title, _)| (*title).to_owned())
+            .map(|(title, _, _)| (*title).to_owned())
             .collect::<Vec<_>>(),
         &[
-            series("LLM alone", |o| o.llm),
-            series("vote alone", |o| o.vote),
-            series("mix", |o| o.mix),
-            series("batch-calibrated mix", |o| o.batch_calibrated_mix),
+            series("LLM alone", &|o, _| o.llm),
+            series("vote alone", &|o, _| o.vote),
+            series("mix", &|o, _| o.mix),
+            series("tuned", &|_, t| t.tuned),
+            series("cached demos, mix", &|_, t| t.cached_mix),
         ],
         "test accuracy %",
     )
 }
 
-fn table(args: &VoteArgs, rows: &[(&str, Outcome)]) -> String {
-    let cell = |(accuracy, f1): (f64, f64)| format!("{:.1} / {:.1}", 100.0 * accuracy, 100.0 * f1);
+fn cell((accuracy, f1): (f64, f64)) -> String {
+    format!("{:.1} / {:.1}", 100.0 * accuracy, 100.0 * f1)
+}
+
+/// An option's value as the API writes it.
+fn name(value: impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A configuration in a few words.
+fn describe(c: &Configuration) -> String {
+    format!(
+        "k {}, {}, {}, calibration {}, w {:.1}{}",
+        c.k,
+        name(c.strategy),
+        name(c.order),
+        name(c.calibration),
+        c.vote_weight,
+        if c.cached_demonstrations {
+            ", cached demonstrations"
+        } else {
+            ""
+        }
+    )
+}
+
+fn table(args: &VoteArgs, rows: &[DatasetRows<'_>]) -> String {
     let mut out = format!(
         "## The LLM and its demonstrations' vote\n\n\
          Made by `cargo run --release -- experiment vote --threads 2` (same models, \
@@ -327,7 +514,7 @@ fn table(args: &VoteArgs, rows: &[(&str, Outcome)]) -> String {
          |---|---|---|---|---|---|---|---|---|\n",
         args.k, args.tune_rows
     );
-    for (title, o) in rows {
+    for (title, o, _) in rows {
         out.push_str(&format!(
             "| {title} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {:.1} |\n",
             cell(o.llm),
@@ -338,6 +525,38 @@ fn table(args: &VoteArgs, rows: &[(&str, Outcome)]) -> String {
             cell(o.batch_calibrated),
             cell(o.batch_calibrated_mix),
             o.batch_calibrated_weight
+        ));
+    }
+    let grid = experiment_grid();
+    out.push_str(&format!(
+        "\nThe tuned configuration is what `POST /v1/tasks/{{task}}/tune` chooses: the \
+         same leave-one-out rows, its default grid (k {:?}, kNN and MMR, nearest last, no / \
+         contextual / batch calibration, w 0 to 1) with cached demonstrations as a choice \
+         too ({} LLM runs), the best by leave-one-out accuracy; then the test rows are \
+         predicted with it. Cached demonstrations: each demonstration's keys and values \
+         computed once after the instruction and rotated into place (kNN, k = {}; the mix \
+         weight tuned on the same rows with cached demonstrations). Predictions/s: the test \
+         rows, LLM alone, exact prompts against cached demonstrations, in this run (the \
+         cache starts empty for each data set, so its figure includes computing every \
+         demonstration the test rows use once).\n\n\
+         | data set | tuned configuration | its choice | leave-one-out accuracy | cached demonstrations, LLM alone | cached, mix w tuned | its w | predictions/s exact | cached | cached / exact |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        grid.k,
+        grid.runs().len(),
+        args.k
+    ));
+    for (title, _, t) in rows {
+        out.push_str(&format!(
+            "| {title} | {} | {} | {:.1} | {} | {} | {:.1} | {:.2} | {:.2} | {:.1}x |\n",
+            cell(t.tuned),
+            describe(&t.configuration),
+            100.0 * t.tuned_accuracy,
+            cell(t.cached_llm),
+            cell(t.cached_mix),
+            t.cached_weight,
+            t.exact_per_second,
+            t.cached_per_second,
+            t.cached_per_second / t.exact_per_second.max(f64::MIN_POSITIVE)
         ));
     }
     out

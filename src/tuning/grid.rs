@@ -49,7 +49,7 @@ impl Default for Grid {
 
 /// One LLM run of the grid: what changes the prompts or the model's scores.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Run {
+pub struct Run {
     k: usize,
     strategy: StrategyChoice,
     order: Order,
@@ -75,6 +75,24 @@ pub struct Configuration {
 }
 
 impl Configuration {
+    /// The prediction options of this combination; batch calibration divides by
+    /// `prior`.
+    pub fn options(&self, prior: Option<Vec<f64>>) -> PredictOptions {
+        let mut options = PredictOptions::classify_with(
+            self.k,
+            self.strategy.strategy(),
+            0,
+            self.calibration == Calibration::Contextual,
+        );
+        options.order = self.order;
+        options.cached_demonstrations = self.cached_demonstrations;
+        options.vote_weight = Some(self.vote_weight);
+        if self.calibration == Calibration::Batch {
+            options.label_prior = prior;
+        }
+        options
+    }
+
     /// The task defaults that ask for this combination; batch calibration's `prior`
     /// goes with it.
     pub fn defaults(&self, prior: Option<Vec<f64>>) -> PredictDefaults {
@@ -160,7 +178,7 @@ impl Grid {
 
     /// The LLM runs the grid needs: one per k, strategy, order and cached choice, with
     /// contextual calibration and without (batch calibration reuses the run without).
-    pub(super) fn runs(&self) -> Vec<Run> {
+    pub fn runs(&self) -> Vec<Run> {
         let mut contextual = Vec::new();
         if self
             .calibration
@@ -197,17 +215,17 @@ impl Grid {
 impl Run {
     /// The prediction options of this run; the vote comes back beside the LLM's
     /// distribution (weight 0 leaves the LLM's answer as it is).
-    pub(super) fn options(&self) -> PredictOptions {
-        let mut options =
-            PredictOptions::classify_with(self.k, self.strategy.strategy(), 0, self.contextual);
-        options.order = self.order;
-        options.cached_demonstrations = self.cached_demonstrations;
-        options.vote_weight = Some(0.0);
-        options
+    pub fn options(&self) -> PredictOptions {
+        let calibration = if self.contextual {
+            Calibration::Contextual
+        } else {
+            Calibration::None
+        };
+        self.with(calibration, 0.0).options(None)
     }
 
     /// The grid's calibrations this run measures, in the grid's order.
-    pub(super) fn calibrations(&self, grid: &Grid) -> Vec<Calibration> {
+    pub fn calibrations(&self, grid: &Grid) -> Vec<Calibration> {
         grid.calibration
             .iter()
             .copied()
@@ -216,7 +234,7 @@ impl Run {
     }
 
     /// This run with a calibration and a vote weight.
-    pub(super) fn with(&self, calibration: Calibration, vote_weight: f64) -> Configuration {
+    pub fn with(&self, calibration: Calibration, vote_weight: f64) -> Configuration {
         Configuration {
             k: self.k,
             strategy: self.strategy,

@@ -31,7 +31,7 @@ use crate::predict::{PredictError, Predictor, QueryInput, EMBED_CHUNK};
 use crate::store::StoreError;
 use crate::tasks::{Catalog, TaskError};
 
-pub use grid::{Configuration, Grid};
+pub use grid::{Configuration, Grid, Run};
 
 /// Rows predicted between saves.
 const BATCH: usize = EMBED_CHUNK;
@@ -112,11 +112,11 @@ pub struct TuneRequest {
 
 /// One row's distributions under one LLM configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct RowScores {
+pub struct RowScores {
     /// The LLM's label probabilities (calibrated when the configuration says so).
-    llm: Vec<f64>,
+    pub llm: Vec<f64>,
     /// The demonstrations' similarity-weighted vote.
-    vote: Vec<f64>,
+    pub vote: Vec<f64>,
 }
 
 /// What a tuning saves as it goes.
@@ -315,19 +315,20 @@ impl Tuner {
     }
 }
 
-/// Every combination of the grid measured on the saved runs, best first, and the
-/// mean LLM distribution of each uncalibrated run (batch calibration's prior).
-fn measure(
+/// Every combination of `grid` measured on its runs' scores of rows whose labels are
+/// `gold`, best first; with each batch-calibrated one, the mean LLM distribution of its
+/// run (batch calibration's prior).
+pub fn measure(
     labels: &[String],
-    request: &TuneRequest,
-    saved: &SavedScores,
+    gold: &[String],
+    grid: &Grid,
+    runs: &[Vec<RowScores>],
 ) -> Vec<(TuneRow, Option<Vec<f64>>)> {
-    let gold: Vec<String> = request.rows.iter().map(|r| r.label.clone()).collect();
     let mut measured = Vec::new();
-    for (run, scores) in request.grid.runs().iter().zip(&saved.runs) {
+    for (run, scores) in grid.runs().iter().zip(runs) {
         let llm: Vec<Vec<f64>> = scores.iter().map(|s| s.llm.clone()).collect();
         let prior = calibration::mean(&llm);
-        for calibration in run.calibrations(&request.grid) {
+        for calibration in run.calibrations(grid) {
             let calibrated: Vec<Vec<f64>> = match calibration {
                 Calibration::Batch => llm
                     .iter()
@@ -335,7 +336,7 @@ fn measure(
                     .collect(),
                 _ => llm.clone(),
             };
-            for &weight in &request.grid.vote_weight {
+            for &weight in &grid.vote_weight {
                 let predicted: Vec<String> = calibrated
                     .iter()
                     .zip(scores)
@@ -349,7 +350,7 @@ fn measure(
                         labels.get(best).cloned().unwrap_or_default()
                     })
                     .collect();
-                let evaluation = metrics::evaluate(labels, &gold, &predicted);
+                let evaluation = metrics::evaluate(labels, gold, &predicted);
                 let row = TuneRow {
                     configuration: run.with(calibration, weight),
                     accuracy: evaluation.accuracy,
@@ -402,7 +403,8 @@ impl JobKind for Tuner {
     ) -> Result<(), TuningError> {
         self.score_runs(task, request, progress).await?;
         let labels = self.catalog.definition(task).await?.spec.labels;
-        let measured = measure(&labels, request, &progress.saved);
+        let gold: Vec<String> = request.rows.iter().map(|r| r.label.clone()).collect();
+        let measured = measure(&labels, &gold, &request.grid, &progress.saved.runs);
         let Some((best, prior)) = measured.first().cloned() else {
             return Err(TuningError::InvalidGrid {
                 field: "grid",
@@ -495,7 +497,8 @@ mod tests {
             seconds: 1.0,
             result: None,
         };
-        let measured = measure(&labels(), &request, &saved);
+        let gold: Vec<String> = request.rows.iter().map(|r| r.label.clone()).collect();
+        let measured = measure(&labels(), &gold, &request.grid, &saved.runs);
         assert_eq!(measured.len(), 6);
         let accuracy = |calibration: Calibration, weight: f64| {
             measured
