@@ -1,7 +1,7 @@
 //! Predictions over HTTP against a server started in this process: predictions/s and
-//! latency for SST-2 and TREC (k = 8) with 1 and 8 clients and with fixed
-//! demonstrations, the answer to overload, and shared-prefix label scoring against one
-//! forward pass per label on TREC.
+//! latency for SST-2 and TREC (k = 8) with 1 and 8 clients, with cached demonstrations
+//! (cold and warm) and with fixed demonstrations, the answer to overload, and
+//! shared-prefix label scoring against one forward pass per label on TREC.
 
 use std::time::{Duration, Instant};
 
@@ -292,6 +292,31 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             rate,
             latencies,
         );
+        // The same kNN queries with cached demonstrations: first with the demonstration
+        // cache cold (every demonstration computed once), then warm.
+        let cached: Vec<Value> = test[..32]
+            .iter()
+            .map(|row| json!({"inputs": [{"text": row.text}], "k": 8, "cached_demonstrations": true}))
+            .collect();
+        for warmth in ["cold", "warm"] {
+            let (rate, latencies, cached_answers) = one_client(&client, &predict, &cached).await?;
+            print_row(
+                &format!("{} (cached demonstrations, {warmth})", dataset.title),
+                1,
+                rate,
+                latencies,
+            );
+            let label = |answer: &Value| answer["predictions"][0]["label"].clone();
+            let agree = answers
+                .iter()
+                .zip(&cached_answers)
+                .filter(|(exact, cached)| label(exact) == label(cached))
+                .count();
+            println!(
+                "| {} — cached demonstrations, {warmth}: the exact prompt's label on {agree} of 32 | | | | |",
+                dataset.title
+            );
+        }
         // Eight clients, eight requests each.
         let started = Instant::now();
         let clients = (0..8).map(|c| {
