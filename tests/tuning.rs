@@ -20,18 +20,22 @@ fn examples(n: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Polls a tuning until it ends; answers its last state.
-async fn finished(server: &TestServer, id: &str) -> Value {
+/// Polls the job at `path` until `done` says so; panics after ten minutes.
+async fn poll_until(server: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let (status, job) = server.get(&format!("/v1/tasks/sst2/tunings/{id}")).await;
+        let (status, job) = server.get(path).await;
         assert_eq!(status, 200, "{job}");
-        if job["state"] != "running" {
+        if done(&job) {
             return job;
         }
-        assert!(Instant::now() < deadline, "tuning still running: {job}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(Instant::now() < deadline, "still waiting: {job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn predictions_total(server: &TestServer) -> f64 {
+    common::metric_sample(&server.metrics().await, "exemplar_predictions_total", &[]).unwrap_or(0.0)
 }
 
 fn probabilities(value: &Value, label: &str) -> f64 {
@@ -58,7 +62,8 @@ async fn tuning_measures_its_grid_and_stores_the_winner_as_the_tasks_defaults() 
     assert_eq!(job["progress"]["of"], 40);
     let id = job["id"].as_str().expect("an id").to_owned();
 
-    let job = finished(&server, &id).await;
+    let path = format!("/v1/tasks/sst2/tunings/{id}");
+    let job = poll_until(&server, &path, |job| job["state"] != "running").await;
     assert_eq!(job["state"], "complete", "{job}");
     assert_eq!(job["progress"]["done"], 40);
     let result = &job["result"];
@@ -298,4 +303,36 @@ async fn batch_calibration_and_cached_demonstrations_are_options_with_clear_erro
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, job) = server.get(&path).await;
     assert_eq!(job["state"], "cancelled");
+}
+
+#[tokio::test]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn a_tuning_killed_mid_run_is_resumed_from_its_last_saved_batch() {
+    let server = TestServer::start(&["--job-lease-seconds", "2"]).await;
+    server.sentiment_task("sst2", json!(examples(20))).await;
+    let grid = json!({
+        "max_examples": 20, "k": [2, 4], "strategy": ["knn"],
+        "calibration": ["none"], "vote_weight": [0.0, 1.0]
+    });
+    let (status, job) = server.post("/v1/tasks/sst2/tune", grid).await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/v1/tasks/sst2/tunings/{}", job["id"].as_str().expect("id"));
+
+    // Killed once the first batch of 16 is saved: nothing of the shutdown code runs.
+    let saved = poll_until(&server, &path, |job| {
+        job["progress"]["done"].as_u64() >= Some(16)
+    })
+    .await;
+    let server = server.restart().await;
+    let done = poll_until(&server, &path, |job| job["state"] != "running").await;
+    assert_eq!(done["state"], "complete", "{done}");
+    assert_eq!(done["progress"]["done"], 40, "{done}");
+    let resumed = predictions_total(&server).await;
+    let unsaved_at_kill = 40.0 - saved["progress"]["done"].as_f64().expect("done");
+    assert!(
+        resumed <= unsaved_at_kill,
+        "not resumed from the saved batch: {resumed} predictions after the restart"
+    );
+    let (_, task) = server.get("/v1/tasks/sst2").await;
+    assert_eq!(task["defaults"], done["result"]["defaults"]);
 }
