@@ -2,14 +2,13 @@
 //! for many.
 //!
 //! A job stores its request (the rows with their gold labels, the prediction options)
-//! and, batch by batch, the labels predicted so far and the seconds spent; its answer at
+//! and, batch by batch, the labels predicted so far (and the job runner the seconds spent); its answer at
 //! the end is the table a synchronous evaluation answers. It runs on the job runner
 //! (`crate::jobs`) under a lease, so any replica answers a poll, a job whose replica
 //! died is resumed from its last saved batch by another, and a cancelled job stops
 //! after the row it is on.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -100,8 +99,6 @@ pub struct EvaluationRequest {
 pub struct SavedRows {
     /// The labels predicted so far, for the first rows in order.
     predicted: Vec<String>,
-    /// Seconds spent predicting them, over every run of the job.
-    seconds: f64,
     /// The answer, once every row is predicted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     evaluation: Option<Evaluation>,
@@ -233,37 +230,17 @@ impl Evaluator {
             let start = progress.saved.predicted.len();
             let batch = &request.rows[start..(start + BATCH).min(request.rows.len())];
             let inputs = batch.iter().map(|r| r.input.clone()).collect();
-            let started = Instant::now();
-            let mut run = self.predictor.start(task, inputs, &request.options).await?;
-            // Stopped between rows: what is predicted is saved before the job stops.
-            let mut stopped = None;
-            loop {
-                let next = tokio::select! {
-                    next = run.next() => next,
-                    interruption = progress.interrupted() => {
-                        stopped = Some(interruption);
-                        break;
-                    }
-                };
-                match next {
-                    Some(prediction) => progress
-                        .saved
-                        .predicted
-                        .push(prediction?.label.unwrap_or_default()),
-                    None => break,
-                }
-            }
-            progress.saved.seconds += started.elapsed().as_secs_f64();
-            match progress.save().await {
-                Ok(()) => {}
-                Err(JobError::LeaseLost(kind)) => {
-                    return Err(stopped.unwrap_or(JobError::LeaseLost(kind)).into())
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if let Some(stopped) = stopped {
-                return Err(stopped.into());
-            }
+            progress
+                .predict_batch(
+                    &self.predictor,
+                    task,
+                    inputs,
+                    &request.options,
+                    |saved, p| {
+                        saved.predicted.push(p.label.unwrap_or_default());
+                    },
+                )
+                .await?;
         }
         let gold: Vec<String> = request.rows.iter().map(|r| r.label.clone()).collect();
         Ok(metrics::evaluate(&labels, &gold, &progress.saved.predicted))
@@ -311,7 +288,7 @@ impl JobKind for Evaluator {
                 done,
                 of: request.rows.len(),
                 accuracy: (done > 0).then(|| correct as f64 / done as f64),
-                rows_per_second: (saved.seconds > 0.0).then(|| done as f64 / saved.seconds),
+                rows_per_second: job.per_second(done),
             },
             result: saved.evaluation.clone(),
             error: job.error.clone(),

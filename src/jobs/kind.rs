@@ -3,19 +3,21 @@
 //!
 //! A kind says what it is asked, what it saves as it goes and how it works
 //! ([`JobKind`]); [`Jobs`] does the rest the same way for every kind. A kind's work
-//! saves through [`Progress::save`] after each batch and stops between inputs when
-//! [`Progress::interrupted`] completes (shutdown or cancellation): what it saved is
-//! where the next run starts.
+//! predicts its rows in batches through [`Progress::predict_batch`], which stops between
+//! inputs on shutdown or cancellation and saves after each batch: what it saved is where
+//! the next run starts.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{Interruption, JobRunner, JobState};
+use crate::predict::{PredictError, PredictOptions, Prediction, Predictor, QueryInput};
 use crate::store::{JobRow, Leased, Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
 
@@ -88,6 +90,16 @@ pub trait JobKind: Send + Sync + Sized + 'static {
     fn view(job: &StoredJob<Self>) -> Self::View;
 }
 
+/// What every job saves: its kind's progress and the seconds its work took.
+#[derive(Default, Serialize, Deserialize)]
+struct SavedState<S> {
+    #[serde(flatten)]
+    saved: S,
+    /// Seconds spent working, over every run of the job.
+    #[serde(default)]
+    seconds: f64,
+}
+
 /// A job as stored: its row's facts, its request and what it saved.
 pub struct StoredJob<K: JobKind> {
     /// The job's id.
@@ -104,12 +116,22 @@ pub struct StoredJob<K: JobKind> {
     pub request: K::Request,
     /// What it saved.
     pub saved: K::Saved,
+    /// Seconds its work took so far.
+    pub seconds: f64,
+}
+
+impl<K: JobKind> StoredJob<K> {
+    /// `done` units of work per second of work, once some was timed.
+    pub fn per_second(&self, done: usize) -> Option<f64> {
+        (self.seconds > 0.0).then(|| done as f64 / self.seconds)
+    }
 }
 
 /// A running job's saved state, and its way to save and to learn that it must stop.
 pub struct Progress<K: JobKind> {
     /// What the job has done so far; saved by [`Progress::save`].
     pub saved: K::Saved,
+    seconds: f64,
     task: String,
     row: JobRow,
     store: Store,
@@ -123,9 +145,9 @@ impl<K: JobKind> Progress<K> {
     /// # Errors
     /// [`JobError::LeaseLost`] when another replica holds the job now, or the database
     /// failing.
-    pub async fn save(&self) -> Result<(), JobError> {
+    async fn save(&self) -> Result<(), JobError> {
         let row = JobRow {
-            result: serde_json::to_string(&self.saved).map_err(corrupt)?,
+            result: self.state()?,
             ..self.row.clone()
         };
         if self
@@ -144,22 +166,69 @@ impl<K: JobKind> Progress<K> {
         }
     }
 
-    /// Completes when the job must stop: the server shuts down or the job is cancelled.
-    pub async fn interrupted(&self) -> JobError {
-        tokio::select! {
-            () = self.runner.stopped() => JobError::ShuttingDown(K::KIND),
-            () = self.cancel.cancelled() => JobError::Cancelled(K::KIND),
+    /// The saved state as stored.
+    fn state(&self) -> Result<String, JobError> {
+        serde_json::to_string(&SavedState {
+            saved: &self.saved,
+            seconds: self.seconds,
+        })
+        .map_err(corrupt)
+    }
+
+    /// Predicts `inputs` of `task` with `options`, handing each prediction to `keep`
+    /// with the saved state, until all are done or the job must stop (after the input
+    /// it is on); then saves, the time spent included.
+    ///
+    /// # Errors
+    /// The prediction's error; the interruption (shutdown or cancellation) once what was
+    /// predicted is saved; [`JobError::LeaseLost`] when another replica holds the job.
+    pub async fn predict_batch(
+        &mut self,
+        predictor: &Arc<Predictor>,
+        task: &str,
+        inputs: Vec<QueryInput>,
+        options: &PredictOptions,
+        mut keep: impl FnMut(&mut K::Saved, Prediction) + Send,
+    ) -> Result<(), K::Error>
+    where
+        K::Error: From<PredictError>,
+    {
+        let started = Instant::now();
+        let mut run = predictor.start(task, inputs, options).await?;
+        let mut stopped = None;
+        loop {
+            let next = tokio::select! {
+                next = run.next() => next,
+                interruption = self.interrupted() => {
+                    stopped = Some(interruption);
+                    break;
+                }
+            };
+            match next {
+                Some(prediction) => keep(&mut self.saved, prediction?),
+                None => break,
+            }
+        }
+        self.seconds += started.elapsed().as_secs_f64();
+        match self.save().await {
+            Ok(()) => {}
+            // Stopped and taken over: the stop is the news.
+            Err(JobError::LeaseLost(kind)) => {
+                return Err(stopped.unwrap_or(JobError::LeaseLost(kind)).into())
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match stopped {
+            Some(stopped) => Err(stopped.into()),
+            None => Ok(()),
         }
     }
 
-    /// Whether the job must stop now.
-    pub fn must_stop(&self) -> Option<JobError> {
-        if self.runner.stopping() {
-            Some(JobError::ShuttingDown(K::KIND))
-        } else if self.cancel.is_cancelled() {
-            Some(JobError::Cancelled(K::KIND))
-        } else {
-            None
+    /// Completes when the job must stop: the server shuts down or the job is cancelled.
+    async fn interrupted(&self) -> JobError {
+        tokio::select! {
+            () = self.runner.stopped() => JobError::ShuttingDown(K::KIND),
+            () = self.cancel.cancelled() => JobError::Cancelled(K::KIND),
         }
     }
 }
@@ -214,7 +283,7 @@ impl<K: JobKind> Jobs<K> {
             kind: K::KIND.to_owned(),
             state: JobState::Running.as_str().to_owned(),
             request: serde_json::to_string(&request).map_err(corrupt)?,
-            result: serde_json::to_string(&K::Saved::default()).map_err(corrupt)?,
+            result: serde_json::to_string(&SavedState::<K::Saved>::default()).map_err(corrupt)?,
             error: None,
             lease: None,
             created_at: 0,
@@ -360,6 +429,7 @@ impl<K: JobKind> Jobs<K> {
         }
         let mut progress = Progress::<K> {
             saved: job.saved,
+            seconds: job.seconds,
             task: task.to_owned(),
             row: row.clone(),
             store: self.catalog.store().clone(),
@@ -370,7 +440,7 @@ impl<K: JobKind> Jobs<K> {
         let ended = match result {
             Ok(()) => JobRow {
                 state: JobState::Complete.as_str().to_owned(),
-                result: serde_json::to_string(&progress.saved).map_err(corrupt)?,
+                result: progress.state()?,
                 ..row
             },
             Err(e) if e.is_resumable() || e.is_lease_lost() || e.is_cancelled() => return Err(e),
@@ -404,6 +474,7 @@ fn stored<K: JobKind>(row: &JobRow) -> Result<StoredJob<K>, JobError> {
             row.id, row.state
         )))
     })?;
+    let saved: SavedState<K::Saved> = serde_json::from_str(&row.result).map_err(corrupt)?;
     Ok(StoredJob {
         id: row.id.clone(),
         state,
@@ -411,6 +482,7 @@ fn stored<K: JobKind>(row: &JobRow) -> Result<StoredJob<K>, JobError> {
         created_at: row.created_at,
         updated_at: row.updated_at,
         request: serde_json::from_str(&row.request).map_err(corrupt)?,
-        saved: serde_json::from_str(&row.result).map_err(corrupt)?,
+        saved: saved.saved,
+        seconds: saved.seconds,
     })
 }

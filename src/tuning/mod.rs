@@ -15,7 +15,6 @@
 mod grid;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -124,8 +123,6 @@ pub struct RowScores {
 pub struct SavedScores {
     /// Per LLM run of the grid, in order: the rows scored so far.
     runs: Vec<Vec<RowScores>>,
-    /// Seconds spent predicting, over every run of the job.
-    seconds: f64,
     /// The answer, once every run is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     result: Option<TuneResult>,
@@ -261,42 +258,21 @@ impl Tuner {
                 let start = progress.saved.runs[index].len();
                 let batch = &request.rows[start..(start + BATCH).min(request.rows.len())];
                 let inputs = batch.iter().map(|r| r.input.clone()).collect();
-                let started = Instant::now();
-                let mut predictions = self.predictor.start(task, inputs, &options).await?;
-                let mut stopped = None;
-                loop {
-                    let next = tokio::select! {
-                        next = predictions.next() => next,
-                        interruption = progress.interrupted() => {
-                            stopped = Some(interruption);
-                            break;
-                        }
-                    };
-                    let Some(prediction) = next else { break };
-                    let prediction = prediction?;
-                    let values = |pairs: Option<Vec<(String, f64)>>| {
-                        pairs
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(_, p)| p)
-                            .collect()
-                    };
-                    progress.saved.runs[index].push(RowScores {
-                        llm: values(prediction.llm_probabilities),
-                        vote: values(prediction.vote_probabilities),
-                    });
-                }
-                progress.saved.seconds += started.elapsed().as_secs_f64();
-                match progress.save().await {
-                    Ok(()) => {}
-                    Err(JobError::LeaseLost(kind)) => {
-                        return Err(stopped.unwrap_or(JobError::LeaseLost(kind)).into())
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                if let Some(stopped) = stopped {
-                    return Err(stopped.into());
-                }
+                progress
+                    .predict_batch(&self.predictor, task, inputs, &options, |saved, p| {
+                        let values = |pairs: Option<Vec<(String, f64)>>| {
+                            pairs
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(_, p)| p)
+                                .collect()
+                        };
+                        saved.runs[index].push(RowScores {
+                            llm: values(p.llm_probabilities),
+                            vote: values(p.vote_probabilities),
+                        });
+                    })
+                    .await?;
             }
         }
         Ok(())
@@ -431,7 +407,7 @@ impl JobKind for Tuner {
             progress: TuningProgress {
                 done,
                 of: request.rows.len() * request.grid.runs().len(),
-                rows_per_second: (saved.seconds > 0.0).then(|| done as f64 / saved.seconds),
+                rows_per_second: job.per_second(done),
             },
             result: saved.result.clone(),
             error: job.error.clone(),
@@ -494,7 +470,6 @@ mod tests {
                 scores([0.7, 0.3], [0.1, 0.9]),
                 scores([0.6, 0.4], [0.2, 0.8]),
             ]],
-            seconds: 1.0,
             result: None,
         };
         let gold: Vec<String> = request.rows.iter().map(|r| r.label.clone()).collect();
