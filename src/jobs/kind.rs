@@ -129,7 +129,7 @@ impl<K: JobKind> StoredJob<K> {
 
 /// A running job's saved state, and its way to save and to learn that it must stop.
 pub struct Progress<K: JobKind> {
-    /// What the job has done so far; saved by [`Progress::save`].
+    /// What the job has done so far; saved after each [`Progress::predict_batch`].
     pub saved: K::Saved,
     seconds: f64,
     task: String,
