@@ -141,15 +141,16 @@ impl KvCache {
         Ok(Self { layers })
     }
 
-    /// The keys and values of tokens `start..start + tokens` only (views, not copies).
+    /// The keys and values of tokens `start..start + tokens` only, copied, so that they
+    /// do not keep the rest alive.
     pub(super) fn slice(&self, start: usize, tokens: usize) -> Result<Self, LlmError> {
         let layers = self
             .layers
             .iter()
             .map(|kv| match kv {
                 Some((k, v)) => Ok(Some((
-                    k.narrow(2, start, tokens)?,
-                    v.narrow(2, start, tokens)?,
+                    k.narrow(2, start, tokens)?.contiguous()?,
+                    v.narrow(2, start, tokens)?.contiguous()?,
                 ))),
                 None => Ok(None),
             })
