@@ -18,12 +18,12 @@ use super::{
 };
 use crate::config::ModelConfig;
 use crate::plot;
+use crate::predict::defaults::StrategyChoice;
 use crate::predict::{
     calibration, metrics, vote, PredictOptions, Prediction, Predictor, QueryInput,
 };
 use crate::retrieve::Strategy;
 use crate::server::load_models;
-use crate::predict::defaults::StrategyChoice;
 use crate::tuning::{self, Configuration, Grid, RowScores};
 
 /// Seed of the annotated examples the weight is tuned on.
