@@ -134,11 +134,7 @@ async fn evaluate(
             .start(&task, EvaluationRequest { rows, options })
             .await?;
         let location = format!("/v1/tasks/{task}/evaluations/{}", job.id);
-        let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
-        if let Ok(location) = HeaderValue::from_str(&location) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        return Ok(response);
+        return Ok(accepted(job, &location));
     }
 
     let labels = services.evaluations.kind().check(&task, &rows).await?;
@@ -198,6 +194,15 @@ async fn evaluate(
         ))
     });
     Ok(streaming::respond(format, lines, state.shutdown_token()))
+}
+
+/// 202 with the started job and its `Location`, where it is polled.
+pub(super) fn accepted(job: impl Serialize, location: &str) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 #[derive(Serialize)]

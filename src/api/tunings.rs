@@ -3,12 +3,11 @@
 //! the best as the task's defaults; it is polled at `/v1/tasks/{task}/tunings/{id}`.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::evaluations::MAX_EVALUATION_EXAMPLES;
+use super::evaluations::{accepted, MAX_EVALUATION_EXAMPLES};
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
 use crate::predict::defaults::{Calibration, StrategyChoice};
@@ -89,11 +88,7 @@ async fn tune(
         .start(&task, TuneRequest { rows, grid })
         .await?;
     let location = format!("/v1/tasks/{task}/tunings/{}", job.id);
-    let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(accepted(job, &location))
 }
 
 #[derive(Serialize)]

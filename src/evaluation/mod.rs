@@ -16,7 +16,7 @@ use crate::jobs::{Interruption, JobError, JobKind, JobState, Jobs, Progress, Sto
 use crate::predict::metrics::{self, Evaluation};
 use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput, EMBED_CHUNK};
 use crate::store::StoreError;
-use crate::tasks::{Catalog, TaskError};
+use crate::tasks::{Catalog, Example, TaskError};
 
 /// Rows predicted between saves: the prediction run's embedding chunk, so that a job
 /// embeds its queries in the same batches as a synchronous evaluation.
@@ -83,6 +83,21 @@ pub struct LabelledRow {
     pub input: QueryInput,
     /// Its gold label.
     pub label: String,
+}
+
+impl LabelledRow {
+    /// An annotated example as a row that its own prediction does not see
+    /// (leave-one-out).
+    pub fn left_out(example: &Example) -> Self {
+        Self {
+            input: QueryInput {
+                text: example.text.clone(),
+                text_pair: example.text_pair.clone(),
+                exclude: Some(example.id.clone()),
+            },
+            label: example.label.clone(),
+        }
+    }
 }
 
 /// What an evaluation job was asked to do.
@@ -205,15 +220,8 @@ impl Evaluator {
             .catalog
             .examples(task)?
             .all()
-            .into_iter()
-            .map(|e| LabelledRow {
-                input: QueryInput {
-                    text: e.text.clone(),
-                    text_pair: e.text_pair.clone(),
-                    exclude: Some(e.id.clone()),
-                },
-                label: e.label.clone(),
-            })
+            .iter()
+            .map(|e| LabelledRow::left_out(e))
             .collect())
     }
 

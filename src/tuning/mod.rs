@@ -26,7 +26,7 @@ use crate::predict::calibration;
 use crate::predict::defaults::{Calibration, PredictDefaults};
 use crate::predict::metrics;
 use crate::predict::vote;
-use crate::predict::{PredictError, Predictor, QueryInput, EMBED_CHUNK};
+use crate::predict::{PredictError, Predictor, EMBED_CHUNK};
 use crate::store::StoreError;
 use crate::tasks::{Catalog, TaskError};
 
@@ -228,17 +228,7 @@ impl Tuner {
         examples.sort_by(|a, b| a.id.cmp(&b.id));
         examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
         examples.truncate(max_examples);
-        Ok(examples
-            .into_iter()
-            .map(|e| LabelledRow {
-                input: QueryInput {
-                    text: e.text.clone(),
-                    text_pair: e.text_pair.clone(),
-                    exclude: Some(e.id.clone()),
-                },
-                label: e.label.clone(),
-            })
-            .collect())
+        Ok(examples.iter().map(|e| LabelledRow::left_out(e)).collect())
     }
 
     /// Predicts the rows of every LLM run not done yet, batch by batch, saving each.
@@ -421,7 +411,7 @@ impl JobKind for Tuner {
 mod tests {
     use super::*;
     use crate::predict::defaults::StrategyChoice;
-    use crate::predict::Order;
+    use crate::predict::{Order, QueryInput};
 
     fn labels() -> Vec<String> {
         vec!["a".into(), "b".into()]
