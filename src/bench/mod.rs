@@ -82,6 +82,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub llama_server: Option<PathBuf>,
 
+    /// A Python interpreter with sentence-transformers and torch
+    /// (`scripts/install-sentence-transformers.sh` makes one): the models suite runs
+    /// `scripts/bench-sentence-transformers.py` with it on the same sentences and threads,
+    /// and prints the ratio.
+    #[arg(long)]
+    pub sentence_transformers: Option<PathBuf>,
+
     /// Folder for the suites' SVG charts (`docs` refreshes the README's); none without it.
     #[arg(long)]
     pub plots: Option<PathBuf>,

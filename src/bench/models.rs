@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::ValueEnum;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -89,11 +90,46 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    println!(
-        "embeddings/s (batches of 32 SST-2 sentences): {:.0}",
-        sentences.len() as f64 / embed_time.as_secs_f64()
-    );
+    let ours = sentences.len() as f64 / embed_time.as_secs_f64();
+    println!("embeddings/s (batches of 32 SST-2 sentences): {ours:.0}");
+    if let Some(python) = &args.sentence_transformers {
+        let theirs = sentence_transformers_speed(args, python, &files.weights)?;
+        println!(
+            "sentence-transformers embeddings/s, same sentences and threads: {theirs:.0} (ours / theirs: {:.2})",
+            ours / theirs
+        );
+    }
     Ok(())
+}
+
+/// Runs `scripts/bench-sentence-transformers.py` with `python` on the embedder's folder
+/// and the bench's sentences, and answers its sentences per second.
+fn sentence_transformers_speed(
+    args: &BenchArgs,
+    python: &std::path::Path,
+    weights: &std::path::Path,
+) -> anyhow::Result<f64> {
+    let model_dir = weights
+        .parent()
+        .context("the embedder's weights file has no folder")?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/bench-sentence-transformers.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(model_dir)
+        .arg(&args.data)
+        .arg(candle_core::utils::get_num_threads().to_string())
+        .arg(args.repeats.to_string())
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "bench-sentence-transformers.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    answer["sentences_per_s"]
+        .as_f64()
+        .context("bench-sentence-transformers.py printed no sentences_per_s")
 }
 
 /// Runs llama.cpp's `llama-bench` on the same weights (the shipped file, and our Q8_0

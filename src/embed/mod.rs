@@ -1,12 +1,15 @@
-//! The sentence embedder: candle's BERT with mean pooling over the attention mask and
-//! L2 normalisation, as sentence-transformers computes all-MiniLM-L6-v2.
+//! The sentence embedder: a BERT encoder ([`bert`]) with mean pooling over each text's
+//! tokens and L2 normalisation, as sentence-transformers computes all-MiniLM-L6-v2.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use tokenizers::{PaddingStrategy, Tokenizer, TruncationParams};
+use candle_transformers::models::bert::Config as BertConfig;
+use tokenizers::{Tokenizer, TruncationParams};
 
+mod bert;
 mod handle;
+
+use bert::Bert;
 
 pub use handle::EmbedderHandle;
 
@@ -37,9 +40,8 @@ pub enum EmbedError {
 
 /// A loaded sentence embedder.
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
     dimension: usize,
 }
 
@@ -55,10 +57,8 @@ impl Embedder {
             .map_err(|e| EmbedError::Config(format!("{}: {e}", files.config.display())))?;
         let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", files.tokenizer.display())))?;
-        // The file pads every input to 128; pad to the batch's longest instead.
-        if let Some(padding) = tokenizer.get_padding_mut() {
-            padding.strategy = PaddingStrategy::BatchLongest;
-        }
+        // The file pads every input to 128; the packed forward needs no padding at all.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_INPUT_TOKENS,
@@ -68,11 +68,10 @@ impl Embedder {
         // SAFETY: the weights file is not modified while the process runs.
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device)? };
-        let model = BertModel::load(vb, &config)?;
+        let model = Bert::load(vb, &config)?;
         Ok(Self {
             model,
             tokenizer,
-            device: device.clone(),
             dimension: config.hidden_size,
         })
     }
@@ -84,19 +83,15 @@ impl Embedder {
 
     /// Unit-length embeddings of `texts`, in the same order.
     ///
-    /// Texts are batched by length so that little compute goes to padding.
+    /// Texts go through the encoder [`BATCH_SIZE`] at a time, packed without padding.
     ///
     /// # Errors
     /// When tokenization or a forward pass fails.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].as_ref().len());
-        let mut embeddings = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH_SIZE) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_ref()).collect();
-            for (&i, embedding) in chunk.iter().zip(self.embed_batch(&batch)?) {
-                embeddings[i] = embedding;
-            }
+        let mut embeddings = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(BATCH_SIZE) {
+            let batch: Vec<&str> = chunk.iter().map(AsRef::as_ref).collect();
+            embeddings.extend(self.embed_batch(&batch)?);
         }
         Ok(embeddings)
     }
@@ -106,37 +101,33 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-        let ids: Vec<Tensor> = encodings
+        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        let hidden = self.model.forward(&ids)?.to_vec2::<f32>()?;
+        let mut rows = hidden.as_slice();
+        Ok(ids
             .iter()
-            .map(|e| Tensor::new(e.get_ids(), &self.device))
-            .collect::<Result<_, _>>()?;
-        let masks: Vec<Tensor> = encodings
-            .iter()
-            .map(|e| Tensor::new(e.get_attention_mask(), &self.device))
-            .collect::<Result<_, _>>()?;
-        let input_ids = Tensor::stack(&ids, 0)?;
-        let attention_mask = Tensor::stack(&masks, 0)?;
-        let token_type_ids = input_ids.zeros_like()?;
-        let hidden = self
-            .model
-            .forward(&input_ids, &token_type_ids, Some(&attention_mask))?;
-        let pooled = mean_pool(&hidden, &attention_mask)?;
-        Ok(l2_normalize(&pooled)?.to_vec2()?)
+            .map(|text| {
+                let (own, rest) = rows.split_at(text.len());
+                rows = rest;
+                unit_mean(own)
+            })
+            .collect())
     }
 }
 
-/// Averages each sequence's hidden states over its real (unpadded) tokens.
-fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
-    let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-    summed.broadcast_div(&counts)
-}
-
-/// Scales each row to unit length.
-fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-    x.broadcast_div(&norms)
+/// The mean of one text's token states, scaled to unit length (so the sum serves).
+fn unit_mean(tokens: &[Vec<f32>]) -> Vec<f32> {
+    let mut mean = vec![0f32; tokens.first().map_or(0, Vec::len)];
+    for token in tokens {
+        for (m, v) in mean.iter_mut().zip(token) {
+            *m += v;
+        }
+    }
+    let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
+    for m in &mut mean {
+        *m /= norm;
+    }
+    mean
 }
 
 #[cfg(test)]
@@ -144,15 +135,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mean_pooling_ignores_padding_and_rows_become_unit_length() -> candle_core::Result<()> {
-        let device = Device::Cpu;
-        // One sequence: tokens (1, 2) and (3, 4) are real, (100, 100) is padding.
-        let hidden = Tensor::new(&[[[1f32, 2.], [3., 4.], [100., 100.]]], &device)?;
-        let mask = Tensor::new(&[[1u32, 1, 0]], &device)?;
-        let pooled = mean_pool(&hidden, &mask)?;
-        assert_eq!(pooled.to_vec2::<f32>()?, vec![vec![2.0, 3.0]]);
-        let unit = l2_normalize(&Tensor::new(&[[3f32, 4.]], &device)?)?;
-        assert_eq!(unit.to_vec2::<f32>()?, vec![vec![0.6, 0.8]]);
-        Ok(())
+    fn the_mean_of_a_texts_tokens_becomes_unit_length() {
+        // Tokens (1, 2) and (5, 6): mean (3, 4), of length 5.
+        assert_eq!(unit_mean(&[vec![1., 2.], vec![5., 6.]]), vec![0.6, 0.8]);
+        assert_eq!(unit_mean(&[vec![0., 0.]]), vec![0., 0.]);
     }
 }
