@@ -6,7 +6,7 @@
 //! - [`config`]: one `Config`, from flags, then `EXEMPLAR_*` variables, then defaults.
 //! - [`model_source`]: turns `--model` / `--embedder` into local files (path or hub repo).
 //! - [`llm`]: our llama forward on candle, its GGUF tokenizer, scoring, generation, the prefix cache.
-//! - [`embed`]: the candle BERT sentence embedder (mean pooling, L2 normalisation).
+//! - [`embed`]: the sentence embedder: our packed BERT encoder, mean pooling, L2 norm.
 //! - [`worker`]: a model owned by one OS thread behind a bounded queue.
 //! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth.
 //! - [`index`]: one HNSW index per task over the examples' embeddings.

@@ -107,6 +107,15 @@ pub(crate) fn data_root(args: &BenchArgs) -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The most memory this process has held resident (Linux's `VmHWM`), in MB; none where
+/// `/proc` does not tell.
+pub(crate) fn peak_resident_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 pub(crate) fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]

@@ -397,6 +397,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let _ = stop.send(());
     server.await.context("server task")??;
+    if let Some(peak) = super::peak_resident_mb() {
+        println!(
+            "peak resident memory of this process (the server with its models and a {} MB KV \
+             budget, and the bench's clients): {peak:.0} MB",
+            args.models.kv_cache_mb
+        );
+    }
 
     // Shared-prefix scoring of TREC's six labels against one pass per label.
     let device = open_device(args.models.device)?;
