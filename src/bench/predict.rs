@@ -399,8 +399,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     server.await.context("server task")??;
     if let Some(peak) = super::peak_resident_mb() {
         println!(
-            "peak resident memory of this process (the server with its models and a {} MB KV \
-             budget, and the bench's clients): {peak:.0} MB",
+            "peak resident memory of this process (with --suite predict alone: the server \
+             with its models and a {} MB KV budget, and the bench's clients): {peak:.0} MB",
             args.models.kv_cache_mb
         );
     }
