@@ -5,7 +5,7 @@
 //! refused at once so that overload becomes a quick 429, not an unbounded wait.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 /// Why a job was not accepted.
@@ -51,26 +51,38 @@ impl<J: Send + 'static> Worker<J> {
         S: Send + 'static,
         F: FnMut(&mut S, J) + Send + 'static,
     {
+        let worker = name.to_owned();
+        Self::spawn_with(name, capacity, move |queue| {
+            while let Some(job) = queue.recv() {
+                // A panic fails its own job (the caller's reply channel is dropped,
+                // so its request gets an error) and the worker takes the next one,
+                // rather than ending for good while `/ready` still answers 200.
+                let run = std::panic::AssertUnwindSafe(|| handle(&mut state, job));
+                if std::panic::catch_unwind(run).is_err() {
+                    record_panic(&worker);
+                }
+            }
+        })
+    }
+
+    /// Starts a thread named `name` that runs `body` on the job queue: for a worker
+    /// that takes jobs its own way (a scheduler that runs several at once).
+    ///
+    /// # Errors
+    /// When the operating system refuses a new thread.
+    pub fn spawn_with<F>(name: &str, capacity: usize, body: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(Queue<J>) + Send + 'static,
+    {
         let (sender, receiver) = sync_channel::<J>(capacity.max(1));
         let waiting = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&waiting);
-        let worker = name.to_owned();
+        let queue = Queue {
+            receiver,
+            waiting: Arc::clone(&waiting),
+        };
         std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || {
-                while let Ok(job) = receiver.recv() {
-                    counter.fetch_sub(1, Ordering::Relaxed);
-                    // A panic fails its own job (the caller's reply channel is dropped,
-                    // so its request gets an error) and the worker takes the next one,
-                    // rather than ending for good while `/ready` still answers 200.
-                    let run = std::panic::AssertUnwindSafe(|| handle(&mut state, job));
-                    if std::panic::catch_unwind(run).is_err() {
-                        tracing::error!(worker = %worker, "a model job panicked; the worker goes on");
-                        ::metrics::counter!("exemplar_worker_panics_total", "worker" => worker.clone())
-                            .increment(1);
-                    }
-                }
-            })?;
+            .spawn(move || body(queue))?;
         Ok(Self { sender, waiting })
     }
 
@@ -94,6 +106,34 @@ impl<J: Send + 'static> Worker<J> {
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
+}
+
+/// The worker thread's end of the queue.
+pub struct Queue<J> {
+    receiver: Receiver<J>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl<J> Queue<J> {
+    /// The next job, waiting for one; `None` once every handle is gone.
+    pub fn recv(&self) -> Option<J> {
+        let job = self.receiver.recv().ok()?;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        Some(job)
+    }
+
+    /// The next job if one is waiting.
+    pub fn try_recv(&self) -> Option<J> {
+        let job = self.receiver.try_recv().ok()?;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        Some(job)
+    }
+}
+
+/// Logs and counts a panic that a worker survived.
+pub fn record_panic(worker: &str) {
+    tracing::error!(worker = %worker, "a model job panicked; the worker goes on");
+    ::metrics::counter!("exemplar_worker_panics_total", "worker" => worker.to_owned()).increment(1);
 }
 
 #[cfg(test)]

@@ -88,6 +88,66 @@ fn packed_sequences_of_different_lengths_equal_one_sequence_runs_with_f32_weight
     assert!(largest < 1e-4, "log-probability gap {largest}");
 }
 
+/// Three sessions that have seen prompts of different lengths, each continued by a
+/// different number of tokens, all in one packed pass: every session's logits as when
+/// it runs alone. Each reads and writes its own keys and values, so a second batched
+/// step continues each one correctly too.
+fn batched_sessions_gap(format: WeightFormat) -> f32 {
+    let llm = Llm::load(&common::gguf_path(), &Device::Cpu, format).expect("model");
+    let tokenizer = llm.tokenizer();
+    let encode = |s: &str| tokenizer.encode(s).expect("encodes");
+    let prompts = [
+        "Review: dull.\nSentiment:",
+        "Review: a warm, funny and beautifully shot film about a family.\nSentiment:",
+        "The capital of France is",
+    ];
+    let steps = [
+        [encode(" negative"), encode("\n")],
+        [encode(" very positive indeed"), encode(".")],
+        [encode(" Paris"), encode(", and the capital of Spain is")],
+    ];
+    let start = |prompt: &str| {
+        let mut session = llm.session();
+        session.feed(&encode(prompt)).expect("runs");
+        session
+    };
+    let mut batched: Vec<_> = prompts.iter().map(|p| start(p)).collect();
+    let mut alone: Vec<_> = prompts.iter().map(|p| start(p)).collect();
+    let mut largest = 0f32;
+    for round in 0..2 {
+        let mut batch: Vec<(&mut exemplar::llm::Session, &[u32])> = batched
+            .iter_mut()
+            .zip(&steps)
+            .map(|(session, steps)| (session, steps[round].as_slice()))
+            .collect();
+        let together = llm.feed_batch(&mut batch).expect("runs");
+        for ((session, steps), logits) in alone.iter_mut().zip(&steps).zip(&together) {
+            let own = session.feed(&steps[round]).expect("runs");
+            largest = own
+                .iter()
+                .zip(logits)
+                .map(|(a, b)| (a - b).abs())
+                .fold(largest, f32::max);
+        }
+    }
+    largest
+}
+
+#[test]
+fn sessions_with_their_own_caches_batched_equal_one_sequence_runs_with_f32_weights() {
+    let gap = batched_sessions_gap(WeightFormat::F32);
+    eprintln!("batched vs alone (f32): largest logit gap {gap:.2e}");
+    assert!(gap < 1e-4, "logit gap {gap}");
+}
+
+/// With the integer kernels every token's row is computed alone, so batching changes
+/// nothing at all: the scheduler relies on it for answers that do not depend on what
+/// else was running.
+#[test]
+fn sessions_batched_with_q8_weights_give_their_own_logits_bit_for_bit() {
+    assert_eq!(batched_sessions_gap(WeightFormat::Q8_0), 0.0);
+}
+
 #[test]
 fn a_remembered_prefix_scores_exactly_as_a_fresh_pass() {
     let llm = Llm::load(&common::gguf_path(), &Device::Cpu, WeightFormat::Q8_0).expect("model");

@@ -68,6 +68,14 @@ fn describe() {
         "exemplar_queue_waiting",
         "Jobs waiting for a model worker, by queue"
     );
+    describe_gauge!(
+        "exemplar_llm_running_jobs",
+        "Jobs the LLM scheduler runs side by side"
+    );
+    describe_histogram!(
+        "exemplar_llm_step_tokens",
+        "Tokens of all running jobs packed into one forward pass"
+    );
     describe_counter!(
         "exemplar_predictions_total",
         "Inputs predicted (API, evaluation and vote-k's stage 2)"

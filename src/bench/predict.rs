@@ -1,7 +1,8 @@
 //! Predictions over HTTP against a server started in this process: predictions/s and
 //! latency for SST-2 and TREC (k = 8) with 1 and 8 clients, with cached demonstrations
-//! (cold and warm) and with fixed demonstrations, the answer to overload, and
-//! shared-prefix label scoring against one forward pass per label on TREC.
+//! (cold and warm) and with fixed demonstrations, one request of 64 inputs against
+//! single requests, the answer to overload, and shared-prefix label scoring against
+//! one forward pass per label on TREC.
 
 use std::time::{Duration, Instant};
 
@@ -346,7 +347,28 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
         print_row(dataset.title, 8, rate, latencies);
+        let single_rate = row_rates[0];
         row_rates.insert(1, rate);
+        // The 64 queries as one request, against single requests one after another.
+        let inputs: Vec<Value> = test.iter().map(|row| json!({"text": row.text})).collect();
+        let sent = Instant::now();
+        let (status, body) = post(&client, &predict, &json!({"inputs": inputs, "k": 8})).await?;
+        if status != 200 {
+            bail!("the 64-input request failed: {body}");
+        }
+        let elapsed = sent.elapsed();
+        let many_rate = inputs.len() as f64 / elapsed.as_secs_f64();
+        print_row(
+            &format!("{} (one request of 64 inputs)", dataset.title),
+            1,
+            many_rate,
+            vec![elapsed],
+        );
+        println!(
+            "| {} — one request of 64 inputs against single requests: {:.2}x | | | | |",
+            dataset.title,
+            many_rate / single_rate
+        );
         rates.push((dataset.title, row_rates));
     }
     drop(peer);

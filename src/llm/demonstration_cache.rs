@@ -26,89 +26,119 @@ struct Block {
     last_used: u64,
 }
 
-/// Demonstration blocks by the head they follow and their tokens, under a memory budget.
+/// Demonstration blocks by the head they follow and their tokens; the prefix cache
+/// that owns it keeps the two within one memory budget.
+#[derive(Default)]
 pub struct DemonstrationCache {
     blocks: HashMap<(u64, Vec<u32>), Block>,
-    budget_bytes: usize,
     bytes: usize,
     clock: u64,
 }
 
 impl DemonstrationCache {
-    /// An empty cache that keeps at most `budget_bytes` of keys and values.
-    pub fn with_budget(budget_bytes: usize) -> Self {
-        Self {
-            blocks: HashMap::new(),
-            budget_bytes,
-            bytes: 0,
-            clock: 0,
-        }
+    /// Bytes of keys and values held.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// A session that has seen `head` (exactly) and then each of `blocks` (cached),
-    /// in order.
+    /// in order. The caller then brings the cache back within its budget
+    /// ([`DemonstrationCache::evict_to`]).
     ///
     /// # Errors
     /// When a block is empty or the model fails.
-    pub fn session(
+    pub(super) fn session(
         &mut self,
         head_tokens: &[u32],
         head: &Session,
         blocks: &[&[u32]],
     ) -> Result<Session, LlmError> {
+        let head_key = self.start(head_tokens, blocks)?;
+        let mut held = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let kv = match self.get(head_key, block) {
+                Some(kv) => kv,
+                None => {
+                    let mut session = head.clone();
+                    session.feed(block)?;
+                    let kv = session.kv_slice(head.position, block.len())?;
+                    self.insert(head_key, block, kv.clone());
+                    kv
+                }
+            };
+            held.push(kv);
+        }
+        self.assemble(head, blocks, &held)
+    }
+
+    /// Begins assembling a prompt from `blocks` after `head_tokens`: checks the blocks
+    /// and returns the head's key for [`DemonstrationCache::get`] and
+    /// [`DemonstrationCache::insert`].
+    ///
+    /// # Errors
+    /// When a block is empty.
+    pub(super) fn start(
+        &mut self,
+        head_tokens: &[u32],
+        blocks: &[&[u32]],
+    ) -> Result<u64, LlmError> {
         if blocks.iter().any(|b| b.is_empty()) {
             return Err(LlmError::InvalidInput(
                 "a demonstration block has no tokens".into(),
             ));
         }
         self.clock += 1;
-        let head_key = fingerprint(head_tokens);
-        for block in blocks {
-            self.ensure(head, head_key, block)?;
+        Ok(fingerprint(head_tokens))
+    }
+
+    /// The keys and values of `block` after the head `head_key`, if held.
+    pub(super) fn get(&mut self, head_key: u64, block: &[u32]) -> Option<KvCache> {
+        let held = self.blocks.get_mut(&(head_key, block.to_vec()))?;
+        held.last_used = self.clock;
+        count("hit");
+        Some(held.kv.clone())
+    }
+
+    /// Keeps the keys and values of `block` computed right after the head `head_key`.
+    pub(super) fn insert(&mut self, head_key: u64, block: &[u32], kv: KvCache) {
+        count("miss");
+        self.bytes += kv.bytes();
+        let old = self.blocks.insert(
+            (head_key, block.to_vec()),
+            Block {
+                kv,
+                last_used: self.clock,
+            },
+        );
+        if let Some(old) = old {
+            self.bytes -= old.kv.bytes();
         }
+    }
+
+    /// `head` followed by the `held` keys and values of `blocks`, each moved to its
+    /// place.
+    ///
+    /// # Errors
+    /// When a candle operation fails.
+    pub(super) fn assemble(
+        &mut self,
+        head: &Session,
+        blocks: &[&[u32]],
+        held: &[KvCache],
+    ) -> Result<Session, LlmError> {
         let mut placed = Vec::with_capacity(blocks.len());
         let mut shift = 0;
-        for block in blocks {
-            // Every block was ensured above, and nothing is evicted before the end.
-            if let Some(entry) = self.blocks.get(&(head_key, block.to_vec())) {
-                placed.push((&entry.kv, shift));
-            }
+        for (block, kv) in blocks.iter().zip(held) {
+            placed.push((kv, shift));
             shift += block.len();
         }
-        let session = head.followed_by(&placed, shift)?;
-        self.evict();
-        Ok(session)
+        head.followed_by(&placed, shift)
     }
 
-    /// Computes `block` after `head` unless it is held.
-    fn ensure(&mut self, head: &Session, head_key: u64, block: &[u32]) -> Result<(), LlmError> {
-        let key = (head_key, block.to_vec());
-        let outcome = if let Some(held) = self.blocks.get_mut(&key) {
-            held.last_used = self.clock;
-            "hit"
-        } else {
-            let mut session = head.clone();
-            session.feed(block)?;
-            let kv = session.kv_slice(head.position, block.len())?;
-            self.bytes += kv.bytes();
-            self.blocks.insert(
-                key,
-                Block {
-                    kv,
-                    last_used: self.clock,
-                },
-            );
-            "miss"
-        };
-        ::metrics::counter!("exemplar_demonstration_cache_lookups_total", "outcome" => outcome)
-            .increment(1);
-        Ok(())
-    }
-
-    /// Drops the least recently used blocks while over budget; the blocks of the prompt
-    /// just assembled (used at the current clock) stay.
-    fn evict(&mut self) {
-        while self.bytes > self.budget_bytes {
+    /// Drops the least recently used blocks while they hold more than `limit` bytes;
+    /// the blocks of the prompt begun last (used at the current clock) stay.
+    pub(super) fn evict_to(&mut self, limit: usize) {
+        while self.bytes > limit {
             let Some(oldest) = self
                 .blocks
                 .iter()
@@ -125,6 +155,12 @@ impl DemonstrationCache {
     }
 }
 
+/// Counts a block lookup in `/metrics`.
+fn count(outcome: &'static str) {
+    ::metrics::counter!("exemplar_demonstration_cache_lookups_total", "outcome" => outcome)
+        .increment(1);
+}
+
 /// A fingerprint of a token sequence, stable within the process.
 fn fingerprint(tokens: &[u32]) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -134,18 +170,13 @@ fn fingerprint(tokens: &[u32]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
 
     use super::super::{log_softmax, Llm, PrefixCache};
     use crate::config::WeightFormat;
 
     fn f32_llm() -> Llm {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-        Llm::load(&path, &Device::Cpu, WeightFormat::F32)
-            .expect("models: run scripts/fetch-models.sh")
+        crate::llm::tests::llm(WeightFormat::F32)
     }
 
     fn largest_gap(a: &[f32], b: &[f32]) -> f32 {
@@ -285,7 +316,9 @@ mod tests {
                 .expect("assembles");
             cache.demonstrations.bytes / blocks[0].len()
         };
-        let budget = per_token * (blocks[0].len() + blocks[1].len() + blocks[2].len() - 1);
+        // The head's own prefix-cache entry shares the budget.
+        let budget =
+            per_token * (head.len() + blocks[0].len() + blocks[1].len() + blocks[2].len() - 1);
         let mut cache = PrefixCache::with_budget(budget);
         for block in &blocks {
             let mut prefix = head.clone();
@@ -295,6 +328,6 @@ mod tests {
                 .expect("assembles");
         }
         assert_eq!(cache.demonstrations.blocks.len(), 2);
-        assert!(cache.demonstrations.bytes <= budget);
+        assert!(cache.bytes() <= budget);
     }
 }

@@ -4,7 +4,9 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::LogitsProcessor;
 use serde::Serialize;
 
-use super::{log_softmax, Llm, LlmError, PrefixCache};
+use std::sync::Arc;
+
+use super::{log_softmax, LlmError, LlmTokenizer};
 
 /// How to continue a prompt.
 #[derive(Debug, Clone)]
@@ -93,100 +95,183 @@ fn settled_len(text: &str, stops: &[String]) -> usize {
     end - held
 }
 
-impl Llm {
-    /// Continues `prompt` and reports each settled piece of text to `on_delta`, which
-    /// returns `false` to cancel (a client that went away).
-    ///
-    /// # Errors
-    /// When the prompt is empty, would overflow the context, or the model fails.
-    ///
-    /// All of the prompt but its last token is taken from (and left in) `prefixes`,
-    /// so a prompt that repeats an earlier one's start skips that part.
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        params: &GenerationParams,
-        prefixes: &mut PrefixCache,
-        on_delta: &mut dyn FnMut(Delta) -> bool,
-    ) -> Result<Generation, LlmError> {
-        let tokenizer = self.tokenizer();
-        let Some((&last, start)) = prompt.split_last() else {
-            return Err(LlmError::InvalidInput(
-                "cannot continue an empty prompt".into(),
-            ));
-        };
-        let mut session = prefixes.session(self, start)?;
-        let mut logits = session.feed(&[last])?;
-        let temperature = (params.temperature > 0.0).then_some(params.temperature);
-        let mut sampler = LogitsProcessor::new(params.seed, temperature, None);
+/// The decoding side of one generation: it turns each step's logits into the next
+/// token, the text settled so far and the deltas, and says when to stop.
+pub(super) struct Decoder {
+    tokenizer: Arc<LlmTokenizer>,
+    params: GenerationParams,
+    sampler: LogitsProcessor,
+    generated: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    /// The generated text so far (cut at a stop string once one is found).
+    text: IncrementalText,
+    /// Bytes of the text already sent as deltas.
+    emitted: usize,
+    /// Whether a stop string cut the text (nothing after it may be shown).
+    cut: bool,
+    finish_reason: FinishReason,
+    budget: usize,
+    prompt_tokens: usize,
+}
 
-        let mut generated: Vec<u32> = Vec::new();
-        let mut logprobs = Vec::new();
-        let mut emitted = 0usize;
-        let mut text = String::new();
-        let mut finish_reason = FinishReason::Length;
+impl Decoder {
+    /// A generation after a prompt of `prompt_tokens` tokens, in a window of
+    /// `context_length`.
+    pub(super) fn new(
+        tokenizer: Arc<LlmTokenizer>,
+        params: GenerationParams,
+        prompt_tokens: usize,
+        context_length: usize,
+    ) -> Self {
+        let temperature = (params.temperature > 0.0).then_some(params.temperature);
+        let sampler = LogitsProcessor::new(params.seed, temperature, None);
         let budget = params
             .max_tokens
-            .min(self.context_length().saturating_sub(prompt.len()));
-
-        while generated.len() < budget {
-            let next = sampler.sample(&Tensor::new(logits.as_slice(), &Device::Cpu)?)?;
-            if tokenizer.is_special(next) {
-                finish_reason = FinishReason::Stop;
-                break;
-            }
-            let token_logprob = match params.logprobs {
-                Some(n) => Some(describe_token(&tokenizer, &logits, next, n)?),
-                None => None,
-            };
-            generated.push(next);
-            text = tokenizer.decode(&generated)?;
-
-            if let Some(stop_at) = find_stop(&text, &params.stop) {
-                text.truncate(stop_at);
-                finish_reason = FinishReason::Stop;
-                let rest = text.get(emitted..).unwrap_or_default().to_owned();
-                logprobs.extend(token_logprob.clone());
-                on_delta(Delta {
-                    text: rest,
-                    logprob: token_logprob,
-                });
-                emitted = text.len();
-                break;
-            }
-
-            let settled = settled_len(&text, &params.stop).max(emitted);
-            let delta = Delta {
-                text: text[emitted..settled].to_owned(),
-                logprob: token_logprob.clone(),
-            };
-            emitted = settled;
-            logprobs.extend(token_logprob);
-            if !on_delta(delta) {
-                break;
-            }
-            if generated.len() < budget {
-                logits = session.feed(&[next])?;
-            }
+            .min(context_length.saturating_sub(prompt_tokens));
+        Self {
+            tokenizer,
+            params,
+            sampler,
+            generated: Vec::new(),
+            logprobs: Vec::new(),
+            text: IncrementalText::default(),
+            emitted: 0,
+            cut: false,
+            finish_reason: FinishReason::Length,
+            budget,
+            prompt_tokens,
         }
-        if emitted < text.len() {
+    }
+
+    /// Whether no token may be generated at all.
+    pub(super) fn is_exhausted(&self) -> bool {
+        self.generated.len() >= self.budget
+    }
+
+    /// Takes the logits after the last token run, reports the settled text to
+    /// `on_delta` (which returns `false` to cancel), and returns the token to run next,
+    /// or `None` when the generation has ended.
+    ///
+    /// # Errors
+    /// When the sampler or the tokenizer fails.
+    pub(super) fn accept(
+        &mut self,
+        logits: &[f32],
+        on_delta: &mut dyn FnMut(Delta) -> bool,
+    ) -> Result<Option<u32>, LlmError> {
+        if self.is_exhausted() {
+            return Ok(None);
+        }
+        let next = self.sampler.sample(&Tensor::new(logits, &Device::Cpu)?)?;
+        if self.tokenizer.is_special(next) {
+            self.finish_reason = FinishReason::Stop;
+            return Ok(None);
+        }
+        let token_logprob = match self.params.logprobs {
+            Some(n) => Some(describe_token(&self.tokenizer, logits, next, n)?),
+            None => None,
+        };
+        self.generated.push(next);
+        self.text.extend(&self.tokenizer, &self.generated)?;
+
+        if let Some(stop_at) = find_stop(&self.text.text, &self.params.stop) {
+            self.text.text.truncate(stop_at);
+            self.cut = true;
+            self.finish_reason = FinishReason::Stop;
+            let rest = self
+                .text
+                .text
+                .get(self.emitted..)
+                .unwrap_or_default()
+                .to_owned();
+            self.logprobs.extend(token_logprob.clone());
             on_delta(Delta {
-                text: text[emitted..].to_owned(),
+                text: rest,
+                logprob: token_logprob,
+            });
+            self.emitted = self.text.text.len();
+            return Ok(None);
+        }
+
+        let settled = settled_len(&self.text.text, &self.params.stop).max(self.emitted);
+        let delta = Delta {
+            text: self.text.text[self.emitted..settled].to_owned(),
+            logprob: token_logprob.clone(),
+        };
+        self.emitted = settled;
+        self.logprobs.extend(token_logprob);
+        if !on_delta(delta) || self.is_exhausted() {
+            return Ok(None);
+        }
+        Ok(Some(next))
+    }
+
+    /// The finished generation, after sending any text still held back.
+    pub(super) fn finish(mut self, on_delta: &mut dyn FnMut(Delta) -> bool) -> Generation {
+        if !self.cut {
+            self.text.flush(&self.tokenizer, &self.generated);
+        }
+        let text = self.text.text;
+        if self.emitted < text.len() {
+            on_delta(Delta {
+                text: text[self.emitted..].to_owned(),
                 logprob: None,
             });
         }
-        Ok(Generation {
+        Generation {
             text,
-            logprobs,
-            finish_reason,
-            prompt_tokens: prompt.len(),
-            completion_tokens: generated.len(),
-        })
+            logprobs: self.logprobs,
+            finish_reason: self.finish_reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated.len(),
+        }
+    }
+}
+
+/// Generated text kept up to date a token at a time, decoding a short window of
+/// tokens each time rather than the whole generation again.
+#[derive(Debug, Default)]
+struct IncrementalText {
+    text: String,
+    /// Generated tokens whose text is in `text`; the ones after may be the first bytes
+    /// of a character still incomplete.
+    decoded: usize,
+    /// Where the decoded window starts: the tokens before `decoded` are decoded again
+    /// with the new ones, so that a token's text is read in context (a tokenizer may
+    /// drop the leading space of a sequence's first token).
+    window: usize,
+}
+
+impl IncrementalText {
+    /// Appends the text of `generated`'s new tokens once they make whole characters.
+    fn extend(&mut self, tokenizer: &LlmTokenizer, generated: &[u32]) -> Result<(), LlmError> {
+        let before = tokenizer.decode(&generated[self.window..self.decoded])?;
+        let after = tokenizer.decode(&generated[self.window..])?;
+        if after.ends_with('\u{FFFD}') || !after.starts_with(&before) {
+            return Ok(());
+        }
+        self.text.push_str(&after[before.len()..]);
+        self.window = self.decoded;
+        self.decoded = generated.len();
+        Ok(())
+    }
+
+    /// Appends whatever is left, incomplete characters shown as the tokenizer shows them.
+    fn flush(&mut self, tokenizer: &LlmTokenizer, generated: &[u32]) {
+        if self.decoded < generated.len() {
+            let before = tokenizer.decode(&generated[self.window..self.decoded]);
+            let after = tokenizer.decode(&generated[self.window..]);
+            if let (Ok(before), Ok(after)) = (before, after) {
+                self.text
+                    .push_str(after.get(before.len()..).unwrap_or_default());
+            }
+            self.decoded = generated.len();
+        }
     }
 }
 
 fn describe_token(
-    tokenizer: &super::LlmTokenizer,
+    tokenizer: &LlmTokenizer,
     logits: &[f32],
     chosen: u32,
     top_n: usize,
@@ -219,6 +304,41 @@ mod tests {
 
     fn stops(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn text_decoded_a_window_at_a_time_equals_the_whole_decoded_at_once() {
+        let tokenizer = crate::llm::tests::tokenizer();
+        let ids = tokenizer
+            .encode("Caf\u{e9} na\u{ef}ve \u{65e5}\u{672c}\u{8a9e} \u{1F600} end.\n  two spaces")
+            .expect("encodes");
+        let whole = tokenizer.decode(&ids).expect("decodes");
+        let mut text = IncrementalText::default();
+        for end in 1..=ids.len() {
+            text.extend(&tokenizer, &ids[..end]).expect("decodes");
+            assert!(
+                whole.starts_with(&text.text),
+                "{:?} is not a start of {whole:?}",
+                text.text
+            );
+            assert!(!text.text.contains('\u{FFFD}'));
+        }
+        text.flush(&tokenizer, &ids);
+        assert_eq!(text.text, whole);
+        // A generation cut inside a character ends with what the tokenizer shows for it.
+        let cut = (1..ids.len())
+            .find(|&end| {
+                tokenizer
+                    .decode(&ids[..end])
+                    .is_ok_and(|t| t.ends_with('\u{FFFD}'))
+            })
+            .expect("a character split over tokens");
+        let mut text = IncrementalText::default();
+        for end in 1..=cut {
+            text.extend(&tokenizer, &ids[..end]).expect("decodes");
+        }
+        text.flush(&tokenizer, &ids[..cut]);
+        assert_eq!(text.text, tokenizer.decode(&ids[..cut]).expect("decodes"));
     }
 
     #[test]

@@ -1,40 +1,30 @@
-//! The async face of the LLM: jobs go to its worker thread, answers come back on
+//! The async face of the LLM: jobs go to its scheduler thread, answers come back on
 //! channels.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::scheduler::{self, Generating, Scoring, Task};
 use super::{
     Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer, PrefixCache, ScoreRequest,
 };
 use crate::worker::{QueueError, Worker};
 
-enum LlmJob {
-    Generate {
-        prompt: Vec<u32>,
-        params: GenerationParams,
-        deltas: Option<mpsc::UnboundedSender<Delta>>,
-        reply: oneshot::Sender<Result<Generation, LlmError>>,
-    },
-    Score {
-        request: ScoreRequest,
-        reply: oneshot::Sender<Result<Vec<Vec<f32>>, LlmError>>,
-    },
-}
-
 /// A cloneable handle on the LLM worker thread.
 #[derive(Clone)]
 pub struct LlmHandle {
-    worker: Worker<LlmJob>,
+    worker: Worker<Box<dyn Task>>,
+    /// The model, shared with the scheduler thread, for building jobs.
+    llm: Arc<Llm>,
     tokenizer: Arc<LlmTokenizer>,
     context_length: usize,
     name: Arc<str>,
 }
 
 impl LlmHandle {
-    /// Moves `llm` onto its own thread with a queue of `capacity` jobs and a prefix
-    /// cache of at most `kv_cache_bytes`.
+    /// Starts the scheduler thread for `llm`, with a queue of `capacity` waiting jobs
+    /// and a prefix cache of at most `kv_cache_bytes`.
     ///
     /// # Errors
     /// When the thread cannot be started.
@@ -42,10 +32,15 @@ impl LlmHandle {
         let tokenizer = llm.tokenizer();
         let context_length = llm.context_length();
         let name: Arc<str> = llm.name().into();
-        let state = (llm, PrefixCache::with_budget(kv_cache_bytes));
-        let worker = Worker::spawn("exemplar-llm", capacity, state, run_job)?;
+        let llm = Arc::new(llm);
+        let cache = PrefixCache::with_budget(kv_cache_bytes);
+        let model = Arc::clone(&llm);
+        let worker = Worker::spawn_with("exemplar-llm", capacity, move |queue| {
+            scheduler::run(&model, cache, queue)
+        })?;
         Ok(Self {
             worker,
+            llm,
             tokenizer,
             context_length,
             name,
@@ -93,7 +88,7 @@ impl LlmHandle {
     /// [`LlmError::Queue`] when the queue is full, or the model's own error.
     pub async fn score(&self, request: ScoreRequest) -> Result<Vec<Vec<f32>>, LlmError> {
         let (reply, answer) = oneshot::channel();
-        self.worker.submit(LlmJob::Score { request, reply })?;
+        self.worker.submit(Box::new(Scoring::new(request, reply)))?;
         answer
             .await
             .map_err(|_| LlmError::Queue(QueueError::Stopped))?
@@ -114,38 +109,9 @@ impl LlmHandle {
         deltas: Option<mpsc::UnboundedSender<Delta>>,
     ) -> Result<oneshot::Receiver<Result<Generation, LlmError>>, LlmError> {
         let (reply, answer) = oneshot::channel();
-        self.worker.submit(LlmJob::Generate {
-            prompt,
-            params,
-            deltas,
-            reply,
-        })?;
+        self.worker.submit(Box::new(Generating::new(
+            &self.llm, prompt, params, deltas, reply,
+        )))?;
         Ok(answer)
-    }
-}
-
-fn run_job((llm, prefixes): &mut (Llm, PrefixCache), job: LlmJob) {
-    match job {
-        LlmJob::Generate {
-            prompt,
-            params,
-            deltas,
-            reply,
-        } => {
-            if reply.is_closed() {
-                return;
-            }
-            let mut on_delta = |delta: Delta| match &deltas {
-                Some(tx) => tx.send(delta).is_ok(),
-                None => !reply.is_closed(),
-            };
-            let result = llm.generate(&prompt, &params, prefixes, &mut on_delta);
-            let _ = reply.send(result);
-        }
-        LlmJob::Score { request, reply } => {
-            if !reply.is_closed() {
-                let _ = reply.send(llm.score_cached(&request, prefixes));
-            }
-        }
     }
 }

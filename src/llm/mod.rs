@@ -9,6 +9,7 @@ mod generate;
 mod handle;
 mod model;
 mod prefix_cache;
+mod scheduler;
 mod score;
 mod tokenizer;
 mod weights;
@@ -165,26 +166,114 @@ impl Session {
     /// # Errors
     /// When `ids` is empty or a candle operation fails.
     pub fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>, LlmError> {
-        if ids.is_empty() {
+        let piece = Piece::causal(self, ids);
+        let mut rows = run_together(&mut [(self, &piece)])?;
+        rows.pop()
+            .and_then(|mut r| r.pop())
+            .ok_or_else(|| LlmError::InvalidInput("cannot run an empty token sequence".into()))
+    }
+}
+
+impl Llm {
+    /// Runs each session's tokens after what it has seen, all in one packed forward pass,
+    /// and returns each session's next-token logits: the same as feeding them one by one.
+    ///
+    /// # Errors
+    /// When a token list is empty or a candle operation fails.
+    pub fn feed_batch(
+        &self,
+        batch: &mut [(&mut Session, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
+        let pieces: Vec<Piece> = batch.iter().map(|(s, ids)| Piece::causal(s, ids)).collect();
+        let mut work: Vec<(&mut Session, &Piece)> = batch
+            .iter_mut()
+            .map(|(s, _)| &mut **s)
+            .zip(&pieces)
+            .collect();
+        run_together(&mut work)?
+            .into_iter()
+            .map(|mut rows| {
+                rows.pop().ok_or_else(|| {
+                    LlmError::InvalidInput("cannot run an empty token sequence".into())
+                })
+            })
+            .collect()
+    }
+}
+
+/// The tokens one session runs in a forward step.
+#[derive(Debug, Clone)]
+struct Piece {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    /// `ids.len()` rows over the session's tokens and these ones; `None` for causal.
+    mask: Option<Vec<f32>>,
+    /// The tokens whose next-token logits are wanted.
+    outputs: Vec<usize>,
+}
+
+impl Piece {
+    /// `ids` right after what `session` has seen, each after the one before; the last
+    /// token's logits wanted.
+    fn causal(session: &Session, ids: &[u32]) -> Self {
+        let start = session.position as u32;
+        Self {
+            ids: ids.to_vec(),
+            positions: (start..start + ids.len() as u32).collect(),
+            mask: None,
+            outputs: ids.len().checked_sub(1).into_iter().collect(),
+        }
+    }
+
+    /// Tokens in the piece.
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Runs every session's piece in one packed forward pass; per session, one logits row
+/// per wanted output.
+fn run_together(work: &mut [(&mut Session, &Piece)]) -> Result<Vec<Vec<Vec<f32>>>, LlmError> {
+    let Some((first, _)) = work.first() else {
+        return Ok(Vec::new());
+    };
+    let model = Arc::clone(&first.model);
+    let device = model.device().clone();
+    let mut steps = Vec::with_capacity(work.len());
+    for (_, piece) in work.iter() {
+        if piece.ids.is_empty() {
             return Err(LlmError::InvalidInput(
                 "cannot run an empty token sequence".into(),
             ));
         }
-        let start = self.position as u32;
-        let positions: Vec<u32> = (start..start + ids.len() as u32).collect();
-        let step = Step {
-            ids,
-            positions: &positions,
-            mask: None,
-            outputs: &[ids.len() - 1],
+        let mask = match &piece.mask {
+            Some(values) => Some(candle_core::Tensor::from_slice(
+                values,
+                (piece.len(), values.len() / piece.len()),
+                &device,
+            )?),
+            None => None,
         };
-        let logits = self.model.forward(&mut self.cache, &step)?;
-        self.position += ids.len();
-        Ok(logits
-            .squeeze(0)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?)
+        steps.push(Step {
+            ids: &piece.ids,
+            positions: &piece.positions,
+            mask,
+            outputs: &piece.outputs,
+        });
     }
+    let mut batch: Vec<(&mut KvCache, &Step)> = work
+        .iter_mut()
+        .map(|(session, _)| &mut session.cache)
+        .zip(&steps)
+        .collect();
+    let logits = model.forward_batch(&mut batch)?;
+    for (session, piece) in work.iter_mut() {
+        session.position += piece.len();
+    }
+    logits
+        .into_iter()
+        .map(|rows| Ok(rows.to_dtype(candle_core::DType::F32)?.to_vec2()?))
+        .collect()
 }
 
 /// Natural-log probabilities from logits, computed in f64 for stability.
@@ -202,8 +291,25 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The shipped model file, which `scripts/fetch-models.sh` puts in place.
+    pub(crate) fn model_path() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    }
+
+    /// The shipped model with its matrices as `format`.
+    pub(crate) fn llm(format: WeightFormat) -> Llm {
+        Llm::load(&model_path(), &Device::Cpu, format).expect("models: run scripts/fetch-models.sh")
+    }
+
+    /// The shipped model's tokenizer alone.
+    pub(crate) fn tokenizer() -> LlmTokenizer {
+        let mut file = File::open(model_path()).expect("models: run scripts/fetch-models.sh");
+        let content = gguf_file::Content::read(&mut file).expect("a GGUF file");
+        LlmTokenizer::from_gguf(&content).expect("its tokenizer")
+    }
 
     #[test]
     fn log_softmax_matches_hand_computation() {

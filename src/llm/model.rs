@@ -7,8 +7,6 @@
 //! go through the integer kernels of [`crate::quant`] instead of candle's (so do
 //! Q4_0 and Q4_1 ones).
 
-use std::io::{Read, Seek};
-
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
@@ -83,6 +81,49 @@ fn integer_forward(
     )?)
 }
 
+/// The token embedding table.
+enum Embeddings {
+    /// Dequantized to a tensor (other devices, and formats our kernels do not read).
+    Table(Tensor),
+    /// Q8_0 rows on the CPU, dequantized as tokens need them: a quarter of the f32
+    /// table's memory (28 MB rather than 113 for SmolLM2's 49152 x 576).
+    Int8(Q8Matrix),
+}
+
+impl Embeddings {
+    fn new(tensor: &QTensor, device: &Device) -> Result<Self, LlmError> {
+        if tensor.device().is_cpu() && tensor.dtype() == GgmlDType::Q8_0 {
+            let (rows, cols) = tensor.shape().dims2()?;
+            let table = Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols)
+                .map_err(|e| LlmError::Metadata(e.to_string()))?;
+            return Ok(Self::Int8(table));
+        }
+        Ok(Self::Table(tensor.dequantize(device)?))
+    }
+
+    /// Tokens in the vocabulary.
+    fn rows(&self) -> usize {
+        match self {
+            Self::Table(table) => table.dim(0).unwrap_or(0),
+            Self::Int8(table) => table.rows(),
+        }
+    }
+
+    /// The embeddings of `ids` (checked to be in the vocabulary), `[1, ids, hidden]`.
+    fn lookup(&self, ids: &[u32], device: &Device) -> Result<Tensor, LlmError> {
+        match self {
+            Self::Table(table) => Ok(table
+                .index_select(&Tensor::new(ids, device)?, 0)?
+                .unsqueeze(0)?),
+            Self::Int8(table) => Ok(Tensor::from_vec(
+                table.dequantize_rows(ids),
+                (1, ids.len(), table.cols()),
+                device,
+            )?),
+        }
+    }
+}
+
 /// One transformer block's weights.
 struct Layer {
     attention_norm: Tensor,
@@ -98,7 +139,7 @@ struct Layer {
 
 /// The model's weights and shape; shared, read-only, by every sequence.
 pub struct Llama {
-    embeddings: Tensor,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
@@ -199,6 +240,16 @@ impl KvCache {
     }
 }
 
+/// One sequence's place in a packed batch and what its attention needs.
+struct Part {
+    /// Its first token's index among the batch's tokens.
+    offset: usize,
+    tokens: usize,
+    mask: Option<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+}
+
 /// The tokens of one forward pass after what the cache holds.
 pub struct Step<'a> {
     /// Token ids.
@@ -223,15 +274,17 @@ fn metadata_u32(content: &gguf_file::Content, key: &str) -> Result<usize, LlmErr
 }
 
 impl Llama {
-    /// Reads a llama GGUF's weights onto `device`, rotary tables up to `context` tokens.
+    /// Builds a llama from a GGUF's metadata and its tensors as `tensor` gives them
+    /// (read as stored, or converted one at a time), with rotary tables up to `context`
+    /// tokens.
     ///
     /// # Errors
     /// When a tensor or metadata field is missing or malformed.
-    pub fn from_gguf<R: Read + Seek>(
+    pub fn from_tensors(
         content: &gguf_file::Content,
-        reader: &mut R,
         device: &Device,
         context: usize,
+        mut tensor: impl FnMut(&str) -> Result<QTensor, LlmError>,
     ) -> Result<Self, LlmError> {
         let heads = metadata_u32(content, "llama.attention.head_count")?;
         let kv_heads = metadata_u32(content, "llama.attention.head_count_kv")?;
@@ -254,9 +307,8 @@ impl Llama {
             )));
         }
 
-        let mut tensor = |name: &str| content.tensor(reader, name, device);
         let embeddings_q = tensor("token_embd.weight")?;
-        let embeddings = embeddings_q.dequantize(device)?;
+        let embeddings = Embeddings::new(&embeddings_q, device)?;
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
         let output = Linear::new(tensor("output.weight").unwrap_or(embeddings_q))?;
         let mut layers = Vec::with_capacity(blocks);
@@ -327,20 +379,83 @@ impl Llama {
         )?)
     }
 
-    /// Runs `step` after what `cache` holds, appends the step's keys and values to it,
-    /// and returns the logits of the step's `outputs` tokens (one row each).
+    /// Runs several sequences' steps as one packed pass, appending each step's keys and
+    /// values to its cache and returning the logits of its `outputs` tokens (one row
+    /// each). Every matrix product takes all their tokens at once (one pass over the
+    /// weights), and each sequence attends to its own cache and tokens only. A
+    /// sequence's logits equal those of its step run alone: the products are computed
+    /// row by row, and its attention has the same shape.
     ///
     /// # Errors
-    /// When the step is empty or malformed, or a candle operation fails.
-    pub fn forward(&self, cache: &mut KvCache, step: &Step) -> Result<Tensor, LlmError> {
-        let n = step.ids.len();
-        if n == 0 || step.positions.len() != n || step.outputs.iter().any(|&i| i >= n) {
+    /// When a step is empty or malformed, or a candle operation fails.
+    pub fn forward_batch(
+        &self,
+        batch: &mut [(&mut KvCache, &Step)],
+    ) -> Result<Vec<Tensor>, LlmError> {
+        let mut parts = Vec::with_capacity(batch.len());
+        let mut ids = Vec::new();
+        for (cache, step) in batch.iter_mut() {
+            parts.push(self.prepare(cache, step, ids.len())?);
+            ids.extend_from_slice(step.ids);
+        }
+        let mut x = self.embeddings.lookup(&ids, &self.device)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let normed = candle_nn::ops::rms_norm(&x, &layer.attention_norm, self.rms_eps)?;
+            let q = layer.wq.forward(&normed)?;
+            let k = layer.wk.forward(&normed)?;
+            let v = layer.wv.forward(&normed)?;
+            let mut attended = Vec::with_capacity(parts.len());
+            for (part, (cache, _)) in parts.iter().zip(batch.iter_mut()) {
+                let own = |t: &Tensor| t.narrow(1, part.offset, part.tokens);
+                attended.push(self.attention(
+                    part,
+                    (&own(&q)?, &own(&k)?, &own(&v)?),
+                    &mut cache.layers[l],
+                )?);
+            }
+            let attended = if attended.len() == 1 {
+                attended.remove(0)
+            } else {
+                Tensor::cat(&attended, 1)?
+            };
+            x = (layer.wo.forward(&attended)? + &x)?;
+            let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.rms_eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate.forward(&normed)?)?;
+            let mixed = layer.down.forward(&(gate * layer.up.forward(&normed)?)?)?;
+            x = (mixed + &x)?;
+        }
+        let wanted: Vec<u32> = batch
+            .iter()
+            .zip(&parts)
+            .flat_map(|((_, step), part)| step.outputs.iter().map(|&i| (part.offset + i) as u32))
+            .collect();
+        let picked = x.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 1)?;
+        let normed = candle_nn::ops::rms_norm(&picked, &self.norm, self.rms_eps)?;
+        let logits = self.output.forward(&normed)?.squeeze(0)?;
+        let mut first = 0;
+        batch
+            .iter()
+            .map(|(_, step)| {
+                let rows = logits.narrow(0, first, step.outputs.len());
+                first += step.outputs.len();
+                Ok(rows?)
+            })
+            .collect()
+    }
+
+    /// Refuses a step the model cannot run: no tokens, a position or output missing or
+    /// out of range, a token outside the vocabulary.
+    ///
+    /// # Errors
+    /// [`LlmError::InvalidInput`] saying what is wrong.
+    pub fn check(&self, ids: &[u32], positions: &[u32], outputs: &[usize]) -> Result<(), LlmError> {
+        let n = ids.len();
+        if n == 0 || positions.len() != n || outputs.iter().any(|&i| i >= n) {
             return Err(LlmError::InvalidInput(
                 "a forward step needs tokens, one position each, and outputs among them".into(),
             ));
         }
-        if let Some(&beyond) = step
-            .positions
+        if let Some(&beyond) = positions
             .iter()
             .find(|&&p| p as usize >= self.max_positions())
         {
@@ -349,54 +464,54 @@ impl Llama {
                 self.max_positions()
             )));
         }
+        let vocabulary = self.embeddings.rows();
+        if let Some(&unknown) = ids.iter().find(|&&id| id as usize >= vocabulary) {
+            return Err(LlmError::InvalidInput(format!(
+                "token {unknown} is not in the vocabulary of {vocabulary}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks one sequence's step and computes what its attention needs: the mask and
+    /// the rotary rows of its positions.
+    fn prepare(&self, cache: &mut KvCache, step: &Step, offset: usize) -> Result<Part, LlmError> {
+        self.check(step.ids, step.positions, step.outputs)?;
+        let n = step.ids.len();
         cache.layers.resize(self.layers.len(), None);
-        let past = cache.len();
         let mask = match &step.mask {
             Some(mask) => Some(mask.clone()),
-            None if n > 1 => Some(causal_mask(n, past, &self.device)?),
+            None if n > 1 => Some(causal_mask(n, cache.len(), &self.device)?),
             None => None,
         };
         let positions = Tensor::new(step.positions, &self.device)?;
-        let cos = self.cos.index_select(&positions, 0)?;
-        let sin = self.sin.index_select(&positions, 0)?;
-        let ids = Tensor::new(step.ids, &self.device)?;
-
-        let mut x = self.embeddings.index_select(&ids, 0)?.unsqueeze(0)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let normed = candle_nn::ops::rms_norm(&x, &layer.attention_norm, self.rms_eps)?;
-            let attended = self.attention(layer, &normed, kv, mask.as_ref(), &cos, &sin)?;
-            x = (attended + &x)?;
-            let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.rms_eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&normed)?)?;
-            let mixed = layer.down.forward(&(gate * layer.up.forward(&normed)?)?)?;
-            x = (mixed + &x)?;
-        }
-        let wanted: Vec<u32> = step.outputs.iter().map(|&i| i as u32).collect();
-        let picked = x.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 1)?;
-        let normed = candle_nn::ops::rms_norm(&picked, &self.norm, self.rms_eps)?;
-        Ok(self.output.forward(&normed)?.squeeze(0)?)
+        Ok(Part {
+            offset,
+            tokens: n,
+            mask,
+            cos: self.cos.index_select(&positions, 0)?,
+            sin: self.sin.index_select(&positions, 0)?,
+        })
     }
 
+    /// One sequence's attention: its projected queries, keys and values (`[1, n, ..]`)
+    /// against its cached keys and values, which it extends.
     fn attention(
         &self,
-        layer: &Layer,
-        x: &Tensor,
+        part: &Part,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
         kv: &mut Option<(Tensor, Tensor)>,
-        mask: Option<&Tensor>,
-        cos: &Tensor,
-        sin: &Tensor,
     ) -> Result<Tensor, LlmError> {
-        let (_, n, hidden) = x.dims3()?;
-        let heads = |t: Tensor, count: usize| -> Result<Tensor, LlmError> {
+        let n = part.tokens;
+        let hidden = self.heads * self.head_dim;
+        let heads = |t: &Tensor, count: usize| -> Result<Tensor, LlmError> {
             Ok(t.reshape((1, n, count, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = heads(layer.wq.forward(x)?, self.heads)?;
-        let k = heads(layer.wk.forward(x)?, self.kv_heads)?;
-        let v = heads(layer.wv.forward(x)?, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?;
+        let q = candle_nn::rotary_emb::rope_i(&heads(q, self.heads)?, &part.cos, &part.sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(k, self.kv_heads)?, &part.cos, &part.sin)?;
+        let v = heads(v, self.kv_heads)?;
         let (k, v) = match kv.take() {
             Some((k_past, v_past)) => (
                 Tensor::cat(&[&k_past, &k], 2)?,
@@ -410,16 +525,15 @@ impl Llama {
         let k = candle_transformers::utils::repeat_kv(k, repeats)?;
         let v = candle_transformers::utils::repeat_kv(v, repeats)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = match mask {
+        let scores = match &part.mask {
             Some(mask) => scores.broadcast_add(mask)?,
             None => scores,
         };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = weights
+        Ok(weights
             .matmul(&v)?
             .transpose(1, 2)?
-            .reshape((1, n, hidden))?;
-        layer.wo.forward(&out)
+            .reshape((1, n, hidden))?)
     }
 }
 

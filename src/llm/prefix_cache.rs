@@ -17,7 +17,8 @@
 //!
 //! A prompt whose demonstrations are to come from the demonstration cache
 //! ([`PrefixCache::session_with_blocks`]) runs its head here and its demonstrations
-//! there; each cache keeps to the budget on its own.
+//! there. The two share one budget: whichever adds to it evicts its own least recently
+//! used entries first, then the other's.
 
 use super::{DemonstrationCache, Llm, LlmError, Session};
 
@@ -55,7 +56,7 @@ impl PrefixCache {
     pub fn with_budget(budget_bytes: usize) -> Self {
         Self {
             entries: Vec::new(),
-            demonstrations: DemonstrationCache::with_budget(budget_bytes),
+            demonstrations: DemonstrationCache::default(),
             budget_bytes,
             clock: 0,
             hits: 0,
@@ -68,18 +69,38 @@ impl PrefixCache {
     /// # Errors
     /// When the model fails on the prefix.
     pub fn session(&mut self, llm: &Llm, prefix: &[u32]) -> Result<Session, LlmError> {
+        let (mut session, reused) = self.lookup(llm, prefix)?;
+        if reused < prefix.len() {
+            for chunk in prefix[reused..].chunks(CHUNK) {
+                session.feed(chunk)?;
+            }
+            self.remember(prefix, &session);
+        }
+        Ok(session)
+    }
+
+    /// The remembered session sharing the most whole chunks with `prefix` (the whole
+    /// of it when it is remembered), cut to them, and how many of its tokens that is;
+    /// a fresh session and 0 when none shares a chunk. The rest of `prefix` is to be
+    /// run in chunks of [`CHUNK`] tokens and the result remembered.
+    ///
+    /// # Errors
+    /// When a remembered session cannot be cut.
+    pub(super) fn lookup(
+        &mut self,
+        llm: &Llm,
+        prefix: &[u32],
+    ) -> Result<(Session, usize), LlmError> {
         self.clock += 1;
         let best = self
             .entries
             .iter_mut()
             .map(|entry| (common_prefix(&entry.tokens, prefix), entry))
             .max_by_key(|(shared, _)| *shared);
-        let (mut session, reused) = match best {
+        let found = match best {
             Some((shared, entry)) if shared == prefix.len() && shared == entry.tokens.len() => {
                 entry.last_used = self.clock;
-                self.hits += 1;
-                record(prefix.len(), prefix.len());
-                return Ok(entry.session.clone());
+                (entry.session.clone(), shared)
             }
             Some((shared, entry)) if shared >= CHUNK => {
                 entry.last_used = self.clock;
@@ -88,15 +109,11 @@ impl PrefixCache {
             }
             _ => (llm.session(), 0),
         };
-        if reused > 0 {
+        if found.1 > 0 {
             self.hits += 1;
         }
-        record(prefix.len(), reused);
-        for chunk in prefix[reused..].chunks(CHUNK) {
-            session.feed(chunk)?;
-        }
-        self.remember(prefix, &session);
-        Ok(session)
+        record(prefix.len(), found.1);
+        Ok(found)
     }
 
     /// A session that has run `prefix`, whose last tokens are demonstration blocks of
@@ -125,26 +142,34 @@ impl PrefixCache {
             parts.push(block);
             rest = after;
         }
-        self.demonstrations.session(head, &session, &parts)
+        let session = self.demonstrations.session(head, &session, &parts)?;
+        self.trim_blocks();
+        Ok(session)
     }
 
-    fn remember(&mut self, prefix: &[u32], session: &Session) {
-        if prefix.is_empty() {
-            return;
-        }
-        self.entries.push(Entry {
-            tokens: prefix.to_vec(),
-            session: session.clone(),
-            last_used: self.clock,
-        });
-        while self.entries.len() > 1
-            && self
-                .entries
-                .iter()
-                .map(|e| e.session.kv_bytes())
-                .sum::<usize>()
-                > self.budget_bytes
-        {
+    /// Keys and values held by both caches.
+    pub fn bytes(&self) -> usize {
+        self.prefix_bytes() + self.demonstrations.bytes()
+    }
+
+    fn prefix_bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.session.kv_bytes()).sum()
+    }
+
+    /// Brings both caches within the budget after demonstration blocks were added:
+    /// blocks go first, then prefixes.
+    pub(super) fn trim_blocks(&mut self) {
+        let prefixes = self.prefix_bytes();
+        self.demonstrations
+            .evict_to(self.budget_bytes.saturating_sub(prefixes));
+        let blocks = self.demonstrations.bytes();
+        self.evict_prefixes_to(self.budget_bytes.saturating_sub(blocks), 0);
+    }
+
+    /// Drops the least recently used prefixes, but the newest `keep`, while they hold
+    /// more than `limit` bytes.
+    fn evict_prefixes_to(&mut self, limit: usize, keep: usize) {
+        while self.entries.len() > keep && self.prefix_bytes() > limit {
             let oldest = self
                 .entries
                 .iter()
@@ -153,6 +178,25 @@ impl PrefixCache {
                 .map_or(0, |(i, _)| i);
             self.entries.swap_remove(oldest);
         }
+    }
+
+    /// Keeps `session`, which has run `prefix`, evicting the least recently used
+    /// prefixes while over budget.
+    pub(super) fn remember(&mut self, prefix: &[u32], session: &Session) {
+        if prefix.is_empty() {
+            return;
+        }
+        self.entries.push(Entry {
+            tokens: prefix.to_vec(),
+            session: session.clone(),
+            last_used: self.clock,
+        });
+        // Prefixes go first (the newest stays), then demonstration blocks.
+        let blocks = self.demonstrations.bytes();
+        self.evict_prefixes_to(self.budget_bytes.saturating_sub(blocks), 1);
+        let prefixes = self.prefix_bytes();
+        self.demonstrations
+            .evict_to(self.budget_bytes.saturating_sub(prefixes));
     }
 
     /// How many requests reused at least one cached chunk (or the whole prefix).

@@ -12,10 +12,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::Tensor;
-
-use super::model::Step;
-use super::{log_softmax, Llm, LlmError, PrefixCache, Session};
+use super::scheduler::{self, Scoring};
+use super::{log_softmax, run_together, Llm, LlmError, Piece, PrefixCache};
 
 /// What to score: several queries after one prefix, each against every continuation.
 #[derive(Debug, Clone)]
@@ -46,7 +44,8 @@ impl Llm {
     /// Each query runs in its own step (its tokens and its continuation trie), so a
     /// query's scores never depend on which other queries share the request: with
     /// 8-bit activations a differently shaped step can round differently, and the same
-    /// request must always get the same answer.
+    /// request must always get the same answer. This is the scheduler's scoring, run
+    /// alone.
     ///
     /// # Errors
     /// When a query or continuation is empty, or the model fails.
@@ -55,28 +54,11 @@ impl Llm {
         request: &ScoreRequest,
         cache: &mut PrefixCache,
     ) -> Result<Vec<Vec<f32>>, LlmError> {
-        check(request)?;
-        if request.queries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let base = if request.blocks.is_empty() {
-            cache.session(self, &request.prefix)?
-        } else {
-            cache.session_with_blocks(self, &request.prefix, &request.blocks)?
-        };
-        request
-            .queries
-            .iter()
-            .map(|query| {
-                let tree = Tree::pack(
-                    std::slice::from_ref(query),
-                    &request.continuations,
-                    base.position,
-                );
-                let logits = base.clone().run_tree(&tree)?;
-                Ok(tree.sums(&logits).remove(0))
-            })
-            .collect()
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        scheduler::run_alone(self, cache, Box::new(Scoring::new(request.clone(), reply)));
+        answer
+            .try_recv()
+            .map_err(|_| LlmError::InvalidInput("the scoring ended without an answer".into()))?
     }
 
     /// Like [`Llm::score`] with every query packed into one step after the prefix:
@@ -92,13 +74,14 @@ impl Llm {
         }
         let mut session = PrefixCache::default().session(self, &request.prefix)?;
         let tree = Tree::pack(&request.queries, &request.continuations, session.position);
-        let logits = session.run_tree(&tree)?;
+        let piece = tree.piece(session.position);
+        let logits = run_together(&mut [(&mut session, &piece)])?.remove(0);
         Ok(tree.sums(&logits))
     }
 }
 
 /// Refuses empty queries and continuations.
-fn check(request: &ScoreRequest) -> Result<(), LlmError> {
+pub(super) fn check(request: &ScoreRequest) -> Result<(), LlmError> {
     if request.continuations.iter().any(Vec::is_empty) {
         return Err(LlmError::InvalidInput(
             "a continuation has no tokens".into(),
@@ -112,7 +95,7 @@ fn check(request: &ScoreRequest) -> Result<(), LlmError> {
 
 /// The queries and continuation tries of one request, packed into one forward step.
 #[derive(Debug)]
-struct Tree {
+pub(super) struct Tree {
     ids: Vec<u32>,
     positions: Vec<u32>,
     /// The packed token each token directly follows; `None` for a query's first token,
@@ -126,7 +109,8 @@ struct Tree {
 }
 
 impl Tree {
-    fn pack(queries: &[Vec<u32>], continuations: &[Vec<u32>], past: usize) -> Self {
+    /// Packs `queries` and their continuation tries after `past` tokens.
+    pub(super) fn pack(queries: &[Vec<u32>], continuations: &[Vec<u32>], past: usize) -> Self {
         let mut tree = Self {
             ids: Vec::new(),
             positions: Vec::new(),
@@ -173,7 +157,7 @@ impl Tree {
     }
 
     /// Each query's continuation scores from the step's logits (one row per output).
-    fn sums(&self, logits: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    pub(super) fn sums(&self, logits: &[Vec<f32>]) -> Vec<Vec<f32>> {
         let logprobs: Vec<Vec<f32>> = logits.iter().map(|row| log_softmax(row)).collect();
         self.picks
             .iter()
@@ -208,6 +192,16 @@ impl Tree {
         self.outputs.len() - 1
     }
 
+    /// The tree as one session's step after `past` tokens, its mask included.
+    pub(super) fn piece(&self, past: usize) -> Piece {
+        Piece {
+            ids: self.ids.clone(),
+            positions: self.positions.clone(),
+            mask: Some(self.mask(past)),
+            outputs: self.outputs.clone(),
+        }
+    }
+
     /// 0 where packed token `row` may attend (the `past` cached tokens, itself and its
     /// ancestors), `-inf` elsewhere: `n` rows of `past + n` columns.
     fn mask(&self, past: usize) -> Vec<f32> {
@@ -223,24 +217,6 @@ impl Tree {
             }
         }
         mask
-    }
-}
-
-impl Session {
-    /// Runs a packed tree after what the session holds; one logits row per output.
-    fn run_tree(&mut self, tree: &Tree) -> Result<Vec<Vec<f32>>, LlmError> {
-        let past = self.position;
-        let n = tree.ids.len();
-        let mask = Tensor::from_vec(tree.mask(past), (n, past + n), self.model.device())?;
-        let step = Step {
-            ids: &tree.ids,
-            positions: &tree.positions,
-            mask: Some(mask),
-            outputs: &tree.outputs,
-        };
-        let logits = self.model.forward(&mut self.cache, &step)?;
-        self.position += n;
-        Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
     }
 }
 

@@ -1,10 +1,10 @@
 //! Loading the GGUF weights in the format the service asked for.
 //!
-//! The model reads its weights from a GGUF reader, so a format other than the file's
-//! own is produced by converting every quantized matrix and handing the model an
-//! in-memory GGUF. Norms and other vectors keep their f32 form.
+//! The model takes its tensors one at a time, so a format other than the file's own is
+//! produced by converting each matrix as it is read (never the whole file at once in
+//! memory). Norms and other vectors keep their f32 form.
 
-use std::io::{Cursor, Read, Seek};
+use std::io::{Read, Seek};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
@@ -21,8 +21,8 @@ fn target_dtype(format: WeightFormat) -> Option<GgmlDType> {
     }
 }
 
-/// Builds the model from a GGUF header and its reader, converting matrices to `format`,
-/// with rotary tables for `context` positions.
+/// Builds the model from a GGUF header and its reader, converting matrices to `format`
+/// one at a time as the model takes them, with rotary tables for `context` positions.
 ///
 /// # Errors
 /// When the GGUF is not a llama or a tensor cannot be read or converted.
@@ -33,14 +33,33 @@ pub fn into_model<R: Read + Seek>(
     format: WeightFormat,
     context: usize,
 ) -> Result<Llama, LlmError> {
-    if target_dtype(format).is_none() {
-        return Llama::from_gguf(&content, reader, device, context);
+    Llama::from_tensors(&content, device, context, |name| {
+        let converts = content.tensor_infos.get(name).is_some_and(|info| {
+            target_dtype(format)
+                .is_some_and(|target| info.shape.rank() == 2 && info.ggml_dtype != target)
+        });
+        if converts {
+            let tensor = content.tensor(reader, name, &Device::Cpu)?;
+            Ok(converted(tensor, format, device)?)
+        } else {
+            Ok(content.tensor(reader, name, device)?)
+        }
+    })
+}
+
+/// `tensor` with its values in `format` on `device`, when it is a matrix of another
+/// format; else as it is.
+fn converted(
+    tensor: QTensor,
+    format: WeightFormat,
+    device: &Device,
+) -> candle_core::Result<QTensor> {
+    match target_dtype(format) {
+        Some(target) if tensor.shape().rank() == 2 && tensor.dtype() != target => {
+            QTensor::quantize_onto(&tensor.dequantize(&Device::Cpu)?, target, device)
+        }
+        _ => Ok(tensor),
     }
-    let mut buffer = Cursor::new(Vec::new());
-    convert(&content, reader, format, &mut buffer)?;
-    buffer.set_position(0);
-    let converted = gguf_file::Content::read(&mut buffer)?;
-    Llama::from_gguf(&converted, &mut buffer, device, context)
 }
 
 /// Writes the GGUF at `from` with its matrices in `format` to `to` (so that another
@@ -71,14 +90,7 @@ fn convert<R: Read + Seek, W: std::io::Write + Seek>(
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let tensor = content.tensor(reader, name, &Device::Cpu)?;
-        let is_matrix = tensor.shape().rank() == 2;
-        let converted = match target_dtype(format) {
-            Some(target) if is_matrix && tensor.dtype() != target => {
-                QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, target)?
-            }
-            _ => tensor,
-        };
-        tensors.push((name.as_str(), converted));
+        tensors.push((name.as_str(), converted(tensor, format, &Device::Cpu)?));
     }
     let metadata: Vec<(&str, &gguf_file::Value)> = content
         .metadata

@@ -16,6 +16,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -365,6 +368,7 @@ impl Predictor {
             inputs: inputs.into(),
             vectors: VecDeque::new(),
             index: 0,
+            in_flight: FuturesOrdered::new(),
         })
     }
 
@@ -436,6 +440,10 @@ impl Predictor {
 /// early wastes little, many enough that the embedder batches.
 pub const EMBED_CHUNK: usize = 16;
 
+/// Inputs of one request waiting for the model at once: enough for the scheduler to
+/// batch a long request's queries, few enough that requests share the queue.
+pub const IN_FLIGHT: usize = 4;
+
 /// A prediction request under way: what its inputs share, and the inputs not predicted
 /// yet. Dropping it stops the request; nothing of it stays queued for the model.
 pub struct PredictionRun {
@@ -457,27 +465,44 @@ pub struct PredictionRun {
     vectors: VecDeque<Vec<f32>>,
     /// The index of the next input in the request.
     index: usize,
+    /// Inputs whose prompts are written and which wait for the model, in order.
+    in_flight: FuturesOrdered<BoxFuture<'static, Result<Prediction, PredictError>>>,
 }
 
 impl PredictionRun {
     /// Inputs not predicted yet.
     pub fn remaining(&self) -> usize {
-        self.inputs.len()
+        self.inputs.len() + self.in_flight.len()
     }
 
     /// Predicts the next input; `None` once every input is answered.
     ///
+    /// Up to [`IN_FLIGHT`] inputs wait for the model at once, so that its scheduler
+    /// runs them side by side; the answers still come in the inputs' order.
+    ///
     /// # Errors
     /// When the input is too long for the context window, or the model fails.
     pub async fn next(&mut self) -> Option<Result<Prediction, PredictError>> {
-        let input = self.inputs.front()?.clone();
-        let result = self.predict_one(input).await;
-        self.inputs.pop_front();
-        self.index += 1;
-        Some(result)
+        while self.in_flight.len() < IN_FLIGHT {
+            let Some(input) = self.inputs.pop_front() else {
+                break;
+            };
+            let answer = match self.prepare_one(input).await {
+                Ok(answer) => answer,
+                Err(error) => futures::future::ready(Err(error)).boxed(),
+            };
+            self.in_flight.push_back(answer);
+            self.index += 1;
+        }
+        self.in_flight.next().await
     }
 
-    async fn predict_one(&mut self, input: QueryInput) -> Result<Prediction, PredictError> {
+    /// Embeds, retrieves for and writes the prompt of `input`; returns the rest of its
+    /// prediction, the model's part, to be awaited.
+    async fn prepare_one(
+        &mut self,
+        input: QueryInput,
+    ) -> Result<BoxFuture<'static, Result<Prediction, PredictError>>, PredictError> {
         let started = Instant::now();
         let index = self.index;
         let options = &self.options;
@@ -537,6 +562,35 @@ impl PredictionRun {
             .await
             .map_err(|_| PredictError::Aborted("prompt building"))??
         };
+        let answering = Answering {
+            predictor: Arc::clone(&self.predictor),
+            options: self.options.clone(),
+            builder: Arc::clone(&self.builder),
+            labels: self.labels.clone(),
+            continuations: self.continuations.clone(),
+        };
+        Ok(answering.answer(prepared, started).boxed())
+    }
+}
+
+/// What the model's part of one prediction needs, owned so that several can wait for
+/// the model at once.
+struct Answering {
+    predictor: Arc<Predictor>,
+    options: PredictOptions,
+    builder: Arc<PromptBuilder>,
+    labels: Vec<String>,
+    continuations: Vec<Vec<u32>>,
+}
+
+impl Answering {
+    /// Runs the model on the prepared prompt and makes the prediction of it.
+    async fn answer(
+        self,
+        prepared: Prepared,
+        started: Instant,
+    ) -> Result<Prediction, PredictError> {
+        let options = &self.options;
         let prompt_tokens = prepared.prefix.len() + prepared.query.len();
         let mut prediction = Prediction {
             label: None,
