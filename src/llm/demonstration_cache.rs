@@ -32,6 +32,7 @@ struct Block {
 pub struct DemonstrationCache {
     blocks: HashMap<(u64, Vec<u32>), Block>,
     bytes: usize,
+    /// The prefix cache's clock when the last prompt began: its blocks carry it.
     clock: u64,
 }
 
@@ -42,8 +43,8 @@ impl DemonstrationCache {
     }
 
     /// A session that has seen `head` (exactly) and then each of `blocks` (cached),
-    /// in order. The caller then brings the cache back within its budget
-    /// ([`DemonstrationCache::evict_to`]).
+    /// in order, at time `now` (the prefix cache's clock). The caller then brings the
+    /// caches back within their budget.
     ///
     /// # Errors
     /// When a block is empty or the model fails.
@@ -52,8 +53,9 @@ impl DemonstrationCache {
         head_tokens: &[u32],
         head: &Session,
         blocks: &[&[u32]],
+        now: u64,
     ) -> Result<Session, LlmError> {
-        let head_key = self.start(head_tokens, blocks)?;
+        let head_key = self.start(head_tokens, blocks, now)?;
         let mut held = Vec::with_capacity(blocks.len());
         for block in blocks {
             let kv = match self.get(head_key, block) {
@@ -71,9 +73,9 @@ impl DemonstrationCache {
         self.assemble(head, blocks, &held)
     }
 
-    /// Begins assembling a prompt from `blocks` after `head_tokens`: checks the blocks
-    /// and returns the head's key for [`DemonstrationCache::get`] and
-    /// [`DemonstrationCache::insert`].
+    /// Begins assembling a prompt from `blocks` after `head_tokens` at time `now` (the
+    /// prefix cache's clock): checks the blocks and returns the head's key for
+    /// [`DemonstrationCache::get`] and [`DemonstrationCache::insert`].
     ///
     /// # Errors
     /// When a block is empty.
@@ -81,13 +83,14 @@ impl DemonstrationCache {
         &mut self,
         head_tokens: &[u32],
         blocks: &[&[u32]],
+        now: u64,
     ) -> Result<u64, LlmError> {
         if blocks.iter().any(|b| b.is_empty()) {
             return Err(LlmError::InvalidInput(
                 "a demonstration block has no tokens".into(),
             ));
         }
-        self.clock += 1;
+        self.clock = now;
         Ok(fingerprint(head_tokens))
     }
 
@@ -135,22 +138,26 @@ impl DemonstrationCache {
         head.followed_by(&placed, shift)
     }
 
-    /// Drops the least recently used blocks while they hold more than `limit` bytes;
-    /// the blocks of the prompt begun last (used at the current clock) stay.
-    pub(super) fn evict_to(&mut self, limit: usize) {
-        while self.bytes > limit {
-            let Some(oldest) = self
-                .blocks
-                .iter()
-                .filter(|(_, b)| b.last_used < self.clock)
-                .min_by_key(|(_, b)| b.last_used)
-                .map(|(key, _)| key.clone())
-            else {
-                return;
-            };
-            if let Some(block) = self.blocks.remove(&oldest) {
-                self.bytes -= block.kv.bytes();
-            }
+    /// When the least recently used block that may go was last used; the blocks of
+    /// the prompt begun last (used at the current clock) may not.
+    pub(super) fn oldest(&self) -> Option<u64> {
+        self.blocks
+            .values()
+            .map(|b| b.last_used)
+            .filter(|&used| used < self.clock)
+            .min()
+    }
+
+    /// Drops the least recently used block that may go.
+    pub(super) fn evict_oldest(&mut self) {
+        let oldest = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.last_used < self.clock)
+            .min_by_key(|(_, b)| b.last_used)
+            .map(|(key, _)| key.clone());
+        if let Some(block) = oldest.and_then(|key| self.blocks.remove(&key)) {
+            self.bytes -= block.kv.bytes();
         }
     }
 }

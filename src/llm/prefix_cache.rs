@@ -17,8 +17,8 @@
 //!
 //! A prompt whose demonstrations are to come from the demonstration cache
 //! ([`PrefixCache::session_with_blocks`]) runs its head here and its demonstrations
-//! there. The two share one budget: whichever adds to it evicts its own least recently
-//! used entries first, then the other's.
+//! there. The two share one budget and one clock: past the budget, the least recently
+//! used entry of either goes first.
 
 use super::{DemonstrationCache, Llm, LlmError, Session};
 
@@ -142,8 +142,10 @@ impl PrefixCache {
             parts.push(block);
             rest = after;
         }
-        let session = self.demonstrations.session(head, &session, &parts)?;
-        self.trim_blocks();
+        let session = self
+            .demonstrations
+            .session(head, &session, &parts, self.clock)?;
+        self.trim();
         Ok(session)
     }
 
@@ -156,32 +158,44 @@ impl PrefixCache {
         self.entries.iter().map(|e| e.session.kv_bytes()).sum()
     }
 
-    /// Brings both caches within the budget after demonstration blocks were added:
-    /// blocks go first, then prefixes.
-    pub(super) fn trim_blocks(&mut self) {
-        let prefixes = self.prefix_bytes();
-        self.demonstrations
-            .evict_to(self.budget_bytes.saturating_sub(prefixes));
-        let blocks = self.demonstrations.bytes();
-        self.evict_prefixes_to(self.budget_bytes.saturating_sub(blocks), 0);
+    /// Begins assembling a prompt from demonstration `blocks` after `head_tokens`; the
+    /// key of the head for the demonstration cache.
+    ///
+    /// # Errors
+    /// When a block is empty.
+    pub(super) fn start_blocks(
+        &mut self,
+        head_tokens: &[u32],
+        blocks: &[&[u32]],
+    ) -> Result<u64, LlmError> {
+        self.demonstrations.start(head_tokens, blocks, self.clock)
     }
 
-    /// Drops the least recently used prefixes, but the newest `keep`, while they hold
-    /// more than `limit` bytes.
-    fn evict_prefixes_to(&mut self, limit: usize, keep: usize) {
-        while self.entries.len() > keep && self.prefix_bytes() > limit {
-            let oldest = self
+    /// Drops the least recently used prefixes and demonstration blocks, whichever is
+    /// older, until both fit the budget; the prefix and blocks used last stay.
+    pub(super) fn trim(&mut self) {
+        while self.bytes() > self.budget_bytes {
+            let prefix = self
                 .entries
                 .iter()
                 .enumerate()
+                .filter(|(_, e)| e.last_used < self.clock)
                 .min_by_key(|(_, e)| e.last_used)
-                .map_or(0, |(i, _)| i);
-            self.entries.swap_remove(oldest);
+                .map(|(i, e)| (i, e.last_used));
+            match (prefix, self.demonstrations.oldest()) {
+                (None, None) => return,
+                (Some((i, used)), Some(block)) if used <= block => {
+                    self.entries.swap_remove(i);
+                }
+                (Some((i, _)), None) => {
+                    self.entries.swap_remove(i);
+                }
+                (_, Some(_)) => self.demonstrations.evict_oldest(),
+            }
         }
     }
 
-    /// Keeps `session`, which has run `prefix`, evicting the least recently used
-    /// prefixes while over budget.
+    /// Keeps `session`, which has run `prefix`, then trims to the budget.
     pub(super) fn remember(&mut self, prefix: &[u32], session: &Session) {
         if prefix.is_empty() {
             return;
@@ -191,12 +205,7 @@ impl PrefixCache {
             session: session.clone(),
             last_used: self.clock,
         });
-        // Prefixes go first (the newest stays), then demonstration blocks.
-        let blocks = self.demonstrations.bytes();
-        self.evict_prefixes_to(self.budget_bytes.saturating_sub(blocks), 1);
-        let prefixes = self.prefix_bytes();
-        self.demonstrations
-            .evict_to(self.budget_bytes.saturating_sub(prefixes));
+        self.trim();
     }
 
     /// How many requests reused at least one cached chunk (or the whole prefix).

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::demonstration_cache::DemonstrationCache;
 use super::generate::Decoder;
 use super::model::KvCache;
 use super::prefix_cache::CHUNK;
@@ -240,9 +239,11 @@ impl Scoring {
             return Ok(());
         }
         let (head_tokens, blocks) = split_prefix(&self.request)?;
-        let demonstrations: &mut DemonstrationCache = &mut cache.demonstrations;
-        let key = demonstrations.start(head_tokens, &blocks)?;
-        let held = blocks.iter().map(|b| demonstrations.get(key, b)).collect();
+        let key = cache.start_blocks(head_tokens, &blocks)?;
+        let held = blocks
+            .iter()
+            .map(|b| cache.demonstrations.get(key, b))
+            .collect();
         self.phase = ScoringPhase::Blocks {
             head,
             key,
@@ -402,7 +403,7 @@ impl Task for Scoring {
                 if held.iter().all(Option::is_some) {
                     let held: Vec<KvCache> = held.into_iter().flatten().collect();
                     let base = cache.demonstrations.assemble(&head, &blocks, &held)?;
-                    cache.trim_blocks();
+                    cache.trim();
                     self.phase = self.queries(base);
                 } else {
                     self.phase = ScoringPhase::Blocks {

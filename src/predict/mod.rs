@@ -477,13 +477,17 @@ impl PredictionRun {
 
     /// Predicts the next input; `None` once every input is answered.
     ///
-    /// Up to [`IN_FLIGHT`] inputs wait for the model at once, so that its scheduler
-    /// runs them side by side; the answers still come in the inputs' order.
+    /// The first input runs alone, so that the first answer comes as soon as it would
+    /// without the others; then up to [`IN_FLIGHT`] inputs wait for the model at once,
+    /// so that its scheduler runs them side by side. The answers come in the inputs'
+    /// order.
     ///
     /// # Errors
     /// When the input is too long for the context window, or the model fails.
     pub async fn next(&mut self) -> Option<Result<Prediction, PredictError>> {
-        while self.in_flight.len() < IN_FLIGHT {
+        let answered = self.index - self.in_flight.len();
+        let limit = if answered == 0 { 1 } else { IN_FLIGHT };
+        while self.in_flight.len() < limit {
             let Some(input) = self.inputs.pop_front() else {
                 break;
             };
@@ -507,9 +511,9 @@ impl PredictionRun {
         let index = self.index;
         let options = &self.options;
         if self.retrieves && self.vectors.is_empty() {
-            let queries: Vec<(String, Option<String>)> = self
-                .inputs
-                .iter()
+            // This input (already taken from the queue) and the ones after it.
+            let queries: Vec<(String, Option<String>)> = std::iter::once(&input)
+                .chain(self.inputs.iter())
                 .take(EMBED_CHUNK)
                 .map(|i| (i.text.clone(), i.text_pair.clone()))
                 .collect();
