@@ -11,10 +11,60 @@ use candle_core::{Device, Module, Tensor};
 use super::{read_rows, timed, BenchArgs, WeightsFile};
 use crate::config::WeightFormat;
 use crate::embed::Embedder;
-use crate::llm::Llm;
+use crate::llm::{Llm, Session};
 use crate::model_source;
 use crate::quant::{Isa, Q8Matrix};
 use crate::server::open_device;
+
+/// Generations decoded side by side, as the scheduler runs concurrent requests.
+const SIDE_BY_SIDE: usize = 8;
+
+/// Decoding [`SIDE_BY_SIDE`] sequences one pass per step for all of them, against one
+/// sequence after another: what continuous batching gains for concurrent generations.
+fn batched_decoding(args: &BenchArgs, llm: &Llm, prompt: &[u32]) -> anyhow::Result<()> {
+    let mut start = llm.session();
+    let first = argmax(&start.feed(prompt)?);
+    let steps = args.generate_tokens;
+    let alone = timed(args.repeats, || {
+        for _ in 0..SIDE_BY_SIDE {
+            let mut session = start.clone();
+            let mut token = first;
+            for _ in 0..steps {
+                token = argmax(&session.feed(&[token])?);
+            }
+        }
+        Ok(())
+    })?;
+    let together = timed(args.repeats, || {
+        let mut sessions: Vec<Session> = (0..SIDE_BY_SIDE).map(|_| start.clone()).collect();
+        let mut tokens = vec![first; SIDE_BY_SIDE];
+        for _ in 0..steps {
+            let mut batch: Vec<(&mut Session, &[u32])> = sessions
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(session, token)| (session, std::slice::from_ref(token)))
+                .collect();
+            tokens = llm
+                .feed_batch(&mut batch)?
+                .iter()
+                .map(|l| argmax(l))
+                .collect();
+        }
+        Ok(())
+    })?;
+    let tokens = (SIDE_BY_SIDE * steps) as f64;
+    let (alone, together) = (
+        tokens / alone.as_secs_f64(),
+        tokens / together.as_secs_f64(),
+    );
+    println!(
+        "{SIDE_BY_SIDE} generations after a {}-token prompt: one after another \
+         {alone:.1} tok/s, one pass per step for all {together:.1} tok/s ({:.2}x)",
+        prompt.len(),
+        together / alone
+    );
+    Ok(())
+}
 
 /// Runs the models suite.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -71,6 +121,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             load.as_secs_f64(),
         );
         ours.push((format, prompt_speed, generation_speed));
+        if format == args.models.weights {
+            batched_decoding(args, &llm, &prompt)?;
+        }
     }
     if let Some(llama_bench) = &args.llama_bench {
         let theirs = against_llama_cpp(args, llama_bench, &model_path, &ours)?;

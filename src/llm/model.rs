@@ -521,17 +521,23 @@ impl Llama {
         };
         *kv = Some((k.clone(), v.clone()));
 
+        // Grouped-query attention without copying the keys and values for every query
+        // head: the query heads that share a key/value head are stacked as its rows.
         let repeats = self.heads / self.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, repeats)?;
-        let v = candle_transformers::utils::repeat_kv(v, repeats)?.contiguous()?;
+        let columns = k.dim(2)?;
+        let q = q.reshape((1, self.kv_heads, repeats * n, self.head_dim))?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let scores = match &part.mask {
-            Some(mask) => scores.broadcast_add(mask)?,
+            Some(mask) => scores
+                .reshape((1, self.kv_heads, repeats, n, columns))?
+                .broadcast_add(mask)?
+                .reshape((1, self.kv_heads, repeats * n, columns))?,
             None => scores,
         };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         Ok(weights
             .matmul(&v)?
+            .reshape((1, self.heads, n, self.head_dim))?
             .transpose(1, 2)?
             .reshape((1, n, hidden))?)
     }
