@@ -633,6 +633,8 @@ mod tests {
 
     type GenerationReply = oneshot::Receiver<Result<Generation, LlmError>>;
     type ScoresReply = oneshot::Receiver<Result<Vec<Vec<f32>>, LlmError>>;
+    /// Each generation's text and token count; each scoring's scores.
+    type Answers = (Vec<(String, usize)>, Vec<Vec<Vec<f32>>>);
 
     /// Two generations (one prompt longer than a chunk, one sampled) and two scorings
     /// (one with demonstration blocks), with where their answers will arrive.
@@ -698,7 +700,7 @@ mod tests {
     fn answers(
         generations: Vec<GenerationReply>,
         scores: Vec<ScoresReply>,
-    ) -> (Vec<(String, usize)>, Vec<Vec<Vec<f32>>>) {
+    ) -> Answers {
         let generations = generations
             .into_iter()
             .map(|mut g| {
