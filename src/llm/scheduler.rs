@@ -697,10 +697,7 @@ mod tests {
         steps
     }
 
-    fn answers(
-        generations: Vec<GenerationReply>,
-        scores: Vec<ScoresReply>,
-    ) -> Answers {
+    fn answers(generations: Vec<GenerationReply>, scores: Vec<ScoresReply>) -> Answers {
         let generations = generations
             .into_iter()
             .map(|mut g| {
