@@ -15,11 +15,8 @@ use crate::worker::{QueueError, Worker};
 #[derive(Clone)]
 pub struct LlmHandle {
     worker: Worker<Box<dyn Task>>,
-    /// The model, shared with the scheduler thread, for building jobs.
+    /// The model, shared with the scheduler thread: its facts, and jobs are built on it.
     llm: Arc<Llm>,
-    tokenizer: Arc<LlmTokenizer>,
-    context_length: usize,
-    name: Arc<str>,
 }
 
 impl LlmHandle {
@@ -29,37 +26,28 @@ impl LlmHandle {
     /// # Errors
     /// When the thread cannot be started.
     pub fn spawn(llm: Llm, capacity: usize, kv_cache_bytes: usize) -> std::io::Result<Self> {
-        let tokenizer = llm.tokenizer();
-        let context_length = llm.context_length();
-        let name: Arc<str> = llm.name().into();
         let llm = Arc::new(llm);
         let cache = PrefixCache::with_budget(kv_cache_bytes);
         let model = Arc::clone(&llm);
         let worker = Worker::spawn_with("exemplar-llm", capacity, move |queue| {
             scheduler::run(&model, cache, queue)
         })?;
-        Ok(Self {
-            worker,
-            llm,
-            tokenizer,
-            context_length,
-            name,
-        })
+        Ok(Self { worker, llm })
     }
 
     /// The tokenizer, for validating requests before they queue.
     pub fn tokenizer(&self) -> &Arc<LlmTokenizer> {
-        &self.tokenizer
+        &self.llm.tokenizer
     }
 
     /// The most tokens one sequence may hold.
     pub fn context_length(&self) -> usize {
-        self.context_length
+        self.llm.context_length()
     }
 
     /// The model's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.llm.name()
     }
 
     /// Jobs waiting for the model.
