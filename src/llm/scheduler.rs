@@ -284,7 +284,7 @@ impl Scoring {
 
 impl Task for Scoring {
     fn abandoned(&self) -> bool {
-        self.reply.as_ref().is_none_or(oneshot::Sender::is_closed)
+        gone(&self.reply)
     }
 
     fn plan(
@@ -520,7 +520,7 @@ impl Generating {
 
 impl Task for Generating {
     fn abandoned(&self) -> bool {
-        self.reply.as_ref().is_none_or(oneshot::Sender::is_closed)
+        gone(&self.reply)
     }
 
     fn plan(
@@ -597,6 +597,11 @@ impl Task for Generating {
     fn fail(mut self: Box<Self>, error: LlmError) {
         self.answer(Err(error));
     }
+}
+
+/// Whether nobody waits on `reply` any more (or it has been answered).
+fn gone<T>(reply: &Option<oneshot::Sender<T>>) -> bool {
+    reply.as_ref().is_none_or(oneshot::Sender::is_closed)
 }
 
 /// The prefix's head and its demonstration blocks.
