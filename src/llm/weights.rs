@@ -34,32 +34,29 @@ pub fn into_model<R: Read + Seek>(
     context: usize,
 ) -> Result<Llama, LlmError> {
     Llama::from_tensors(&content, device, context, |name| {
-        let converts = content.tensor_infos.get(name).is_some_and(|info| {
-            target_dtype(format)
-                .is_some_and(|target| info.shape.rank() == 2 && info.ggml_dtype != target)
-        });
-        if converts {
-            let tensor = content.tensor(reader, name, &Device::Cpu)?;
-            Ok(converted(tensor, format, device)?)
-        } else {
-            Ok(content.tensor(reader, name, device)?)
+        let target = content
+            .tensor_infos
+            .get(name)
+            .and_then(|info| conversion(format, info.shape.rank(), info.ggml_dtype));
+        match target {
+            Some(target) => {
+                let tensor = content.tensor(reader, name, &Device::Cpu)?;
+                Ok(reformat(&tensor, target, device)?)
+            }
+            None => Ok(content.tensor(reader, name, device)?),
         }
     })
 }
 
-/// `tensor` with its values in `format` on `device`, when it is a matrix of another
-/// format; else as it is.
-fn converted(
-    tensor: QTensor,
-    format: WeightFormat,
-    device: &Device,
-) -> candle_core::Result<QTensor> {
-    match target_dtype(format) {
-        Some(target) if tensor.shape().rank() == 2 && tensor.dtype() != target => {
-            QTensor::quantize_onto(&tensor.dequantize(&Device::Cpu)?, target, device)
-        }
-        _ => Ok(tensor),
-    }
+/// The format a tensor of `rank` stored as `stored` is converted to for `format`:
+/// matrices of another format only.
+fn conversion(format: WeightFormat, rank: usize, stored: GgmlDType) -> Option<GgmlDType> {
+    target_dtype(format).filter(|&target| rank == 2 && stored != target)
+}
+
+/// `tensor`'s values as `target` on `device`.
+fn reformat(tensor: &QTensor, target: GgmlDType, device: &Device) -> candle_core::Result<QTensor> {
+    QTensor::quantize_onto(&tensor.dequantize(&Device::Cpu)?, target, device)
 }
 
 /// Writes the GGUF at `from` with its matrices in `format` to `to` (so that another
@@ -90,7 +87,11 @@ fn convert<R: Read + Seek, W: std::io::Write + Seek>(
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let tensor = content.tensor(reader, name, &Device::Cpu)?;
-        tensors.push((name.as_str(), converted(tensor, format, &Device::Cpu)?));
+        let tensor = match conversion(format, tensor.shape().rank(), tensor.dtype()) {
+            Some(target) => reformat(&tensor, target, &Device::Cpu)?,
+            None => tensor,
+        };
+        tensors.push((name.as_str(), tensor));
     }
     let metadata: Vec<(&str, &gguf_file::Value)> = content
         .metadata
