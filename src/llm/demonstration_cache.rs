@@ -42,37 +42,6 @@ impl DemonstrationCache {
         self.bytes
     }
 
-    /// A session that has seen `head` (exactly) and then each of `blocks` (cached),
-    /// in order, at time `now` (the prefix cache's clock). The caller then brings the
-    /// caches back within their budget.
-    ///
-    /// # Errors
-    /// When a block is empty or the model fails.
-    pub(super) fn session(
-        &mut self,
-        head_tokens: &[u32],
-        head: &Session,
-        blocks: &[&[u32]],
-        now: u64,
-    ) -> Result<Session, LlmError> {
-        let head_key = self.start(head_tokens, blocks, now)?;
-        let mut held = Vec::with_capacity(blocks.len());
-        for block in blocks {
-            let kv = match self.get(head_key, block) {
-                Some(kv) => kv,
-                None => {
-                    let mut session = head.clone();
-                    session.feed(block)?;
-                    let kv = session.kv_slice(head.position, block.len())?;
-                    self.insert(head_key, block, kv.clone());
-                    kv
-                }
-            };
-            held.push(kv);
-        }
-        self.assemble(head, blocks, &held)
-    }
-
     /// Begins assembling a prompt from `blocks` after `head_tokens` at time `now` (the
     /// prefix cache's clock): checks the blocks and returns the head's key for
     /// [`DemonstrationCache::get`] and [`DemonstrationCache::insert`].
@@ -179,19 +148,11 @@ fn fingerprint(tokens: &[u32]) -> u64 {
 mod tests {
     use candle_core::Tensor;
 
-    use super::super::{log_softmax, Llm, PrefixCache};
+    use super::super::{Llm, PrefixCache, ScoreRequest};
     use crate::config::WeightFormat;
 
     fn f32_llm() -> Llm {
         crate::llm::tests::llm(WeightFormat::F32)
-    }
-
-    fn largest_gap(a: &[f32], b: &[f32]) -> f32 {
-        let (a, b) = (log_softmax(a), log_softmax(b));
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     /// Rotary embeddings compose: the first layer's keys of a block computed at one
@@ -231,6 +192,32 @@ mod tests {
         assert!(largest(&here, &there) > 1e-2, "the shift changes the keys");
     }
 
+    /// Scores of `continuations` after `prefix` and `query`, the prefix's last blocks
+    /// (of lengths `blocks`) taken from `cache`'s demonstration blocks.
+    fn scores(
+        llm: &Llm,
+        cache: &mut PrefixCache,
+        prefix: &[u32],
+        blocks: &[usize],
+        query: &[u32],
+        continuations: &[Vec<u32>],
+    ) -> Vec<f32> {
+        let request = ScoreRequest {
+            prefix: prefix.to_vec(),
+            queries: vec![query.to_vec()],
+            continuations: continuations.to_vec(),
+            blocks: blocks.to_vec(),
+        };
+        llm.score_cached(&request, cache).expect("scores").remove(0)
+    }
+
+    fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     /// Two blocks: the second is computed after the head alone, so the prompt is not
     /// the exact one; assembled from cached blocks it gives bit for bit what it gave
     /// when the blocks were computed.
@@ -243,38 +230,40 @@ mod tests {
         let first = encode("\n\nReview: a gorgeous, witty film.\nSentiment: positive");
         let second = encode("\n\nReview: dull and far too long.\nSentiment: negative");
         let query = encode("\n\nReview: a lovely surprise.\nSentiment:");
+        let labels = vec![encode(" positive"), encode(" negative"), encode(" mixed")];
         let mut prefix = head.clone();
         prefix.extend(&first);
         prefix.extend(&second);
         let blocks = [first.len(), second.len()];
         let mut cache = PrefixCache::default();
-        let mut computed = cache
-            .session_with_blocks(&llm, &prefix, &blocks)
-            .expect("assembles");
-        let mut reused = cache
-            .session_with_blocks(&llm, &prefix, &blocks)
-            .expect("assembles");
+        let computed = scores(&llm, &mut cache, &prefix, &blocks, &query, &labels);
         assert_eq!(cache.demonstrations.blocks.len(), 2);
-        let from_blocks = computed.feed(&query).expect("runs");
-        assert_eq!(from_blocks, reused.feed(&query).expect("runs"));
+        let reused = scores(&llm, &mut cache, &prefix, &blocks, &query, &labels);
+        assert_eq!(cache.demonstrations.blocks.len(), 2);
+        assert_eq!(computed, reused);
 
-        let mut whole = prefix.clone();
-        whole.extend(&query);
-        let exact = llm.session().feed(&whole).expect("runs");
-        let apart = largest_gap(&from_blocks, &exact);
+        let exact = scores(
+            &llm,
+            &mut PrefixCache::default(),
+            &prefix,
+            &[],
+            &query,
+            &labels,
+        );
+        let apart = largest_difference(&computed, &exact);
         assert!(
             apart > 1e-3,
             "cached blocks equal the exact prompt ({apart})"
         );
-        // The same next-token choice as the exact prompt.
-        let argmax = |logits: &[f32]| {
-            logits
+        // The same choice of label as the exact prompt.
+        let argmax = |scores: &[f32]| {
+            scores
                 .iter()
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map(|(i, _)| i)
         };
-        assert_eq!(argmax(&from_blocks), argmax(&exact));
+        assert_eq!(argmax(&computed), argmax(&exact));
     }
 
     #[test]
@@ -286,21 +275,22 @@ mod tests {
         let block = encode("\n\nQuestion: Who wrote Hamlet?\nType: human");
         prefix.extend(&block);
         let query = encode("\n\nQuestion: What is the capital of Peru?\nType:");
+        let labels = vec![encode(" location"), encode(" human"), encode(" number")];
         let mut cache = PrefixCache::default();
-        let mut first = cache
-            .session_with_blocks(&llm, &prefix, &[block.len()])
-            .expect("assembles");
+        let first = scores(&llm, &mut cache, &prefix, &[block.len()], &query, &labels);
         assert_eq!(cache.demonstrations.blocks.len(), 1);
-        let mut again = cache
-            .session_with_blocks(&llm, &prefix, &[block.len()])
-            .expect("assembles");
+        let again = scores(&llm, &mut cache, &prefix, &[block.len()], &query, &labels);
         assert_eq!(cache.demonstrations.blocks.len(), 1);
-        let mut whole = prefix.clone();
-        whole.extend(&query);
-        let exact = llm.session().feed(&whole).expect("runs");
-        let first = first.feed(&query).expect("runs");
-        assert!(largest_gap(&first, &exact) < 1e-4);
-        assert_eq!(first, again.feed(&query).expect("runs"));
+        let exact = scores(
+            &llm,
+            &mut PrefixCache::default(),
+            &prefix,
+            &[],
+            &query,
+            &labels,
+        );
+        assert!(largest_difference(&first, &exact) < 1e-4);
+        assert_eq!(first, again);
     }
 
     #[test]
@@ -309,18 +299,21 @@ mod tests {
         let tokenizer = llm.tokenizer();
         let encode = |s: &str| tokenizer.encode(s).expect("encodes");
         let head = encode("Instruction.");
+        let query = encode("\n\nD?");
+        let labels = vec![encode(" yes")];
         let blocks: Vec<Vec<u32>> = ["\n\nA one.", "\n\nB two two.", "\n\nC three."]
             .iter()
             .map(|t| encode(t))
             .collect();
+        let run = |cache: &mut PrefixCache, block: &[u32]| {
+            let mut prefix = head.clone();
+            prefix.extend(block);
+            scores(&llm, cache, &prefix, &[block.len()], &query, &labels);
+        };
         // Room for about two blocks: the third evicts the first.
         let per_token = {
             let mut cache = PrefixCache::with_budget(usize::MAX);
-            let mut prefix = head.clone();
-            prefix.extend(&blocks[0]);
-            cache
-                .session_with_blocks(&llm, &prefix, &[blocks[0].len()])
-                .expect("assembles");
+            run(&mut cache, &blocks[0]);
             cache.demonstrations.bytes / blocks[0].len()
         };
         // The head's own prefix-cache entry shares the budget.
@@ -328,11 +321,7 @@ mod tests {
             per_token * (head.len() + blocks[0].len() + blocks[1].len() + blocks[2].len() - 1);
         let mut cache = PrefixCache::with_budget(budget);
         for block in &blocks {
-            let mut prefix = head.clone();
-            prefix.extend(block);
-            cache
-                .session_with_blocks(&llm, &prefix, &[block.len()])
-                .expect("assembles");
+            run(&mut cache, block);
         }
         assert_eq!(cache.demonstrations.blocks.len(), 2);
         assert!(cache.bytes() <= budget);

@@ -15,8 +15,8 @@
 //! share storage and their sizes add up. When the budget is passed the least recently
 //! used entries go first.
 //!
-//! A prompt whose demonstrations are to come from the demonstration cache
-//! ([`PrefixCache::session_with_blocks`]) runs its head here and its demonstrations
+//! A prompt whose demonstrations are to come from the demonstration cache (the
+//! scheduler's scoring, [`super::scheduler`]) runs its head here and its demonstrations
 //! there. The two share one budget and one clock: past the budget, the least recently
 //! used entry of either goes first.
 
@@ -114,39 +114,6 @@ impl PrefixCache {
         }
         record(prefix.len(), found.1);
         Ok(found)
-    }
-
-    /// A session that has run `prefix`, whose last tokens are demonstration blocks of
-    /// the lengths `blocks`: what comes before them runs as [`PrefixCache::session`]
-    /// does, and each block comes from the demonstration cache.
-    ///
-    /// # Errors
-    /// When the blocks are longer than the prefix or the model fails.
-    pub fn session_with_blocks(
-        &mut self,
-        llm: &Llm,
-        prefix: &[u32],
-        blocks: &[usize],
-    ) -> Result<Session, LlmError> {
-        let head_len = prefix
-            .len()
-            .checked_sub(blocks.iter().sum())
-            .ok_or_else(|| {
-                LlmError::InvalidInput("demonstration blocks longer than the prefix".into())
-            })?;
-        let (head, mut rest) = prefix.split_at(head_len);
-        let session = self.session(llm, head)?;
-        let mut parts = Vec::with_capacity(blocks.len());
-        for &len in blocks {
-            let (block, after) = rest.split_at(len);
-            parts.push(block);
-            rest = after;
-        }
-        let session = self
-            .demonstrations
-            .session(head, &session, &parts, self.clock)?;
-        self.trim();
-        Ok(session)
     }
 
     /// Keys and values held by both caches.
