@@ -8,6 +8,7 @@
 //! - [`llm`]: our llama forward on candle, its GGUF tokenizer, scoring, generation, the prefix cache.
 //! - [`embed`]: the sentence embedder: our packed BERT encoder, mean pooling, L2 norm.
 //! - [`worker`]: a model owned by one OS thread behind a bounded queue.
+//! - [`cores`]: the CPU's cores, taken in turns by the models' steps.
 //! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth.
 //! - [`index`]: one HNSW index per task over the examples' embeddings.
 //! - [`prompt`]: task templates: parsing, checking, rendering.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod cores;
 pub mod embed;
 pub mod evaluation;
 pub mod experiments;

@@ -1,9 +1,12 @@
 //! Predictions over HTTP against a server started in this process: predictions/s and
 //! latency for SST-2 and TREC (k = 8) with 1 and 8 clients, with cached demonstrations
 //! (cold and warm) and with fixed demonstrations, one request of 64 inputs against
-//! single requests, the answer to overload, and shared-prefix label scoring against
-//! one forward pass per label on TREC.
+//! single requests, an import and predictions at once (the embedder beside the LLM),
+//! the answer to overload, and shared-prefix label scoring against one forward pass
+//! per label on TREC.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -105,6 +108,116 @@ async fn peer_client(
     Ok((rate, latencies, predicted))
 }
 
+/// Creates (or replaces) the task at `task` with `dataset`'s labels and template.
+async fn create_task(
+    client: &reqwest::Client,
+    task: &str,
+    dataset: &crate::experiments::Dataset,
+) -> anyhow::Result<()> {
+    let spec = json!({
+        "labels": dataset.labels,
+        "instruction": dataset.instruction,
+        "template": {"input": dataset.input, "output": dataset.output}
+    });
+    client
+        .put(task)
+        .json(&spec)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// Imports `rows` into `task` a hundred at a time; answers the new examples' ids.
+async fn import(
+    client: &reqwest::Client,
+    task: &str,
+    rows: &[crate::experiments::Row],
+) -> anyhow::Result<Vec<Value>> {
+    let mut ids: Vec<Value> = Vec::new();
+    for chunk in rows.chunks(100) {
+        let examples: Vec<Value> = chunk
+            .iter()
+            .map(|r| json!({"text": r.text, "label": r.label}))
+            .collect();
+        let (status, body) = post(
+            client,
+            &format!("{task}/examples"),
+            &json!({"examples": examples}),
+        )
+        .await?;
+        if status != 201 {
+            bail!("import failed: {body}");
+        }
+        ids.extend(body["ids"].as_array().cloned().unwrap_or_default());
+    }
+    Ok(ids)
+}
+
+/// Examples imported in the embedder-and-LLM measurement.
+const MIXED_IMPORT: usize = 3000;
+
+/// The embedder and the LLM at once: an import of SST-2 examples (embedding-bound)
+/// beside one client's kNN predictions (LLM-bound), each against its rate alone. The
+/// shares of their rates alone that the two keep add up to 1.0 when they take the
+/// cores in turns without loss; threads fighting over the cores show as less.
+async fn embedder_and_llm_at_once(
+    client: &reqwest::Client,
+    base: &str,
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dataset = &DATASETS[0];
+    let train = read_split(data, dataset, "train")?;
+    let queries: Vec<Value> = sample(&read_split(data, dataset, "test")?, 64, 2)
+        .iter()
+        .map(|row| json!({"inputs": [{"text": row.text}], "k": 8}))
+        .collect();
+    let predict = format!("{base}/v1/tasks/{}/predict", dataset.name);
+
+    let task = format!("{base}/v1/tasks/import-alone");
+    create_task(client, &task, dataset).await?;
+    let started = Instant::now();
+    import(client, &task, &sample(&train, MIXED_IMPORT, 3)).await?;
+    let import_alone = MIXED_IMPORT as f64 / started.elapsed().as_secs_f64();
+    let (predict_alone, _, _) = one_client(client, &predict, &queries[..16]).await?;
+
+    let task = format!("{base}/v1/tasks/import-beside");
+    create_task(client, &task, dataset).await?;
+    let importing = Arc::new(AtomicBool::new(true));
+    let predicting = {
+        let (client, importing) = (client.clone(), Arc::clone(&importing));
+        tokio::spawn(async move {
+            let mut done = 0usize;
+            for body in queries.iter().cycle() {
+                let (status, answer) = post(&client, &predict, body).await?;
+                if status != 200 {
+                    bail!("predict failed: {answer}");
+                }
+                if !importing.load(Ordering::Relaxed) {
+                    break;
+                }
+                done += 1;
+            }
+            Ok(done)
+        })
+    };
+    let started = Instant::now();
+    import(client, &task, &sample(&train, MIXED_IMPORT, 4)).await?;
+    let window = started.elapsed().as_secs_f64();
+    importing.store(false, Ordering::Relaxed);
+    let predicted = predicting.await.context("predicting task")??;
+    let import_beside = MIXED_IMPORT as f64 / window;
+    let predict_beside = predicted as f64 / window;
+    println!(
+        "embedder and LLM at once ({}): import {import_alone:.1} examples/s alone, \
+         {import_beside:.1} beside one client's predictions; predictions {predict_alone:.2}/s \
+         alone, {predict_beside:.2}/s beside the import; shares kept add up to {:.2}",
+        dataset.title,
+        import_beside / import_alone + predict_beside / predict_alone
+    );
+    Ok(())
+}
+
 /// Predictions/s per data set: ours with 1 and 8 clients, and the peer pipeline's.
 fn plot_rates(path: &std::path::Path, rates: &[(&str, Vec<f64>)]) -> anyhow::Result<()> {
     let names = [
@@ -198,35 +311,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!("| task, k = 8 | clients | predictions/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
     for dataset in [&DATASETS[0], &DATASETS[1]] {
         let task = format!("{base}/v1/tasks/{}", dataset.name);
-        let spec = json!({
-            "labels": dataset.labels,
-            "instruction": dataset.instruction,
-            "template": {"input": dataset.input, "output": dataset.output}
-        });
-        client
-            .put(&task)
-            .json(&spec)
-            .send()
-            .await?
-            .error_for_status()?;
+        create_task(&client, &task, dataset).await?;
         let train = sample(&read_split(&data, dataset, "train")?, 1000, 0);
-        let mut ids: Vec<Value> = Vec::new();
-        for chunk in train.chunks(100) {
-            let rows: Vec<Value> = chunk
-                .iter()
-                .map(|r| json!({"text": r.text, "label": r.label}))
-                .collect();
-            let (status, body) = post(
-                &client,
-                &format!("{task}/examples"),
-                &json!({"examples": rows}),
-            )
-            .await?;
-            if status != 201 {
-                bail!("import failed: {body}");
-            }
-            ids.extend(body["ids"].as_array().cloned().unwrap_or_default());
-        }
+        let ids = import(&client, &task, &train).await?;
         let test = sample(&read_split(&data, dataset, "test")?, 64, 1);
         let predict = format!("{task}/predict");
         // One client, one request at a time: kNN demonstrations, then the same eight
@@ -372,6 +459,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rates.push((dataset.title, row_rates));
     }
     drop(peer);
+    embedder_and_llm_at_once(&client, &base, &data).await?;
     if let Some(folder) = &args.plots {
         let picture = folder.join("predictions-per-second.svg");
         plot_rates(&picture, &rates)?;

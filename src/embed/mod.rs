@@ -13,6 +13,7 @@ use bert::Bert;
 
 pub use handle::EmbedderHandle;
 
+use crate::cores;
 use crate::model_source::EmbedderFiles;
 use crate::worker::QueueError;
 
@@ -43,6 +44,7 @@ pub struct Embedder {
     model: Bert,
     tokenizer: Tokenizer,
     dimension: usize,
+    device: Device,
 }
 
 impl Embedder {
@@ -73,6 +75,7 @@ impl Embedder {
             model,
             tokenizer,
             dimension: config.hidden_size,
+            device: device.clone(),
         })
     }
 
@@ -97,6 +100,7 @@ impl Embedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let _turn = cores::take(&self.device);
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)

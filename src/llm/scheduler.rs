@@ -24,6 +24,7 @@ use super::{
     run_together, Delta, Generation, GenerationParams, Llm, LlmError, Piece, PrefixCache,
     ScoreRequest, Session,
 };
+use crate::cores;
 use crate::worker::{record_panic, Queue};
 
 /// Tokens one step takes from the running jobs (at least one piece runs, whatever
@@ -108,6 +109,7 @@ pub(super) fn run_alone(llm: &Llm, cache: &mut PrefixCache, task: Box<dyn Task>)
 /// packed pass and hands back the results; finished and failed jobs leave `running`.
 fn step(llm: &Llm, cache: &mut PrefixCache, running: &mut Vec<Box<dyn Task>>) {
     running.retain(|task| !task.abandoned());
+    let _turn = cores::take(llm.model.device());
     let mut room = STEP_TOKENS;
     let mut planned: Vec<(usize, usize)> = Vec::new();
     let mut work: Vec<Work> = Vec::new();
