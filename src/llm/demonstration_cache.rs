@@ -211,6 +211,17 @@ mod tests {
         llm.score_cached(&request, cache).expect("scores").remove(0)
     }
 
+    /// Scores of `continuations` after the whole prompt run exactly, on a fresh cache.
+    fn exact_scores(
+        llm: &Llm,
+        prefix: &[u32],
+        query: &[u32],
+        continuations: &[Vec<u32>],
+    ) -> Vec<f32> {
+        let mut fresh = PrefixCache::default();
+        scores(llm, &mut fresh, prefix, &[], query, continuations)
+    }
+
     fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
         a.iter()
             .zip(b)
@@ -242,14 +253,7 @@ mod tests {
         assert_eq!(cache.demonstrations.blocks.len(), 2);
         assert_eq!(computed, reused);
 
-        let exact = scores(
-            &llm,
-            &mut PrefixCache::default(),
-            &prefix,
-            &[],
-            &query,
-            &labels,
-        );
+        let exact = exact_scores(&llm, &prefix, &query, &labels);
         let apart = largest_difference(&computed, &exact);
         assert!(
             apart > 1e-3,
@@ -281,14 +285,7 @@ mod tests {
         assert_eq!(cache.demonstrations.blocks.len(), 1);
         let again = scores(&llm, &mut cache, &prefix, &[block.len()], &query, &labels);
         assert_eq!(cache.demonstrations.blocks.len(), 1);
-        let exact = scores(
-            &llm,
-            &mut PrefixCache::default(),
-            &prefix,
-            &[],
-            &query,
-            &labels,
-        );
+        let exact = exact_scores(&llm, &prefix, &query, &labels);
         assert!(largest_difference(&first, &exact) < 1e-4);
         assert_eq!(first, again);
     }
