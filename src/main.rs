@@ -22,6 +22,11 @@ use exemplar::experiments::selection::SelectionArgs;
 use exemplar::experiments::vote::VoteArgs;
 use exemplar::select::cli::SelectArgs;
 
+/// jemalloc rather than glibc's allocator: the models' tensors come and go in every
+/// step, on several threads, and glibc's arenas kept the freed memory resident.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An HTTP service for in-context learning.
 #[derive(Parser)]
 #[command(version, about)]
