@@ -42,7 +42,7 @@ pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 /// Where the models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceKind {
-    /// The CPU, with candle's SIMD kernels.
+    /// The CPU, with vector kernels picked for it at run time.
     Cpu,
     /// An NVIDIA GPU; needs a build with the `cuda` feature.
     Cuda,
@@ -53,7 +53,7 @@ pub enum DeviceKind {
 pub enum WeightFormat {
     /// The file's own quantisation (Q4_1 for the default model).
     AsShipped,
-    /// Re-quantised to Q8_0 at load: candle has fast kernels for it.
+    /// Re-quantised to Q8_0 at load: our fastest integer kernels.
     Q8_0,
     /// Dequantised to f32 at load: fastest prompt processing, most memory.
     F32,

@@ -13,7 +13,7 @@ use crate::config::WeightFormat;
 use crate::embed::Embedder;
 use crate::llm::{Llm, Session};
 use crate::model_source;
-use crate::quant::{Isa, Q8Matrix};
+use crate::quant::{Isa, Q8Matrix, Q8Tiles};
 use crate::server::open_device;
 
 /// Generations decoded side by side, as the scheduler runs concurrent requests.
@@ -297,14 +297,19 @@ fn plot_against_llama_cpp(
 fn kernels(args: &BenchArgs) -> anyhow::Result<()> {
     let paths = Isa::available();
     println!("\nQ8_0 matmul GOPS (2 x rows x cols x tokens / s), SmolLM2-135M shapes:");
-    let names: Vec<&str> = paths.iter().map(|isa| isa.name()).collect();
+    let mut names: Vec<&str> = paths.iter().map(|isa| isa.name()).collect();
+    let tiled = Q8Tiles::supported();
+    if tiled {
+        names.insert(0, "avx512-vnni, tiles of 16 rows");
+    }
     println!("| rows x cols | tokens | candle | {} |", names.join(" | "));
-    println!("|---|---|---|{}", "---|".repeat(paths.len()));
+    println!("|---|---|---|{}", "---|".repeat(names.len()));
     for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
         let weights: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
             .collect();
         let ours = Q8Matrix::quantize(&weights, rows, cols)?;
+        let ours_tiled = tiled.then(|| Q8Tiles::from_rows(&ours));
         let theirs = QMatMul::from_qtensor(QTensor::quantize(
             &Tensor::from_vec(weights, (rows, cols), &Device::Cpu)?,
             GgmlDType::Q8_0,
@@ -324,8 +329,16 @@ fn kernels(args: &BenchArgs) -> anyhow::Result<()> {
             };
             let candle = gops(timed(args.repeats, || Ok(theirs.forward(&xt)?))?);
             let mut line = format!("| {rows} x {cols} | {tokens} | {candle:.1} |");
+            let mut times = Vec::new();
+            if let Some(tiles) = &ours_tiled {
+                times.push(timed(args.repeats, || Ok(tiles.matmul(&x, tokens)))?);
+            }
             for &isa in &paths {
-                let time = timed(args.repeats, || Ok(ours.matmul_with(isa, &x, tokens)))?;
+                times.push(timed(args.repeats, || {
+                    Ok(ours.matmul_with(isa, &x, tokens))
+                })?);
+            }
+            for time in times {
                 line.push_str(&format!(
                     " {:.1} ({:.2}x) |",
                     gops(time),

@@ -11,12 +11,14 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::LlmError;
-use crate::quant::{Q4Format, Q4Matrix, Q8Matrix};
+use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Tiles};
 
 /// A weight matrix applied as `x · Wᵀ`.
 enum Linear {
     /// Q8_0 on the CPU: our integer kernels.
     Int8(Q8Matrix),
+    /// Q8_0 on a CPU with AVX-512 VNNI: our tiled integer kernel.
+    Int8Tiles(Q8Tiles),
     /// Q4_0 or Q4_1 on the CPU: our integer kernels.
     Int4(Q4Matrix),
     /// Anything else (f32, other formats, any GPU): candle's matmul.
@@ -36,9 +38,15 @@ impl Linear {
         let (rows, cols) = tensor.shape().dims2()?;
         let malformed = |e: crate::quant::QuantError| LlmError::Metadata(e.to_string());
         match (tensor.dtype(), q4) {
-            (GgmlDType::Q8_0, _) => Ok(Self::Int8(
-                Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols).map_err(malformed)?,
-            )),
+            (GgmlDType::Q8_0, _) => {
+                let matrix =
+                    Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols).map_err(malformed)?;
+                Ok(if Q8Tiles::supported() {
+                    Self::Int8Tiles(Q8Tiles::from_rows(&matrix))
+                } else {
+                    Self::Int8(matrix)
+                })
+            }
             (_, Some(format)) => Ok(Self::Int4(
                 Q4Matrix::from_gguf(format, &tensor.data()?, rows, cols).map_err(malformed)?,
             )),
@@ -50,6 +58,7 @@ impl Linear {
         match self {
             Self::Candle(matmul) => Ok(matmul.forward(x)?),
             Self::Int8(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
+            Self::Int8Tiles(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
             Self::Int4(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
         }
     }

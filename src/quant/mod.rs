@@ -7,7 +7,8 @@
 //! on the widest instructions this CPU has, found at run time ([`Isa::detect`]): AVX-512
 //! VNNI, AVX2, or portable Rust. Every path computes the same integer sums bit for bit
 //! (the property tests in [`scalar`] pin it); only the order of the float accumulation
-//! differs.
+//! differs. Where the CPU has AVX-512 VNNI, the LLM's Q8_0 matrices are repacked in
+//! tiles of 16 rows ([`Q8Tiles`]), whose kernel needs no horizontal sums.
 //!
 //! Work is split over candle's kernel thread pool (`candle_core::utils::barrier_pool`,
 //! spinning workers that start a product in microseconds, where rayon's sleeping ones
@@ -98,8 +99,10 @@ mod avx2;
 mod avx512;
 mod q4;
 mod scalar;
+mod tiles;
 
 pub use q4::{Q4Format, Q4Matrix};
+pub use tiles::Q8Tiles;
 
 use std::ops::Range;
 
@@ -481,6 +484,30 @@ struct WeightRow<'a> {
     scales: &'a [f32],
 }
 
+crate::simd::vectorized! {
+    /// Quantizes each block of 32 of `values` into `scales` and `quants`: the hot loop of
+    /// every product's activations, so compiled for AVX2 where the CPU has it (baseline
+    /// x86-64 has no rounding instruction).
+    fn quantize_blocks / quantize_blocks_baseline(
+        values: &[f32],
+        scales: &mut [f32],
+        quants: &mut [i8],
+    ) {
+        for (block, (scale, out)) in values
+            .chunks_exact(BLOCK)
+            .zip(scales.iter_mut().zip(quants.chunks_exact_mut(BLOCK)))
+        {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+            *scale = d;
+            for (q, &v) in out.iter_mut().zip(block) {
+                *q = (v * inverse).round() as i8;
+            }
+        }
+    }
+}
+
 /// Rows quantized to Q8_0 blocks: the activations' side of a product.
 struct Q8Rows {
     rows: usize,
@@ -501,19 +528,7 @@ impl Q8Rows {
     fn quantize(values: &[f32], rows: usize, cols: usize) -> Self {
         let mut scales = vec![0f32; values.len() / BLOCK];
         let mut quants = vec![0i8; values.len()];
-        let quantize_block = |(block, (scale, out)): (&[f32], (&mut f32, &mut [i8]))| {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-            *scale = d;
-            for (q, &v) in out.iter_mut().zip(block) {
-                *q = (v * inverse).round() as i8;
-            }
-        };
-        values
-            .chunks_exact(BLOCK)
-            .zip(scales.iter_mut().zip(quants.chunks_exact_mut(BLOCK)))
-            .for_each(quantize_block);
+        quantize_blocks(values, &mut scales, &mut quants);
         Self {
             rows,
             cols,
@@ -728,6 +743,20 @@ mod tests {
         let q = Q8Rows::quantize(&x, 1, 32);
         assert_eq!(q.scales[0], 2.0 / 127.0);
         assert_eq!(&q.quants[..4], &[-127, 64, -64, 0]);
+    }
+
+    #[test]
+    fn the_avx2_copy_of_the_activation_quantizer_computes_the_baseline_bytes() {
+        // On a CPU without AVX2 both calls run the baseline copy (see `crate::simd`).
+        let x = random(32 * 40, 9);
+        let (mut wide, mut baseline) = (
+            (vec![0f32; 40], vec![0i8; x.len()]),
+            (vec![0f32; 40], vec![0i8; x.len()]),
+        );
+        quantize_blocks(&x, &mut wide.0, &mut wide.1);
+        quantize_blocks_baseline(&x, &mut baseline.0, &mut baseline.1);
+        assert_eq!(wide, baseline);
+        assert!(wide.1.iter().any(|&q| q.abs() == 127));
     }
 
     #[test]
