@@ -13,7 +13,7 @@
 //! - [`index`]: one HNSW index per task over the examples' embeddings.
 //! - [`prompt`]: task templates: parsing, checking, rendering.
 //! - [`quant`]: integer (Q8_0, Q4_0, Q4_1) matrix kernels for the LLM, chosen at run time.
-//! - [`simd`]: plain loops compiled for AVX2 as well as baseline x86-64, chosen at run time.
+//! - [`simd`]: a plain loop compiled for AVX2 as well as baseline x86-64, chosen at run time.
 //! - [`retrieve`]: demonstration strategies: knn, mmr, random.
 //! - [`tasks`]: tasks and their data: the write path and retrieval.
 //! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.

@@ -1,12 +1,13 @@
 //! Plain loops compiled for the CPU's widest vector instructions, chosen at run time.
 //!
 //! The release build targets baseline x86-64, so one binary starts on any x86-64 CPU.
-//! The integer kernels ([`crate::quant`]) pick their instructions at run time; the
-//! plain-Rust loops around them (quantizing activations, the embedder's attention and
-//! GELU) rely on the compiler to vectorize them, and baseline x86-64 has only 128-bit
-//! SSE2 (no `round` instruction either: each rounding would be a library call).
-//! [`vectorized!`] compiles such a function twice, for the baseline and for AVX2 with
-//! FMA, and calls the AVX2 copy where the CPU has it.
+//! The integer kernels ([`crate::quant`]) pick their instructions at run time; a
+//! plain-Rust loop around them relies on the compiler to vectorize it, and baseline
+//! x86-64 has only 128-bit SSE2, without a `round` instruction: quantizing activations
+//! made one `roundf` library call per value. [`vectorized!`] compiles such a function
+//! twice, for the baseline and for AVX2 with FMA, and calls the AVX2 copy where the CPU
+//! has it. (The embedder's attention and GELU loops measured no faster that way, so
+//! they stay baseline code.)
 //!
 //! Both copies compute the same floats bit for bit: Rust neither reorders a float sum
 //! nor fuses a multiply and an add unless the code says so, so the wider copy only does

@@ -209,6 +209,8 @@ fn packed_attention_cpu(
 ) -> candle_core::Result<Tensor> {
     let (tokens, width) = qkv.dims2()?;
     let hidden = width / 3;
+    let head_size = hidden / heads;
+    let scale = 1.0 / (head_size as f32).sqrt();
     let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; tokens * hidden];
     let mut texts = Vec::with_capacity(lengths.len());
@@ -225,59 +227,39 @@ fn packed_attention_cpu(
         for (start, text) in &texts[items] {
             let Ok(mut text) = text.lock() else { continue };
             let n = text.len() / hidden;
-            let rows = &qkv[start * width..(start + n) * width];
-            attend_text(rows, &mut text, &mut scores, hidden, heads);
+            let row = |t: usize| &qkv[(start + t) * width..(start + t + 1) * width];
+            for h in 0..heads {
+                let head = h * head_size..(h + 1) * head_size;
+                for i in 0..n {
+                    let q = &row(i)[head.clone()];
+                    scores.clear();
+                    scores.extend((0..n).map(|j| {
+                        let k = &row(j)[hidden + head.start..hidden + head.end];
+                        dot(q, k) * scale
+                    }));
+                    let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut total = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - top).exp();
+                        total += *s;
+                    }
+                    let context = &mut text[i * hidden + head.start..i * hidden + head.end];
+                    for (j, &p) in scores.iter().enumerate() {
+                        let v = &row(j)[2 * hidden + head.start..2 * hidden + head.end];
+                        let weight = p / total;
+                        for (c, &value) in context.iter_mut().zip(v) {
+                            *c += weight * value;
+                        }
+                    }
+                }
+            }
         }
     });
     Tensor::from_vec(out, (tokens, hidden), &Device::Cpu)
 }
 
-crate::simd::vectorized! {
-    /// One text's attention: `rows` are its `[tokens, 3 * hidden]` query-key-value rows,
-    /// `context` receives its `[tokens, hidden]` output; `scores` is scratch space.
-    fn attend_text / attend_text_baseline(
-        rows: &[f32],
-        context: &mut [f32],
-        scores: &mut Vec<f32>,
-        hidden: usize,
-        heads: usize,
-    ) {
-        let width = 3 * hidden;
-        let n = context.len() / hidden;
-        let head_size = hidden / heads;
-        let scale = 1.0 / (head_size as f32).sqrt();
-        let row = |t: usize| &rows[t * width..(t + 1) * width];
-        for h in 0..heads {
-            let head = h * head_size..(h + 1) * head_size;
-            for i in 0..n {
-                let q = &row(i)[head.clone()];
-                scores.clear();
-                scores.extend((0..n).map(|j| {
-                    let k = &row(j)[hidden + head.start..hidden + head.end];
-                    dot(q, k) * scale
-                }));
-                let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - top).exp();
-                    total += *s;
-                }
-                let out = &mut context[i * hidden + head.start..i * hidden + head.end];
-                for (j, &p) in scores.iter().enumerate() {
-                    let v = &row(j)[2 * hidden + head.start..2 * hidden + head.end];
-                    let weight = p / total;
-                    for (c, &value) in out.iter_mut().zip(v) {
-                        *c += weight * value;
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The dot product of two equally long rows, in eight lanes that the compiler keeps in
 /// one vector register (a plain `sum` must add in order, so it stays scalar).
-#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a_blocks, b_blocks) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -309,26 +291,18 @@ fn gelu_erf_cpu(x: &Tensor) -> candle_core::Result<Tensor> {
             let Ok(mut chunk) = chunk.lock() else {
                 continue;
             };
-            gelu_in_place(&mut chunk);
+            for v in chunk.iter_mut() {
+                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+            }
         }
     });
     drop(chunks);
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
-crate::simd::vectorized! {
-    /// GELU of every value, in place.
-    fn gelu_in_place / gelu_in_place_baseline(values: &mut [f32]) {
-        for v in values.iter_mut() {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
-        }
-    }
-}
-
 /// erf by the odd rational approximation that Eigen and XLA use, on inputs clamped to
 /// ±4 (where f32's erf is ±1): within 5e-7 of the exact value, and multiply-adds only,
 /// so a loop of it becomes vector code.
-#[inline(always)]
 fn erf(x: f32) -> f32 {
     const NUMERATOR: [f32; 7] = [
         -2.726_142_3e-10,
@@ -398,24 +372,6 @@ mod tests {
         let single = qkv.get(5)?.narrow(0, 64, 32)?;
         assert!(largest_gap(&ours.get(5)?, &single) < 1e-6);
         Ok(())
-    }
-
-    #[test]
-    fn the_avx2_copies_of_the_loops_compute_the_baseline_bits() {
-        // On a CPU without AVX2 both calls run the baseline copy (see `crate::simd`).
-        let values = pseudo_random(1000, 5);
-        let (mut wide, mut baseline) = (values.clone(), values);
-        gelu_in_place(&mut wide);
-        gelu_in_place_baseline(&mut baseline);
-        assert_eq!(wide, baseline);
-
-        let (hidden, heads, n) = (32, 4, 7);
-        let rows = pseudo_random(n * 3 * hidden, 11);
-        let (mut wide, mut baseline) = (vec![0f32; n * hidden], vec![0f32; n * hidden]);
-        attend_text(&rows, &mut wide, &mut Vec::new(), hidden, heads);
-        attend_text_baseline(&rows, &mut baseline, &mut Vec::new(), hidden, heads);
-        assert_eq!(wide, baseline);
-        assert!(wide.iter().any(|&c| c != 0.0));
     }
 
     #[test]
