@@ -31,12 +31,16 @@ tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
 rm -rf "$dest"
 mkdir -p "$(dirname "$dest")"
 cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$dest"
-# The x86 instruction sets our kernels use, named rather than GGML_NATIVE: on a Xeon
-# that lists AMX (a VM whose hypervisor does not enable it), -march=native makes a
-# binary that dies with an invalid opcode.
+# The x86 instruction sets named rather than GGML_NATIVE (on a Xeon that lists AMX, a
+# VM whose hypervisor does not enable it, -march=native makes a binary that dies with
+# an invalid opcode), each only where this CPU lists it: on an AMD EPYC without
+# avx_vnni, naming them all made llama-bench die the same way.
+has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
 cmake -S "$dest" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-  -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-  -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON \
+  -DGGML_AVX="$(has avx)" -DGGML_AVX2="$(has avx2)" -DGGML_FMA="$(has fma)" \
+  -DGGML_F16C="$(has f16c)" -DGGML_BMI2="$(has bmi2)" -DGGML_AVX512="$(has avx512f)" \
+  -DGGML_AVX512_VBMI="$(has avx512vbmi)" -DGGML_AVX512_VNNI="$(has avx512_vnni)" \
+  -DGGML_AVX_VNNI="$(has avx_vnni)" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
 cmake --build "$dest/build" --target llama-bench llama-server -j "$(nproc)" >&2
 [ -x "$bin" ] || fail "no llama-bench after the build"
