@@ -14,14 +14,7 @@ use super::{Q8Rows, WeightRow, BLOCK};
 
 /// Whether this CPU has AVX2 and FMA.
 pub(super) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::simd::has_avx2_fma()
 }
 
 /// Eight 32-bit partial sums of `w · x` for one block; `abs_w` is `|w|`.
