@@ -176,7 +176,8 @@ mod tests {
             session.position += skip;
             session.feed(&block).expect("runs");
             let kv = session.kv_slice(head.len(), block.len()).expect("slice");
-            kv.layers[0].clone().expect("a first layer").0
+            let mut first = kv.layers[0].clone().expect("a first layer");
+            first.joined().expect("joins").0
         };
         let here = first_layer_keys(0);
         let there = first_layer_keys(7);

@@ -4,6 +4,7 @@
 //! cheap to clone (the cached tensors are shared, not copied), so a prompt prefix can
 //! be run once and continued in several ways.
 
+mod attention;
 mod demonstration_cache;
 mod generate;
 mod handle;

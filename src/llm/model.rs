@@ -10,7 +10,7 @@
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::LlmError;
+use super::{attention, LlmError};
 use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Tiles};
 
 /// A weight matrix applied as `x · Wᵀ`.
@@ -27,31 +27,32 @@ enum Linear {
 
 impl Linear {
     fn new(tensor: QTensor) -> Result<Self, LlmError> {
-        let q4 = match tensor.dtype() {
-            GgmlDType::Q4_0 => Some(Q4Format::Q4_0),
-            GgmlDType::Q4_1 => Some(Q4Format::Q4_1),
-            _ => None,
-        };
-        if !tensor.device().is_cpu() {
+        if !tensor.device().is_cpu() || !integer_format(tensor.dtype()) {
             return Ok(Self::Candle(QMatMul::from_qtensor(tensor)?));
         }
         let (rows, cols) = tensor.shape().dims2()?;
+        Self::integer(tensor.dtype(), &tensor.data()?, rows, cols)
+    }
+
+    /// One of our integer kernels over GGUF bytes of `dtype` ([`integer_format`]).
+    fn integer(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, LlmError> {
         let malformed = |e: crate::quant::QuantError| LlmError::Metadata(e.to_string());
-        match (tensor.dtype(), q4) {
-            (GgmlDType::Q8_0, _) => {
-                let matrix =
-                    Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols).map_err(malformed)?;
-                Ok(if Q8Tiles::supported() {
+        Ok(match dtype {
+            GgmlDType::Q8_0 => {
+                let matrix = Q8Matrix::from_gguf_q8_0(bytes, rows, cols).map_err(malformed)?;
+                if Q8Tiles::supported() {
                     Self::Int8Tiles(Q8Tiles::from_rows(&matrix))
                 } else {
                     Self::Int8(matrix)
-                })
+                }
             }
-            (_, Some(format)) => Ok(Self::Int4(
-                Q4Matrix::from_gguf(format, &tensor.data()?, rows, cols).map_err(malformed)?,
-            )),
-            _ => Ok(Self::Candle(QMatMul::from_qtensor(tensor)?)),
-        }
+            GgmlDType::Q4_0 => Self::Int4(
+                Q4Matrix::from_gguf(Q4Format::Q4_0, bytes, rows, cols).map_err(malformed)?,
+            ),
+            _ => Self::Int4(
+                Q4Matrix::from_gguf(Q4Format::Q4_1, bytes, rows, cols).map_err(malformed)?,
+            ),
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, LlmError> {
@@ -88,6 +89,74 @@ fn integer_forward(
         shape,
         x.device(),
     )?)
+}
+
+/// Whether our integer kernels read this weight format.
+fn integer_format(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1)
+}
+
+/// Weight matrices applied to the same input (a block's query, key and value
+/// projections; its gate and up projections).
+enum Stacked {
+    /// Their rows stacked into one matrix for our integer kernels: one quantization of
+    /// the input and one dispatch to the kernel pool instead of one per matrix, which is
+    /// most of a one-token step's cost outside the products. `widths` are each matrix's
+    /// outputs, in order.
+    One { linear: Linear, widths: Vec<usize> },
+    /// Applied one by one (candle's products, or formats that differ).
+    Apart(Vec<Linear>),
+}
+
+impl Stacked {
+    fn new(tensors: Vec<QTensor>) -> Result<Self, LlmError> {
+        let dtype = tensors.first().map(QTensor::dtype);
+        let stackable = tensors.iter().all(|t| {
+            t.device().is_cpu()
+                && Some(t.dtype()) == dtype
+                && integer_format(t.dtype())
+                && t.shape().dims2().ok().map(|d| d.1)
+                    == tensors[0].shape().dims2().ok().map(|d| d.1)
+        });
+        let (Some(dtype), true) = (dtype, stackable) else {
+            return Ok(Self::Apart(
+                tensors
+                    .into_iter()
+                    .map(Linear::new)
+                    .collect::<Result<_, _>>()?,
+            ));
+        };
+        let (_, cols) = tensors[0].shape().dims2()?;
+        let mut widths = Vec::with_capacity(tensors.len());
+        let mut bytes = Vec::new();
+        for tensor in &tensors {
+            widths.push(tensor.shape().dims2()?.0);
+            // GGUF stores a matrix row by row, so stacking rows is appending bytes.
+            bytes.extend_from_slice(&tensor.data()?);
+        }
+        let linear = Linear::integer(dtype, &bytes, widths.iter().sum(), cols)?;
+        Ok(Self::One { linear, widths })
+    }
+
+    /// Each matrix's product with `x`, in order.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>, LlmError> {
+        match self {
+            Self::Apart(linears) => linears.iter().map(|l| l.forward(x)).collect(),
+            Self::One { linear, widths } => {
+                let all = linear.forward(x)?;
+                let last = all.rank() - 1;
+                let mut first = 0;
+                widths
+                    .iter()
+                    .map(|&width| {
+                        let part = all.narrow(last, first, width)?;
+                        first += width;
+                        Ok(part)
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// The token embedding table.
@@ -136,13 +205,12 @@ impl Embeddings {
 /// One transformer block's weights.
 struct Layer {
     attention_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Query, key and value projections.
+    qkv: Stacked,
     wo: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// Gate and up projections.
+    gate_up: Stacked,
     down: Linear,
 }
 
@@ -162,10 +230,78 @@ pub struct Llama {
     device: Device,
 }
 
+/// One layer's keys and values, `[1, kv_heads, tokens, head_dim]` each, held as the
+/// blocks they were computed in (in order): a decoding step appends its token's block
+/// instead of copying every earlier key into a new tensor, and a cached prefix's blocks
+/// are shared, not copied, by the sequences that extend it.
+#[derive(Clone, Default)]
+pub(super) struct LayerKv {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+}
+
+/// Blocks a layer may hold before they are joined into one: each costs the attention
+/// loop a little, and joining them costs one copy.
+const MAX_BLOCKS: usize = 64;
+
+impl LayerKv {
+    /// Tokens held.
+    fn tokens(&self) -> usize {
+        self.keys.iter().map(|k| k.dim(2).unwrap_or(0)).sum()
+    }
+
+    fn push(&mut self, keys: Tensor, values: Tensor) {
+        self.keys.push(keys);
+        self.values.push(values);
+    }
+
+    /// All keys and all values as one tensor each; the layer keeps those, so the
+    /// joining is paid once.
+    pub(super) fn joined(&mut self) -> Result<(Tensor, Tensor), LlmError> {
+        if self.keys.len() > 1 {
+            self.keys = vec![Tensor::cat(&self.keys, 2)?];
+            self.values = vec![Tensor::cat(&self.values, 2)?];
+        }
+        match (self.keys.first(), self.values.first()) {
+            (Some(k), Some(v)) => Ok((k.clone(), v.clone())),
+            _ => Err(LlmError::Metadata("a layer without keys".into())),
+        }
+    }
+
+    /// The keys and values of tokens `start..start + tokens` (views where a block
+    /// holds them whole).
+    fn narrow(&self, start: usize, tokens: usize) -> Result<Self, LlmError> {
+        let mut narrowed = Self::default();
+        let mut first = 0;
+        for (k, v) in self.keys.iter().zip(&self.values) {
+            let len = k.dim(2)?;
+            let from = start.max(first);
+            let to = (start + tokens).min(first + len);
+            if from < to {
+                narrowed.push(
+                    k.narrow(2, from - first, to - from)?,
+                    v.narrow(2, from - first, to - from)?,
+                );
+            }
+            first += len;
+        }
+        Ok(narrowed)
+    }
+
+    /// Bytes of keys and values held.
+    fn bytes(&self) -> usize {
+        self.keys
+            .iter()
+            .chain(&self.values)
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
 /// Each layer's keys and values of the tokens a sequence has seen.
 #[derive(Clone, Default)]
 pub struct KvCache {
-    pub(super) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(super) layers: Vec<Option<LayerKv>>,
 }
 
 impl KvCache {
@@ -174,8 +310,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(Option::as_ref)
-            .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
+            .map_or(0, LayerKv::tokens)
     }
 
     /// The keys and values of the first `tokens` tokens only (views, not copies).
@@ -183,10 +318,7 @@ impl KvCache {
         let layers = self
             .layers
             .iter()
-            .map(|kv| match kv {
-                Some((k, v)) => Ok(Some((k.narrow(2, 0, tokens)?, v.narrow(2, 0, tokens)?))),
-                None => Ok(None),
-            })
+            .map(|kv| kv.as_ref().map(|kv| kv.narrow(0, tokens)).transpose())
             .collect::<Result<_, LlmError>>()?;
         Ok(Self { layers })
     }
@@ -198,10 +330,12 @@ impl KvCache {
             .layers
             .iter()
             .map(|kv| match kv {
-                Some((k, v)) => Ok(Some((
-                    k.narrow(2, start, tokens)?.contiguous()?,
-                    v.narrow(2, start, tokens)?.contiguous()?,
-                ))),
+                Some(kv) => {
+                    let (k, v) = kv.narrow(start, tokens)?.joined()?;
+                    let mut copy = LayerKv::default();
+                    copy.push(k.contiguous()?, v.contiguous()?);
+                    Ok(Some(copy))
+                }
                 None => Ok(None),
             })
             .collect::<Result<_, LlmError>>()?;
@@ -218,34 +352,23 @@ impl KvCache {
     ) -> Result<Self, LlmError> {
         let mut layers = Vec::with_capacity(model.layers.len());
         for layer in 0..model.layers.len() {
-            let mut keys = Vec::with_capacity(blocks.len() + 1);
-            let mut values = Vec::with_capacity(blocks.len() + 1);
-            if let Some(Some((k, v))) = self.layers.get(layer) {
-                keys.push(k.clone());
-                values.push(v.clone());
-            }
+            let mut joined = self.layers.get(layer).cloned().flatten();
             for (block, shift) in blocks {
-                if let Some(Some((k, v))) = block.layers.get(layer) {
-                    keys.push(model.shift_keys(k, *shift)?);
-                    values.push(v.clone());
+                if let Some(Some(kv)) = block.layers.get(layer) {
+                    let target = joined.get_or_insert_with(LayerKv::default);
+                    for (k, v) in kv.keys.iter().zip(&kv.values) {
+                        target.push(model.shift_keys(k, *shift)?, v.clone());
+                    }
                 }
             }
-            layers.push(if keys.is_empty() {
-                None
-            } else {
-                Some((Tensor::cat(&keys, 2)?, Tensor::cat(&values, 2)?))
-            });
+            layers.push(joined);
         }
         Ok(Self { layers })
     }
 
     /// Bytes of keys and values held.
     pub(super) fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
+        self.layers.iter().flatten().map(LayerKv::bytes).sum()
     }
 }
 
@@ -255,6 +378,9 @@ struct Part {
     offset: usize,
     tokens: usize,
     mask: Option<Tensor>,
+    /// The mask's values, row by row, where the step takes the CPU attention loop
+    /// ([`attention::applies`]; read once per pass rather than once per layer).
+    mask_values: Option<Vec<f32>>,
     cos: Tensor,
     sin: Tensor,
 }
@@ -325,13 +451,14 @@ impl Llama {
             let mut weight = |part: &str| tensor(&format!("blk.{i}.{part}.weight"));
             layers.push(Layer {
                 attention_norm: weight("attn_norm")?.dequantize(device)?,
-                wq: Linear::new(weight("attn_q")?)?,
-                wk: Linear::new(weight("attn_k")?)?,
-                wv: Linear::new(weight("attn_v")?)?,
+                qkv: Stacked::new(vec![
+                    weight("attn_q")?,
+                    weight("attn_k")?,
+                    weight("attn_v")?,
+                ])?,
                 wo: Linear::new(weight("attn_output")?)?,
                 ffn_norm: weight("ffn_norm")?.dequantize(device)?,
-                gate: Linear::new(weight("ffn_gate")?)?,
-                up: Linear::new(weight("ffn_up")?)?,
+                gate_up: Stacked::new(vec![weight("ffn_gate")?, weight("ffn_up")?])?,
                 down: Linear::new(weight("ffn_down")?)?,
             });
         }
@@ -410,9 +537,11 @@ impl Llama {
         let mut x = self.embeddings.lookup(&ids, &self.device)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = candle_nn::ops::rms_norm(&x, &layer.attention_norm, self.rms_eps)?;
-            let q = layer.wq.forward(&normed)?;
-            let k = layer.wk.forward(&normed)?;
-            let v = layer.wv.forward(&normed)?;
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
+                .forward(&normed)?
+                .try_into()
+                .map_err(|_| LlmError::Metadata("three attention projections".into()))?;
             let mut attended = Vec::with_capacity(parts.len());
             for (part, (cache, _)) in parts.iter().zip(batch.iter_mut()) {
                 let own = |t: &Tensor| t.narrow(1, part.offset, part.tokens);
@@ -429,8 +558,12 @@ impl Llama {
             };
             x = (layer.wo.forward(&attended)? + &x)?;
             let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.rms_eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&normed)?)?;
-            let mixed = layer.down.forward(&(gate * layer.up.forward(&normed)?)?)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&normed)?
+                .try_into()
+                .map_err(|_| LlmError::Metadata("two feed-forward projections".into()))?;
+            let mixed = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
             x = (mixed + &x)?;
         }
         let wanted: Vec<u32> = batch
@@ -493,11 +626,18 @@ impl Llama {
             None if n > 1 => Some(causal_mask(n, cache.len(), &self.device)?),
             None => None,
         };
+        let mask_values = match &mask {
+            Some(mask) if attention::applies(&self.device, n) => {
+                Some(mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+            _ => None,
+        };
         let positions = Tensor::new(step.positions, &self.device)?;
         Ok(Part {
             offset,
             tokens: n,
             mask,
+            mask_values,
             cos: self.cos.index_select(&positions, 0)?,
             sin: self.sin.index_select(&positions, 0)?,
         })
@@ -509,7 +649,7 @@ impl Llama {
         &self,
         part: &Part,
         (q, k, v): (&Tensor, &Tensor, &Tensor),
-        kv: &mut Option<(Tensor, Tensor)>,
+        kv: &mut Option<LayerKv>,
     ) -> Result<Tensor, LlmError> {
         let n = part.tokens;
         let hidden = self.heads * self.head_dim;
@@ -521,14 +661,15 @@ impl Llama {
         let q = candle_nn::rotary_emb::rope_i(&heads(q, self.heads)?, &part.cos, &part.sin)?;
         let k = candle_nn::rotary_emb::rope_i(&heads(k, self.kv_heads)?, &part.cos, &part.sin)?;
         let v = heads(v, self.kv_heads)?;
-        let (k, v) = match kv.take() {
-            Some((k_past, v_past)) => (
-                Tensor::cat(&[&k_past, &k], 2)?,
-                Tensor::cat(&[&v_past, &v], 2)?,
-            ),
-            None => (k, v),
-        };
-        *kv = Some((k.clone(), v.clone()));
+        let layer = kv.get_or_insert_with(LayerKv::default);
+        layer.push(k, v);
+        if attention::applies(&self.device, n) {
+            if layer.keys.len() > MAX_BLOCKS {
+                layer.joined()?;
+            }
+            return attention::attend(&q, &layer.keys, &layer.values, part.mask_values.as_deref());
+        }
+        let (k, v) = layer.joined()?;
 
         // Grouped-query attention without copying the keys and values for every query
         // head: the query heads that share a key/value head are stacked as its rows.

@@ -1,0 +1,602 @@
+//! Attention of a few query tokens over a long cache, as a plain loop on the CPU.
+//!
+//! A one-token decoding step through candle costs more outside the arithmetic than in
+//! it: the cached keys and values copied into one tensor to append a token, the keys
+//! transposed, a matrix product for three rows, a scale, a mask and a softmax each
+//! writing a new tensor. Here the query heads that share a key/value head walk the
+//! cached blocks together, where they lie
+//! ([`super::model::LayerKv`] holds a layer's keys and values as the blocks they were
+//! computed in, so appending copies nothing), and the rows are shared out over the
+//! kernel pool. Prompts keep candle's matrix products, which win at hundreds of rows.
+
+use candle_core::{DType, Device, Layout, Storage, Tensor};
+
+use super::LlmError;
+
+/// Query tokens up to which a sequence's step attends through this loop.
+pub(super) const MAX_TOKENS: usize = 16;
+
+/// One cached block of keys and values, as slices of their CPU storage.
+struct Block<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    tokens: usize,
+    /// Distance between two heads' first keys, and between two tokens' keys.
+    key_strides: (usize, usize),
+    value_strides: (usize, usize),
+}
+
+/// Whether this loop can run a step of `tokens` query tokens on `device`.
+pub(super) fn applies(device: &Device, tokens: usize) -> bool {
+    device.is_cpu() && tokens <= MAX_TOKENS
+}
+
+/// The attention output `[1, n, heads * head_dim]` of queries `q` (`[1, heads, n,
+/// head_dim]`, rotated) over the blocks of `keys` and `values` (`[1, kv_heads, tokens,
+/// head_dim]` each, the step's own tokens last). `mask` holds `n` rows of as many
+/// columns as cached tokens, 0 to attend and `-inf` not to; `None` attends to all.
+pub(super) fn attend(
+    q: &Tensor,
+    keys: &[Tensor],
+    values: &[Tensor],
+    mask: Option<&[f32]>,
+) -> Result<Tensor, LlmError> {
+    let (_, heads, n, head_dim) = q.dims4()?;
+    let kv_heads = keys.first().map(|k| k.dim(1)).transpose()?.unwrap_or(heads);
+    if keys.len() != values.len() || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(LlmError::Metadata(
+            "attention over malformed key/value blocks".into(),
+        ));
+    }
+    let q = q.to_dtype(DType::F32)?.contiguous()?;
+    let keys: Vec<Tensor> = keys.iter().map(f32_rows).collect::<Result<_, _>>()?;
+    let values: Vec<Tensor> = values.iter().map(f32_rows).collect::<Result<_, _>>()?;
+    let key_storage: Vec<_> = keys.iter().map(Tensor::storage_and_layout).collect();
+    let value_storage: Vec<_> = values.iter().map(Tensor::storage_and_layout).collect();
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let queries = &cpu_f32(&q_storage)?[q_layout.start_offset()..];
+    let mut blocks = Vec::with_capacity(keys.len());
+    for ((k, k_layout), (v, v_layout)) in key_storage.iter().zip(&value_storage) {
+        let (_, k_heads, tokens, k_dim) = k_layout.shape().dims4()?;
+        if (k_heads, k_dim) != (kv_heads, head_dim)
+            || v_layout.shape().dims4()? != k_layout.shape().dims4()?
+        {
+            return Err(LlmError::Metadata(
+                "key/value blocks of different shapes".into(),
+            ));
+        }
+        blocks.push(Block {
+            keys: &cpu_f32(k)?[k_layout.start_offset()..],
+            values: &cpu_f32(v)?[v_layout.start_offset()..],
+            tokens,
+            key_strides: head_and_token_strides(k_layout),
+            value_strides: head_and_token_strides(v_layout),
+        });
+    }
+    let columns: usize = blocks.iter().map(|b| b.tokens).sum();
+    if mask.is_some_and(|m| m.len() != n * columns) {
+        return Err(LlmError::InvalidInput(format!(
+            "an attention mask of {} values for {n} tokens over {columns}",
+            mask.map_or(0, <[f32]>::len)
+        )));
+    }
+
+    let hidden = heads * head_dim;
+    let mut out = vec![0f32; n * hidden];
+    // The query heads that share a key/value head are one work item: each key and
+    // value is read once for all of them, and the cache is what a long step reads most.
+    let repeats = heads / kv_heads;
+    let shared = SharedRows::new(&mut out, repeats * head_dim);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    candle_core::utils::barrier_pool().execute_chunked(kv_heads * n, |items| {
+        let mut scores = Vec::with_capacity(repeats * columns);
+        let mut group = Vec::with_capacity(repeats * head_dim);
+        for item in items {
+            let (kv_head, token) = (item / n, item % n);
+            group.clear();
+            for head in kv_head * repeats..(kv_head + 1) * repeats {
+                let row = head * n + token;
+                group.extend_from_slice(&queries[row * head_dim..(row + 1) * head_dim]);
+            }
+            let mask_row = mask.map(|m| &m[token * columns..(token + 1) * columns]);
+            // SAFETY: the output row of this token's heads of this key/value head
+            // (`token * kv_heads + kv_head`, heads in order) is this work item's alone.
+            let output = unsafe { shared.row(token * kv_heads + kv_head) };
+            attend_group(
+                Group {
+                    queries: &group,
+                    head_dim,
+                    kv_head,
+                },
+                &blocks,
+                mask_row,
+                scale,
+                &mut scores,
+                output,
+            );
+        }
+    });
+    Ok(Tensor::from_vec(out, (1, n, hidden), q.device())?)
+}
+
+/// The tensor as f32 with each key's values adjacent (the layout the loop reads).
+fn f32_rows(t: &Tensor) -> Result<Tensor, LlmError> {
+    let t = t.to_dtype(DType::F32)?;
+    Ok(if t.stride().last() == Some(&1) {
+        t
+    } else {
+        t.contiguous()?
+    })
+}
+
+fn cpu_f32(storage: &Storage) -> Result<&[f32], LlmError> {
+    match storage {
+        Storage::Cpu(cpu) => Ok(cpu.as_slice::<f32>()?),
+        _ => Err(LlmError::Metadata(
+            "CPU attention over a device tensor".into(),
+        )),
+    }
+}
+
+fn head_and_token_strides(layout: &Layout) -> (usize, usize) {
+    let stride = layout.stride();
+    (stride[1], stride[2])
+}
+
+/// The query heads of one token that share key/value head `kv_head`, one after another.
+struct Group<'a> {
+    queries: &'a [f32],
+    head_dim: usize,
+    kv_head: usize,
+}
+
+/// A group's attention over every block, its heads' outputs written one after another
+/// to `output`; `scores` is scratch space.
+fn attend_group(
+    group: Group,
+    blocks: &[Block],
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    output: &mut [f32],
+) {
+    let head_dim = group.head_dim;
+    let rows = group.queries.len() / head_dim;
+    let columns: usize = blocks.iter().map(|b| b.tokens).sum();
+    scores.clear();
+    scores.resize(rows * columns, 0.0);
+    let wide = avx2::usable(head_dim, rows);
+    let mut column = 0;
+    for block in blocks {
+        let keys = &block.keys[group.kv_head * block.key_strides.0..];
+        let stride = block.key_strides.1;
+        if wide {
+            avx2::scores(
+                (group.queries, head_dim),
+                keys,
+                stride,
+                block.tokens,
+                &mut scores[column..],
+                columns,
+            );
+        } else {
+            for (r, query) in group.queries.chunks_exact(head_dim).enumerate() {
+                for t in 0..block.tokens {
+                    let key = &keys[t * stride..][..head_dim];
+                    scores[r * columns + column + t] =
+                        query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>();
+                }
+            }
+        }
+        column += block.tokens;
+    }
+    let mut sums = [0f32; avx2::MAX_ROWS];
+    let mut sums_apart = vec![0f32; if rows > avx2::MAX_ROWS { rows } else { 0 }];
+    let sums = if rows > avx2::MAX_ROWS {
+        &mut sums_apart[..]
+    } else {
+        &mut sums[..rows]
+    };
+    for (row, sum) in scores.chunks_exact_mut(columns).zip(sums.iter_mut()) {
+        for (i, s) in row.iter_mut().enumerate() {
+            *s = *s * scale + mask.map_or(0.0, |m| m[i]);
+        }
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            *sum += *s;
+        }
+    }
+    output.fill(0.0);
+    let mut column = 0;
+    for block in blocks {
+        let values = &block.values[group.kv_head * block.value_strides.0..];
+        let stride = block.value_strides.1;
+        if wide {
+            avx2::weighted_sum(
+                (&scores[column..], columns),
+                values,
+                stride,
+                block.tokens,
+                (output, head_dim),
+            );
+        } else {
+            for (r, out) in output.chunks_exact_mut(head_dim).enumerate() {
+                for t in 0..block.tokens {
+                    let weight = scores[r * columns + column + t];
+                    let value = &values[t * stride..][..head_dim];
+                    for (o, &v) in out.iter_mut().zip(value) {
+                        *o += weight * v;
+                    }
+                }
+            }
+        }
+        column += block.tokens;
+    }
+    for (out, sum) in output.chunks_exact_mut(head_dim).zip(sums.iter()) {
+        for o in out {
+            *o /= sum;
+        }
+    }
+}
+
+/// The two loops of [`attend_group`] in AVX2 with FMA, for heads a multiple of 16 wide
+/// and groups of up to [`MAX_ROWS`] heads: each key and value loaded once for them all.
+mod avx2 {
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// Query heads a group may have to take these loops.
+    pub(super) const MAX_ROWS: usize = 4;
+
+    /// Whether this CPU, head width and group size take these loops.
+    pub(super) fn usable(head_dim: usize, rows: usize) -> bool {
+        cfg!(target_arch = "x86_64")
+            && head_dim.is_multiple_of(16)
+            && head_dim > 0
+            && (1..=MAX_ROWS).contains(&rows)
+            && crate::simd::has_avx2_fma()
+    }
+
+    /// For each query row `r` (of `queries`, `head_dim` wide) and key `t` (at
+    /// `keys[t * stride..]`, `tokens` of them): `out[r * out_stride + t] = query · key`.
+    pub(super) fn scores(
+        (queries, head_dim): (&[f32], usize),
+        keys: &[f32],
+        stride: usize,
+        tokens: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let rows = queries.len() / head_dim.max(1);
+        assert!(
+            usable(head_dim, rows),
+            "the AVX2 scores need AVX2, FMA and a head of 16s"
+        );
+        assert!(
+            tokens == 0 || keys.len() >= (tokens - 1) * stride + head_dim,
+            "keys out of range"
+        );
+        assert!(
+            tokens == 0 || out.len() >= (rows - 1) * out_stride + tokens,
+            "scores out of range"
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA, and every read and write lies inside its
+        // slice (all asserted above).
+        unsafe {
+            match rows {
+                1 => scores_kernel::<1>(queries, keys, stride, tokens, out, out_stride),
+                2 => scores_kernel::<2>(queries, keys, stride, tokens, out, out_stride),
+                3 => scores_kernel::<3>(queries, keys, stride, tokens, out, out_stride),
+                _ => scores_kernel::<4>(queries, keys, stride, tokens, out, out_stride),
+            }
+        }
+    }
+
+    /// For each output row `r` (of `out`, `head_dim` wide, one per weight row):
+    /// `out_r += Σ_t weights[r * weight_stride + t] * values[t * stride..][..head_dim]`.
+    pub(super) fn weighted_sum(
+        (weights, weight_stride): (&[f32], usize),
+        values: &[f32],
+        stride: usize,
+        tokens: usize,
+        (out, head_dim): (&mut [f32], usize),
+    ) {
+        let rows = out.len() / head_dim.max(1);
+        assert!(
+            usable(head_dim, rows),
+            "the AVX2 sum needs AVX2, FMA and heads of 16s"
+        );
+        assert!(
+            tokens == 0 || values.len() >= (tokens - 1) * stride + head_dim,
+            "values out of range"
+        );
+        assert!(
+            tokens == 0 || weights.len() >= (rows - 1) * weight_stride + tokens,
+            "weights out of range"
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for `scores`.
+        unsafe {
+            match rows {
+                1 => weighted_sum_kernel::<1>(weights, weight_stride, values, stride, tokens, out),
+                2 => weighted_sum_kernel::<2>(weights, weight_stride, values, stride, tokens, out),
+                3 => weighted_sum_kernel::<3>(weights, weight_stride, values, stride, tokens, out),
+                _ => weighted_sum_kernel::<4>(weights, weight_stride, values, stride, tokens, out),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_kernel<const R: usize>(
+        queries: &[f32],
+        keys: &[f32],
+        stride: usize,
+        tokens: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let head_dim = queries.len() / R;
+        let q = queries.as_ptr();
+        let o = out.as_mut_ptr();
+        for t in 0..tokens {
+            let k = keys.as_ptr().add(t * stride);
+            let mut even = [_mm256_setzero_ps(); R];
+            let mut odd = [_mm256_setzero_ps(); R];
+            for c in (0..head_dim).step_by(16) {
+                let k_even = _mm256_loadu_ps(k.add(c));
+                let k_odd = _mm256_loadu_ps(k.add(c + 8));
+                for r in 0..R {
+                    let row = q.add(r * head_dim + c);
+                    even[r] = _mm256_fmadd_ps(_mm256_loadu_ps(row), k_even, even[r]);
+                    odd[r] = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8)), k_odd, odd[r]);
+                }
+            }
+            for r in 0..R {
+                let sum = _mm256_add_ps(even[r], odd[r]);
+                let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+                let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                *o.add(r * out_stride + t) = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_sum_kernel<const R: usize>(
+        weights: &[f32],
+        weight_stride: usize,
+        values: &[f32],
+        stride: usize,
+        tokens: usize,
+        out: &mut [f32],
+    ) {
+        // Sixteen values of every row at a time: R x 2 registers of sums, each value
+        // loaded once for all rows.
+        let head_dim = out.len() / R;
+        let o = out.as_mut_ptr();
+        let w = weights.as_ptr();
+        for first in (0..head_dim).step_by(16) {
+            let mut low = [_mm256_setzero_ps(); R];
+            let mut high = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                low[r] = _mm256_loadu_ps(o.add(r * head_dim + first));
+                high[r] = _mm256_loadu_ps(o.add(r * head_dim + first + 8));
+            }
+            for t in 0..tokens {
+                let v = values.as_ptr().add(t * stride + first);
+                let (v_low, v_high) = (_mm256_loadu_ps(v), _mm256_loadu_ps(v.add(8)));
+                for r in 0..R {
+                    let weight = _mm256_set1_ps(*w.add(r * weight_stride + t));
+                    low[r] = _mm256_fmadd_ps(weight, v_low, low[r]);
+                    high[r] = _mm256_fmadd_ps(weight, v_high, high[r]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(o.add(r * head_dim + first), low[r]);
+                _mm256_storeu_ps(o.add(r * head_dim + first + 8), high[r]);
+            }
+        }
+    }
+}
+
+/// An output of rows written by several pool workers, each row by one only.
+struct SharedRows {
+    ptr: *mut f32,
+    rows: usize,
+    width: usize,
+}
+
+// SAFETY: rows are only reached through `row`, whose callers promise that no row is
+// taken by two workers; the buffer outlives the pool call that uses it.
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    fn new(out: &mut [f32], width: usize) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            rows: out.len() / width,
+            width,
+        }
+    }
+
+    /// # Safety
+    /// No other worker may take row `index` during the same call.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, index: usize) -> &mut [f32] {
+        assert!(index < self.rows, "output row out of range");
+        // SAFETY: in bounds (checked above) and not shared (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(index * self.width), self.width) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        let len = shape.0 * shape.1 * shape.2 * shape.3;
+        let mut state = seed;
+        let values: Vec<f32> = (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Attention the plain way: grouped heads repeated, one product, mask, softmax.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (_, heads, n, head_dim) = q.dims4().unwrap();
+        let repeats = heads / k.dim(1).unwrap();
+        let repeat = |t: &Tensor| {
+            let (b, h, s, d) = t.dims4().unwrap();
+            t.unsqueeze(2)
+                .unwrap()
+                .broadcast_as((b, h, repeats, s, d))
+                .unwrap()
+                .reshape((b, h * repeats, s, d))
+                .unwrap()
+        };
+        let scores =
+            (q.matmul(&repeat(k).t().unwrap()).unwrap() / (head_dim as f64).sqrt()).unwrap();
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m).unwrap(),
+            None => scores,
+        };
+        candle_nn::ops::softmax_last_dim(&scores)
+            .unwrap()
+            .matmul(&repeat(v))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((1, n, heads * head_dim))
+            .unwrap()
+    }
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn blocks_strided_views_and_a_mask_give_the_plain_attention() {
+        // 6 query heads over 2 key/value heads, 3 query tokens, 37 cached tokens in
+        // three blocks, the first a narrowed (strided) view of a longer tensor; heads
+        // of 20 take the portable loops, heads of 32 the AVX2 ones where the CPU has them.
+        for head_dim in [20, 32] {
+            attends_as_the_plain_way(head_dim);
+        }
+    }
+
+    fn attends_as_the_plain_way(head_dim: usize) {
+        let (heads, kv_heads, n) = (6, 2, 3);
+        let q = random((1, heads, n, head_dim), 1);
+        let long_k = random((1, kv_heads, 30, head_dim), 2);
+        let long_v = random((1, kv_heads, 30, head_dim), 3);
+        let keys = [
+            long_k.narrow(2, 0, 23).unwrap(),
+            random((1, kv_heads, 11, head_dim), 4),
+            random((1, kv_heads, n, head_dim), 5),
+        ];
+        let values = [
+            long_v.narrow(2, 0, 23).unwrap(),
+            random((1, kv_heads, 11, head_dim), 6),
+            random((1, kv_heads, n, head_dim), 7),
+        ];
+        let columns = 23 + 11 + n;
+        let mask: Vec<f32> = (0..n * columns)
+            .map(|i| {
+                if (i * 7) % 5 == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask_tensor = Tensor::from_vec(mask.clone(), (n, columns), &Device::Cpu).unwrap();
+        let k = Tensor::cat(&keys, 2).unwrap();
+        let v = Tensor::cat(&values, 2).unwrap();
+
+        let ours = attend(&q, &keys, &values, Some(&mask)).unwrap();
+        let plain = reference(&q, &k, &v, Some(&mask_tensor));
+        assert!(largest_difference(&ours, &plain) < 1e-5);
+
+        let ours = attend(&q, &keys, &values, None).unwrap();
+        let plain = reference(&q, &k, &v, None);
+        assert!(largest_difference(&ours, &plain) < 1e-5);
+    }
+
+    #[test]
+    fn the_avx2_loops_compute_the_portable_sums() {
+        for rows in 1..=avx2::MAX_ROWS {
+            let (head_dim, tokens, stride) = (32, 9, 40);
+            if !avx2::usable(head_dim, rows) {
+                return;
+            }
+            let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let queries = flat(random((1, 1, rows, head_dim), 8));
+            let keys = flat(random((1, 1, tokens, stride), 9));
+            let weights = flat(random((1, 1, rows, tokens), 10));
+            let mut scores = vec![0f32; rows * tokens];
+            avx2::scores(
+                (&queries, head_dim),
+                &keys,
+                stride,
+                tokens,
+                &mut scores,
+                tokens,
+            );
+            let mut sums = vec![0.5f32; rows * head_dim];
+            avx2::weighted_sum(
+                (&weights, tokens),
+                &keys,
+                stride,
+                tokens,
+                (&mut sums, head_dim),
+            );
+            for r in 0..rows {
+                let query = &queries[r * head_dim..][..head_dim];
+                for t in 0..tokens {
+                    let key = &keys[t * stride..][..head_dim];
+                    let expected: f32 = query.iter().zip(key).map(|(q, k)| q * k).sum();
+                    assert!(
+                        (scores[r * tokens + t] - expected).abs() < 1e-5,
+                        "score {r} {t}"
+                    );
+                }
+                for d in 0..head_dim {
+                    let expected: f32 = 0.5
+                        + (0..tokens)
+                            .map(|t| weights[r * tokens + t] * keys[t * stride + d])
+                            .sum::<f32>();
+                    assert!(
+                        (sums[r * head_dim + d] - expected).abs() < 1e-5,
+                        "value {r} {d}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_mask_of_the_wrong_size_is_refused() {
+        let q = random((1, 2, 1, 8), 11);
+        let k = random((1, 1, 4, 8), 12);
+        let v = random((1, 1, 4, 8), 13);
+        assert!(attend(&q, &[k], &[v], Some(&[0.0; 3])).is_err());
+    }
+}
