@@ -212,6 +212,9 @@ fn against_llama_cpp(
             .arg(file.path())
             .args(["-p", &args.prompt_tokens.to_string()])
             .args(["-n", &args.generate_tokens.to_string()])
+            // Our generation runs after the prompt, so theirs is taken at that depth too
+            // (`-d`): from an empty context each step would attend to fewer tokens.
+            .args(["-d", &format!("0,{}", args.prompt_tokens)])
             .args(["-t", &threads.to_string()])
             .args(["-r", &args.repeats.max(1).to_string()])
             .args(["-o", "json"])
@@ -222,13 +225,16 @@ fn against_llama_cpp(
             String::from_utf8_lossy(&output.stderr)
         );
         let runs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
-        let speed = |prompt: bool| {
+        let speed = |prompt: bool, depth: usize| {
             runs.iter()
-                .find(|r| (r["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt)
+                .find(|r| {
+                    (r["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt
+                        && r["n_depth"].as_u64().unwrap_or(0) == depth as u64
+                })
                 .and_then(|r| r["avg_ts"].as_f64())
                 .unwrap_or(f64::NAN)
         };
-        let (their_prompt, their_generation) = (speed(true), speed(false));
+        let (their_prompt, their_generation) = (speed(true, 0), speed(false, args.prompt_tokens));
         println!(
             "| {format:?} | {their_prompt:.0} | {:.2} | {their_generation:.1} | {:.2} |",
             prompt_speed / their_prompt,
