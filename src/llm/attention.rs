@@ -249,6 +249,18 @@ mod avx2 {
     /// Query heads a group may have to take these loops.
     pub(super) const MAX_ROWS: usize = 4;
 
+    /// Calls the kernel compiled for `rows` rows (1 to [`MAX_ROWS`]).
+    macro_rules! by_rows {
+        ($rows:expr, $kernel:ident($($arg:expr),*)) => {
+            match $rows {
+                1 => $kernel::<1>($($arg),*),
+                2 => $kernel::<2>($($arg),*),
+                3 => $kernel::<3>($($arg),*),
+                _ => $kernel::<4>($($arg),*),
+            }
+        };
+    }
+
     /// Whether this CPU, head width and group size take these loops.
     pub(super) fn usable(head_dim: usize, rows: usize) -> bool {
         cfg!(target_arch = "x86_64")
@@ -256,6 +268,11 @@ mod avx2 {
             && head_dim > 0
             && (1..=MAX_ROWS).contains(&rows)
             && crate::simd::has_avx2_fma()
+    }
+
+    /// Whether `len` values hold `count` runs of `width` values, `stride` apart.
+    fn holds(len: usize, count: usize, stride: usize, width: usize) -> bool {
+        count == 0 || width == 0 || len >= (count - 1) * stride + width
     }
 
     /// For each query row `r` (of `queries`, `head_dim` wide) and key `t` (at
@@ -274,23 +291,18 @@ mod avx2 {
             "the AVX2 scores need AVX2, FMA and a head of 16s"
         );
         assert!(
-            tokens == 0 || keys.len() >= (tokens - 1) * stride + head_dim,
-            "keys out of range"
-        );
-        assert!(
-            tokens == 0 || out.len() >= (rows - 1) * out_stride + tokens,
-            "scores out of range"
+            holds(keys.len(), tokens, stride, head_dim)
+                && holds(out.len(), rows, out_stride, tokens),
+            "keys or scores out of range"
         );
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA, and every read and write lies inside its
         // slice (all asserted above).
         unsafe {
-            match rows {
-                1 => scores_kernel::<1>(queries, keys, stride, tokens, out, out_stride),
-                2 => scores_kernel::<2>(queries, keys, stride, tokens, out, out_stride),
-                3 => scores_kernel::<3>(queries, keys, stride, tokens, out, out_stride),
-                _ => scores_kernel::<4>(queries, keys, stride, tokens, out, out_stride),
-            }
+            by_rows!(
+                rows,
+                scores_kernel(queries, keys, stride, tokens, out, out_stride)
+            );
         }
     }
 
@@ -309,22 +321,17 @@ mod avx2 {
             "the AVX2 sum needs AVX2, FMA and heads of 16s"
         );
         assert!(
-            tokens == 0 || values.len() >= (tokens - 1) * stride + head_dim,
-            "values out of range"
-        );
-        assert!(
-            tokens == 0 || weights.len() >= (rows - 1) * weight_stride + tokens,
-            "weights out of range"
+            holds(values.len(), tokens, stride, head_dim)
+                && holds(weights.len(), rows, weight_stride, tokens),
+            "values or weights out of range"
         );
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as for `scores`.
         unsafe {
-            match rows {
-                1 => weighted_sum_kernel::<1>(weights, weight_stride, values, stride, tokens, out),
-                2 => weighted_sum_kernel::<2>(weights, weight_stride, values, stride, tokens, out),
-                3 => weighted_sum_kernel::<3>(weights, weight_stride, values, stride, tokens, out),
-                _ => weighted_sum_kernel::<4>(weights, weight_stride, values, stride, tokens, out),
-            }
+            by_rows!(
+                rows,
+                weighted_sum_kernel(weights, weight_stride, values, stride, tokens, out)
+            );
         }
     }
 
