@@ -49,9 +49,14 @@ impl Linear {
             GgmlDType::Q4_0 => Self::Int4(
                 Q4Matrix::from_gguf(Q4Format::Q4_0, bytes, rows, cols).map_err(malformed)?,
             ),
-            _ => Self::Int4(
+            GgmlDType::Q4_1 => Self::Int4(
                 Q4Matrix::from_gguf(Q4Format::Q4_1, bytes, rows, cols).map_err(malformed)?,
             ),
+            other => {
+                return Err(LlmError::Metadata(format!(
+                    "no integer kernel reads {other:?} weights"
+                )))
+            }
         })
     }
 
@@ -100,9 +105,8 @@ fn integer_format(dtype: GgmlDType) -> bool {
 /// projections; its gate and up projections).
 enum Stacked {
     /// Their rows stacked into one matrix for our integer kernels: one quantization of
-    /// the input and one dispatch to the kernel pool instead of one per matrix, which is
-    /// most of a one-token step's cost outside the products. `widths` are each matrix's
-    /// outputs, in order.
+    /// the input and one dispatch to the kernel pool instead of one per matrix.
+    /// `widths` are each matrix's outputs, in order.
     One { linear: Linear, widths: Vec<usize> },
     /// Applied one by one (candle's products, or formats that differ).
     Apart(Vec<Linear>),
