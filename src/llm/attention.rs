@@ -190,13 +190,7 @@ fn attend_group(
         }
         column += block.tokens;
     }
-    let mut sums = [0f32; avx2::MAX_ROWS];
-    let mut sums_apart = vec![0f32; if rows > avx2::MAX_ROWS { rows } else { 0 }];
-    let sums = if rows > avx2::MAX_ROWS {
-        &mut sums_apart[..]
-    } else {
-        &mut sums[..rows]
-    };
+    let mut sums = vec![0f32; rows];
     for (row, sum) in scores.chunks_exact_mut(columns).zip(sums.iter_mut()) {
         for (i, s) in row.iter_mut().enumerate() {
             *s = *s * scale + mask.map_or(0.0, |m| m[i]);

@@ -114,15 +114,17 @@ enum Stacked {
 
 impl Stacked {
     fn new(tensors: Vec<QTensor>) -> Result<Self, LlmError> {
-        let dtype = tensors.first().map(QTensor::dtype);
-        let stackable = tensors.iter().all(|t| {
-            t.device().is_cpu()
-                && Some(t.dtype()) == dtype
-                && integer_format(t.dtype())
-                && t.shape().dims2().ok().map(|d| d.1)
-                    == tensors[0].shape().dims2().ok().map(|d| d.1)
+        let cols = |t: &QTensor| t.shape().dims2().ok().map(|(_, cols)| cols);
+        let first = tensors.first();
+        let stackable = first.is_some_and(|first| {
+            tensors.iter().all(|t| {
+                t.device().is_cpu()
+                    && t.dtype() == first.dtype()
+                    && integer_format(t.dtype())
+                    && cols(t) == cols(first)
+            })
         });
-        let (Some(dtype), true) = (dtype, stackable) else {
+        let (Some(dtype), true) = (first.map(QTensor::dtype), stackable) else {
             return Ok(Self::Apart(
                 tensors
                     .into_iter()
