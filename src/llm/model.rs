@@ -10,7 +10,8 @@
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::{attention, LlmError};
+use super::attention::{self, Visibility};
+use super::LlmError;
 use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Tiles};
 
 /// A weight matrix applied as `x · Wᵀ`.
@@ -383,10 +384,11 @@ struct Part {
     /// Its first token's index among the batch's tokens.
     offset: usize,
     tokens: usize,
+    /// The mask for candle's attention; `None` for one token or the CPU loop.
     mask: Option<Tensor>,
-    /// The mask's values, row by row, where the step takes the CPU attention loop
-    /// ([`attention::applies`]; read once per pass rather than once per layer).
-    mask_values: Option<Vec<f32>>,
+    /// What each token sees, for the CPU attention loop ([`attention::applies`];
+    /// worked out once per pass rather than once per layer).
+    visibility: Option<Visibility>,
     cos: Tensor,
     sin: Tensor,
 }
@@ -627,23 +629,28 @@ impl Llama {
         self.check(step.ids, step.positions, step.outputs)?;
         let n = step.ids.len();
         cache.layers.resize(self.layers.len(), None);
-        let mask = match &step.mask {
-            Some(mask) => Some(mask.clone()),
-            None if n > 1 => Some(causal_mask(n, cache.len(), &self.device)?),
-            None => None,
-        };
-        let mask_values = match &mask {
-            Some(mask) if attention::applies(&self.device, n) => {
-                Some(mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-            }
-            _ => None,
+        let (mask, visibility) = if attention::applies(&self.device) {
+            let visibility = match &step.mask {
+                Some(mask) => {
+                    Visibility::from_mask(mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, n)?
+                }
+                None => Visibility::causal(n, cache.len()),
+            };
+            (None, Some(visibility))
+        } else {
+            let mask = match &step.mask {
+                Some(mask) => Some(mask.clone()),
+                None if n > 1 => Some(causal_mask(n, cache.len(), &self.device)?),
+                None => None,
+            };
+            (mask, None)
         };
         let positions = Tensor::new(step.positions, &self.device)?;
         Ok(Part {
             offset,
             tokens: n,
             mask,
-            mask_values,
+            visibility,
             cos: self.cos.index_select(&positions, 0)?,
             sin: self.sin.index_select(&positions, 0)?,
         })
@@ -669,11 +676,11 @@ impl Llama {
         let v = heads(v, self.kv_heads)?;
         let layer = kv.get_or_insert_with(LayerKv::default);
         layer.push(k, v);
-        if attention::applies(&self.device, n) {
+        if let Some(visibility) = &part.visibility {
             if layer.keys.len() > MAX_BLOCKS {
                 layer.joined()?;
             }
-            return attention::attend(&q, &layer.keys, &layer.values, part.mask_values.as_deref());
+            return attention::attend(&q, &layer.keys, &layer.values, visibility);
         }
         let (k, v) = layer.joined()?;
 
