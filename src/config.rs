@@ -184,8 +184,8 @@ pub struct ModelConfig {
     #[arg(long, env = "EXEMPLAR_THREADS")]
     pub threads: Option<usize>,
 
-    /// Megabytes of keys and values the LLM keeps for later requests: prompt prefixes
-    /// and cached demonstrations, in one budget.
+    /// Megabytes of keys and values the LLM holds: the running jobs' own, and in what
+    /// is left, prompt prefixes and cached demonstrations kept for later requests.
     #[arg(long, env = "EXEMPLAR_KV_CACHE_MB", default_value_t = DEFAULT_KV_CACHE_MB)]
     pub kv_cache_mb: usize,
 }

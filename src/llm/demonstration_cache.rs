@@ -314,9 +314,11 @@ mod tests {
             run(&mut cache, &blocks[0]);
             cache.demonstrations.bytes / blocks[0].len()
         };
-        // The head's own prefix-cache entry shares the budget.
-        let budget =
-            per_token * (head.len() + blocks[0].len() + blocks[1].len() + blocks[2].len() - 1);
+        // The head's own prefix-cache entry shares the budget, and so does the running
+        // job's state (its head and the block it runs, while the third one runs).
+        let cached = head.len() + blocks[0].len() + blocks[1].len() + blocks[2].len() - 1;
+        let running = head.len() + blocks[2].len();
+        let budget = per_token * (cached + running);
         let mut cache = PrefixCache::with_budget(budget);
         for block in &blocks {
             run(&mut cache, block);

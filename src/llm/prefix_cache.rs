@@ -41,6 +41,8 @@ pub struct PrefixCache {
     /// Demonstration blocks, for prompts that take them from the cache.
     pub(super) demonstrations: DemonstrationCache,
     budget_bytes: usize,
+    /// Bytes of keys and values the running jobs hold: the budget covers them too.
+    running_bytes: usize,
     clock: u64,
     hits: u64,
 }
@@ -58,6 +60,7 @@ impl PrefixCache {
             entries: Vec::new(),
             demonstrations: DemonstrationCache::default(),
             budget_bytes,
+            running_bytes: 0,
             clock: 0,
             hits: 0,
         }
@@ -138,10 +141,18 @@ impl PrefixCache {
         self.demonstrations.start(head_tokens, blocks, self.clock)
     }
 
+    /// Keeps what the cache holds within the budget less `running_bytes`, the keys and
+    /// values of the jobs under way (counted whole, though some of their blocks may be
+    /// the cache's own), so that the budget bounds the model's KV memory as a whole.
+    pub(super) fn make_room(&mut self, running_bytes: usize) {
+        self.running_bytes = running_bytes;
+        self.trim();
+    }
+
     /// Drops the least recently used prefixes and demonstration blocks, whichever is
     /// older, until both fit the budget; the prefix and blocks used last stay.
     pub(super) fn trim(&mut self) {
-        while self.bytes() > self.budget_bytes {
+        while self.bytes().saturating_add(self.running_bytes) > self.budget_bytes {
             let prefix = self
                 .entries
                 .iter()
@@ -199,6 +210,23 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_running_jobs_keys_and_values_come_out_of_the_budget() {
+        let llm = crate::llm::tests::llm(crate::config::WeightFormat::Q8_0);
+        let mut cache = PrefixCache::default();
+        cache.session(&llm, &[1, 2, 3]).expect("runs");
+        cache.session(&llm, &[4, 5, 6, 7]).expect("runs");
+        cache.budget_bytes = cache.bytes();
+
+        cache.make_room(0);
+        assert_eq!(cache.entries.len(), 2, "both fit with nothing running");
+        cache.make_room(1);
+        let kept: Vec<_> = cache.entries.iter().map(|e| e.tokens.clone()).collect();
+        assert_eq!(kept, [vec![4, 5, 6, 7]], "the older prefix makes room");
+        cache.make_room(usize::MAX);
+        assert_eq!(cache.entries.len(), 1, "the prefix used last stays");
+    }
 
     #[test]
     fn common_prefixes_are_counted_token_by_token() {

@@ -69,6 +69,9 @@ pub(super) trait Task: Send {
 
     /// Answers `error` to whoever waits.
     fn fail(self: Box<Self>, error: LlmError);
+
+    /// Bytes of keys and values the job holds between steps.
+    fn kv_bytes(&self) -> usize;
 }
 
 /// Runs the jobs from `queue` until every handle on it is gone.
@@ -173,6 +176,7 @@ fn step(llm: &Llm, cache: &mut PrefixCache, running: &mut Vec<Box<dyn Task>>) {
             task.fail(error);
         }
     }
+    cache.make_room(running.iter().map(|task| task.kv_bytes()).sum());
 }
 
 /// Runs every piece in one packed pass.
@@ -443,6 +447,17 @@ impl Task for Scoring {
     fn fail(mut self: Box<Self>, error: LlmError) {
         self.answer(Err(error));
     }
+
+    fn kv_bytes(&self) -> usize {
+        match &self.phase {
+            ScoringPhase::Head { session, .. } => session.kv_bytes(),
+            ScoringPhase::Blocks { head, held, .. } => {
+                head.kv_bytes() + held.iter().flatten().map(KvCache::bytes).sum::<usize>()
+            }
+            ScoringPhase::Queries { base, .. } => base.kv_bytes(),
+            ScoringPhase::Start | ScoringPhase::Done => 0,
+        }
+    }
 }
 
 /// A generation under way.
@@ -598,6 +613,15 @@ impl Task for Generating {
 
     fn fail(mut self: Box<Self>, error: LlmError) {
         self.answer(Err(error));
+    }
+
+    fn kv_bytes(&self) -> usize {
+        match &self.phase {
+            GeneratingPhase::Prompt { session, .. } | GeneratingPhase::Decoding { session, .. } => {
+                session.kv_bytes()
+            }
+            GeneratingPhase::Start | GeneratingPhase::Done => 0,
+        }
     }
 }
 
