@@ -46,7 +46,9 @@ impl Visibility {
     pub(super) fn causal(n: usize, past: usize) -> Self {
         Self {
             columns: past + n,
-            runs: (0..n).map(|row| vec![0..past + row + 1]).collect(),
+            runs: (0..n)
+                .map(|row| std::iter::once(0..past + row + 1).collect())
+                .collect(),
             added: None,
         }
     }

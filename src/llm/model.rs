@@ -12,14 +12,12 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::{self, Visibility};
 use super::LlmError;
-use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Tiles};
+use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Weights};
 
 /// A weight matrix applied as `x · Wᵀ`.
 enum Linear {
     /// Q8_0 on the CPU: our integer kernels.
-    Int8(Q8Matrix),
-    /// Q8_0 on a CPU with AVX-512 VNNI: our tiled integer kernel.
-    Int8Tiles(Q8Tiles),
+    Int8(Q8Weights),
     /// Q4_0 or Q4_1 on the CPU: our integer kernels.
     Int4(Q4Matrix),
     /// Anything else (f32, other formats, any GPU): candle's matmul.
@@ -39,14 +37,9 @@ impl Linear {
     fn integer(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, LlmError> {
         let malformed = |e: crate::quant::QuantError| LlmError::Metadata(e.to_string());
         Ok(match dtype {
-            GgmlDType::Q8_0 => {
-                let matrix = Q8Matrix::from_gguf_q8_0(bytes, rows, cols).map_err(malformed)?;
-                if Q8Tiles::supported() {
-                    Self::Int8Tiles(Q8Tiles::from_rows(&matrix))
-                } else {
-                    Self::Int8(matrix)
-                }
-            }
+            GgmlDType::Q8_0 => Self::Int8(Q8Weights::new(
+                Q8Matrix::from_gguf_q8_0(bytes, rows, cols).map_err(malformed)?,
+            )),
             GgmlDType::Q4_0 => Self::Int4(
                 Q4Matrix::from_gguf(Q4Format::Q4_0, bytes, rows, cols).map_err(malformed)?,
             ),
@@ -65,7 +58,6 @@ impl Linear {
         match self {
             Self::Candle(matmul) => Ok(matmul.forward(x)?),
             Self::Int8(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
-            Self::Int8Tiles(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
             Self::Int4(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
         }
     }

@@ -291,6 +291,50 @@ impl Q8Matrix {
     }
 }
 
+/// Q8_0 weights laid out for the best kernel this CPU has: tiles of rows where it has
+/// AVX-512 VNNI ([`Q8Tiles`]), rows elsewhere. Both give the same integer sums.
+pub enum Q8Weights {
+    /// Row by row.
+    Rows(Q8Matrix),
+    /// In tiles of rows.
+    Tiles(Q8Tiles),
+}
+
+impl Q8Weights {
+    /// `matrix`, retiled where the CPU runs tiles.
+    pub fn new(matrix: Q8Matrix) -> Self {
+        if Q8Tiles::supported() {
+            Self::Tiles(Q8Tiles::from_rows(&matrix))
+        } else {
+            Self::Rows(matrix)
+        }
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Rows(m) => m.rows(),
+            Self::Tiles(m) => m.rows(),
+        }
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::Rows(m) => m.cols(),
+            Self::Tiles(m) => m.cols(),
+        }
+    }
+
+    /// `x · selfᵀ` for `tokens` rows of `x`: `tokens x rows` values, row-major.
+    pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        match self {
+            Self::Rows(m) => m.matmul(x, tokens),
+            Self::Tiles(m) => m.matmul(x, tokens),
+        }
+    }
+}
+
 impl RowKernel for Q8Matrix {
     fn rows(&self) -> usize {
         self.rows
