@@ -5,7 +5,7 @@
 //! attention as one small matrix product per text and head; on SST-2 sentences half of
 //! its work was padding. Here the dense layers see only real tokens, query, key and value
 //! are one product, and on the CPU the layers after attention run on our Q8_0 integer
-//! kernels (weights quantized at load; 1.8x the f32 embedder's throughput) while
+//! kernels (weights quantized at load; candle's f32 product has no AVX-512 path) while
 //! attention and GELU run as plain loops split over candle's kernel pool. Other devices
 //! run attention as candle ops, one text at a time.
 
@@ -164,8 +164,9 @@ impl Layer {
         let (q, q_bias) = part("query")?;
         let (k, k_bias) = part("key")?;
         let (v, v_bias) = part("value")?;
-        // Query and key stay in f32: the attention scores amplify their rounding (in int8
-        // a one-token text's embedding fell to a cosine of 0.9989 to sentence-transformers').
+        // Query, key and value stay in f32 (one product): the attention scores amplify the
+        // rounding of query and key (in int8 a one-token text's embedding fell to a cosine
+        // of 0.9989 to sentence-transformers').
         let qkv = Dense::f32(
             Tensor::cat(&[q, k, v], 0)?,
             Tensor::cat(&[q_bias, k_bias, v_bias], 0)?,
