@@ -150,7 +150,10 @@ pub(super) fn attend(
     let shared = SharedRows::new(&mut out, repeats * head_dim);
     let scale = 1.0 / (head_dim as f32).sqrt();
     candle_core::utils::barrier_pool().execute_chunked(kv_heads * n, |items| {
-        let mut scores = Vec::with_capacity(repeats * columns);
+        // Scratch for every item of the chunk, allocated once: a token's scores are
+        // written and read only where it sees, so nothing needs zeroing between items.
+        let mut scores = vec![0f32; repeats * columns];
+        let mut sums = vec![0f32; repeats];
         let mut group = Vec::with_capacity(repeats * head_dim);
         for item in items {
             let (kv_head, token) = (item / n, item % n);
@@ -178,7 +181,7 @@ pub(super) fn attend(
                 &blocks,
                 &seen,
                 scale,
-                &mut scores,
+                (&mut scores, &mut sums),
                 output,
             );
         }
@@ -234,20 +237,19 @@ impl Seen<'_> {
 }
 
 /// A group's attention over the columns it sees, its heads' outputs written one after
-/// another to `output`; `scores` is scratch space.
+/// another to `output`; `scores` (a row of every column per head) and `sums` (one per
+/// head) are scratch space.
 fn attend_group(
     group: Group,
     blocks: &[Block],
     seen: &Seen,
     scale: f32,
-    scores: &mut Vec<f32>,
+    (scores, sums): (&mut [f32], &mut [f32]),
     output: &mut [f32],
 ) {
     let head_dim = group.head_dim;
     let rows = group.queries.len() / head_dim;
-    let columns: usize = blocks.iter().map(|b| b.tokens).sum();
-    scores.clear();
-    scores.resize(rows * columns, 0.0);
+    let columns = scores.len() / rows;
     let wide = avx2::usable(head_dim, rows);
     let mut first = 0;
     for block in blocks {
@@ -276,7 +278,7 @@ fn attend_group(
         }
         first += block.tokens;
     }
-    let mut sums = vec![0f32; rows];
+    sums.fill(0.0);
     for (row, sum) in scores.chunks_exact_mut(columns).zip(sums.iter_mut()) {
         let mut max = f32::NEG_INFINITY;
         for run in seen.runs {
@@ -323,7 +325,7 @@ fn attend_group(
         first += block.tokens;
     }
     // A token that sees nothing keeps an output of zeros rather than dividing by 0.
-    for (out, &sum) in output.chunks_exact_mut(head_dim).zip(&sums) {
+    for (out, &sum) in output.chunks_exact_mut(head_dim).zip(sums.iter()) {
         if sum > 0.0 {
             for o in out {
                 *o /= sum;
