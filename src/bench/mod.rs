@@ -6,12 +6,16 @@
 //!   retrieval latency p50/p99 on that task and on a 100k-point synthetic index;
 //! - predict: predictions/s and latency over HTTP with 1 and 8 clients, the answer to
 //!   overload, and shared-prefix label scoring against one forward pass per label;
-//! - select: selection time of each method on 3000- and 20000-item pools.
+//! - select: selection time of each method on 3000- and 20000-item pools;
+//! - stage-two: vote-k's stage 2 over a 3000-item pool through the API, against
+//!   predicting the pool with whole prompts.
 
 mod models;
 mod peer;
 mod predict;
 mod select;
+mod server;
+mod stage_two;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +37,9 @@ pub enum Suite {
     Predict,
     /// Selection time of each method.
     Select,
-    /// Both.
+    /// Vote-k's stage 2 over a 3000-item pool through the API.
+    StageTwo,
+    /// Every suite.
     All,
 }
 
@@ -165,6 +171,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::Select | Suite::All) {
         runtime.block_on(select::run(args))?;
+    }
+    if matches!(args.suite, Suite::StageTwo | Suite::All) {
+        runtime.block_on(stage_two::run(args))?;
     }
     Ok(())
 }

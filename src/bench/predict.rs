@@ -10,13 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 use super::peer::LlamaServer;
+use super::server::{create_task, import, post, BenchServer};
 use super::{latency_line, percentile, BenchArgs};
-use crate::config::Config;
 use crate::experiments::{read_split, sample, DATASETS};
 use crate::llm::{Llm, ScoreRequest};
 use crate::model_source;
@@ -25,18 +23,6 @@ use crate::server::open_device;
 
 /// The queue the bench server gets, small enough to overflow on purpose.
 const QUEUE: usize = 16;
-
-#[derive(Parser)]
-struct ServeFlags {
-    #[command(flatten)]
-    config: Config,
-}
-
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let response = client.post(url).json(body).send().await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
 
 /// Sends `bodies` one after another; answers predictions/s, latencies and answers.
 async fn one_client(
@@ -106,52 +92,6 @@ async fn peer_client(
     }
     let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
     Ok((rate, latencies, predicted))
-}
-
-/// Creates (or replaces) the task at `task` with `dataset`'s labels and template.
-async fn create_task(
-    client: &reqwest::Client,
-    task: &str,
-    dataset: &crate::experiments::Dataset,
-) -> anyhow::Result<()> {
-    let spec = json!({
-        "labels": dataset.labels,
-        "instruction": dataset.instruction,
-        "template": {"input": dataset.input, "output": dataset.output}
-    });
-    client
-        .put(task)
-        .json(&spec)
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(())
-}
-
-/// Imports `rows` into `task` a hundred at a time; answers the new examples' ids.
-async fn import(
-    client: &reqwest::Client,
-    task: &str,
-    rows: &[crate::experiments::Row],
-) -> anyhow::Result<Vec<Value>> {
-    let mut ids: Vec<Value> = Vec::new();
-    for chunk in rows.chunks(100) {
-        let examples: Vec<Value> = chunk
-            .iter()
-            .map(|r| json!({"text": r.text, "label": r.label}))
-            .collect();
-        let (status, body) = post(
-            client,
-            &format!("{task}/examples"),
-            &json!({"examples": examples}),
-        )
-        .await?;
-        if status != 201 {
-            bail!("import failed: {body}");
-        }
-        ids.extend(body["ids"].as_array().cloned().unwrap_or_default());
-    }
-    Ok(ids)
 }
 
 /// Examples imported in the embedder-and-LLM measurement.
@@ -254,45 +194,8 @@ fn plot_rates(path: &std::path::Path, rates: &[(&str, Vec<f64>)]) -> anyhow::Res
 /// # Errors
 /// When the server, the data or the models fail.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let queue = QUEUE.to_string();
-    // Every bench client shares one address: the per-client limits are off, so that
-    // what is measured is the model and its queue.
-    let mut config = ServeFlags::try_parse_from([
-        "bench",
-        "--database-url",
-        &url,
-        "--queue-capacity",
-        &queue,
-        "--client-max-in-flight",
-        "0",
-        "--client-rate",
-        "0",
-    ])?
-    .config;
-    config.models = args.models.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::serve(listener, config, async {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while client
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        if Instant::now() > deadline || server.is_finished() {
-            bail!("the bench server did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
+    let server = BenchServer::start(args, QUEUE).await?;
+    let (base, client) = (server.base.clone(), server.client.clone());
     let peer = match &args.llama_server {
         Some(binary) => Some(
             LlamaServer::start(
@@ -505,8 +408,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !served.is_empty() {
         latency_line("served answer time", served);
     }
-    let _ = stop.send(());
-    server.await.context("server task")??;
+    server.stop().await?;
     if let Some(peak) = super::peak_resident_mb() {
         println!(
             "peak resident memory of this process (with --suite predict alone: the server \

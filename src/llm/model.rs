@@ -7,6 +7,8 @@
 //! go through the integer kernels of [`crate::quant`] instead of candle's (so do
 //! Q4_0 and Q4_1 ones).
 
+use std::sync::Arc;
+
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
@@ -16,8 +18,9 @@ use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Weights};
 
 /// A weight matrix applied as `x · Wᵀ`.
 enum Linear {
-    /// Q8_0 on the CPU: our integer kernels.
-    Int8(Q8Weights),
+    /// Q8_0 on the CPU: our integer kernels (shared with the embedding table when the
+    /// output head is tied to it).
+    Int8(Arc<Q8Weights>),
     /// Q4_0 or Q4_1 on the CPU: our integer kernels.
     Int4(Q4Matrix),
     /// Anything else (f32, other formats, any GPU): candle's matmul.
@@ -37,9 +40,9 @@ impl Linear {
     fn integer(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Result<Self, LlmError> {
         let malformed = |e: crate::quant::QuantError| LlmError::Metadata(e.to_string());
         Ok(match dtype {
-            GgmlDType::Q8_0 => Self::Int8(Q8Weights::new(
+            GgmlDType::Q8_0 => Self::Int8(Arc::new(Q8Weights::new(
                 Q8Matrix::from_gguf_q8_0(bytes, rows, cols).map_err(malformed)?,
-            )),
+            ))),
             GgmlDType::Q4_0 => Self::Int4(
                 Q4Matrix::from_gguf(Q4Format::Q4_0, bytes, rows, cols).map_err(malformed)?,
             ),
@@ -162,9 +165,10 @@ impl Stacked {
 enum Embeddings {
     /// Dequantized to a tensor (other devices, and formats our kernels do not read).
     Table(Tensor),
-    /// Q8_0 rows on the CPU, dequantized as tokens need them: a quarter of the f32
-    /// table's memory (28 MB rather than 113 for SmolLM2's 49152 x 576).
-    Int8(Q8Matrix),
+    /// Q8_0 on the CPU, dequantized as tokens need them: a quarter of the f32 table's
+    /// memory (28 MB rather than 113 for SmolLM2's 49152 x 576), and laid out for the
+    /// integer kernels, so that a tied output head reads the same copy.
+    Int8(Arc<Q8Weights>),
 }
 
 impl Embeddings {
@@ -173,7 +177,7 @@ impl Embeddings {
             let (rows, cols) = tensor.shape().dims2()?;
             let table = Q8Matrix::from_gguf_q8_0(&tensor.data()?, rows, cols)
                 .map_err(|e| LlmError::Metadata(e.to_string()))?;
-            return Ok(Self::Int8(table));
+            return Ok(Self::Int8(Arc::new(Q8Weights::new(table))));
         }
         Ok(Self::Table(tensor.dequantize(device)?))
     }
@@ -445,7 +449,12 @@ impl Llama {
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = Embeddings::new(&embeddings_q, device)?;
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
-        let output = Linear::new(tensor("output.weight").unwrap_or(embeddings_q))?;
+        let output = match (tensor("output.weight"), &embeddings) {
+            (Ok(output), _) => Linear::new(output)?,
+            // Tied: the head is the embedding table, read from the same copy.
+            (Err(_), Embeddings::Int8(table)) => Linear::Int8(Arc::clone(table)),
+            (Err(_), Embeddings::Table(_)) => Linear::new(embeddings_q)?,
+        };
         let mut layers = Vec::with_capacity(blocks);
         for i in 0..blocks {
             let mut weight = |part: &str| tensor(&format!("blk.{i}.{part}.weight"));

@@ -333,6 +333,18 @@ impl Q8Weights {
             Self::Tiles(m) => m.matmul(x, tokens),
         }
     }
+
+    /// Rows `ids`, dequantized one after another: an embedding lookup, so that a tied
+    /// output head and embedding table are one copy.
+    ///
+    /// # Panics
+    /// When an id is not a row.
+    pub fn dequantize_rows(&self, ids: &[u32]) -> Vec<f32> {
+        match self {
+            Self::Rows(m) => m.dequantize_rows(ids),
+            Self::Tiles(m) => m.dequantize_rows(ids),
+        }
+    }
 }
 
 impl RowKernel for Q8Matrix {

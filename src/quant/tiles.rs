@@ -94,6 +94,29 @@ impl Q8Tiles {
         self.cols
     }
 
+    /// Rows `ids`, dequantized one after another (`ids.len() * cols` values), the same
+    /// values as [`Q8Matrix::dequantize_rows`] of the matrix these tiles came from.
+    ///
+    /// # Panics
+    /// When an id is not a row.
+    pub fn dequantize_rows(&self, ids: &[u32]) -> Vec<f32> {
+        let blocks = self.cols / BLOCK;
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let row = id as usize;
+            assert!(row < self.rows, "row {row} of a {}-row matrix", self.rows);
+            let (tile_row, r) = (row / ROWS, row % ROWS);
+            for tile in &self.tiles[tile_row * blocks..(tile_row + 1) * blocks] {
+                let scale = tile.scales[r];
+                out.extend((0..BLOCK).map(|i| {
+                    let stored = tile.quants[((i / 4) * ROWS + r) * 4 + i % 4];
+                    f32::from(i16::from(stored) - 128) * scale
+                }));
+            }
+        }
+        out
+    }
+
     /// `x · selfᵀ` for `tokens` rows of `x` (row-major, `cols` each), split over
     /// candle's kernel pool by row tiles: `tokens x rows` values, row-major.
     ///
@@ -300,6 +323,34 @@ mod tests {
     use super::super::scalar;
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn rows_read_back_from_tiles_equal_the_rows_they_came_from() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // 37 rows: two whole tiles and a padded one.
+        let (rows, cols) = (37, 3 * BLOCK);
+        let quants: Vec<i8> = (0..rows * cols)
+            .map(|i| match i % 13 {
+                0 => -128,
+                1 => 127,
+                _ => rng.gen(),
+            })
+            .collect();
+        let scales: Vec<f32> = (0..rows * cols / BLOCK)
+            .map(|_| rng.gen_range(0.001..0.1))
+            .collect();
+        let matrix = Q8Matrix {
+            rows,
+            cols,
+            scales,
+            quants,
+        };
+        let ids = [0, 15, 16, 36, 3, 36];
+        assert_eq!(
+            Q8Tiles::from_rows(&matrix).dequantize_rows(&ids),
+            matrix.dequantize_rows(&ids)
+        );
+    }
 
     #[cfg(target_arch = "x86_64")]
     #[test]

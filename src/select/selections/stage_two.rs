@@ -30,6 +30,12 @@ const STAGE_TWO_CHUNK: usize = 16;
 /// Vote-k's stage-2 confidence in each input: the probability of its most likely label
 /// with the task's annotated examples as demonstrations, the nearest eight by kNN.
 ///
+/// The demonstrations are cached (`crate::llm::demonstration_cache`): stage 1 annotates
+/// a tenth of the budget, so a few demonstrations recur in every prompt, each is
+/// computed once, and an item costs its own tokens. Stage 2 only ranks the items by
+/// confidence, which the approximation keeps (`exemplar bench --suite stage-two`
+/// measures how closely, against whole prompts).
+///
 /// # Errors
 /// When the task is unknown, has no examples, or the model fails.
 pub async fn stage_two_confidences(
@@ -38,7 +44,10 @@ pub async fn stage_two_confidences(
     inputs: Vec<QueryInput>,
     seed: u64,
 ) -> Result<Vec<f64>, PredictError> {
-    let options = PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, seed, false);
+    let options = PredictOptions {
+        cached_demonstrations: true,
+        ..PredictOptions::classify_with(STAGE_TWO_K, Strategy::Knn, seed, false)
+    };
     let predictions = predictor.predict(task, inputs, &options).await?;
     Ok(predictions
         .iter()
