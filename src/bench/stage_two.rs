@@ -52,7 +52,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
         let started = Instant::now();
         let url = format!("{task}/selections/{id}");
-        let (status, mut view) = post(&server.client, &format!("{url}/continue"), &json!({})).await?;
+        let (status, mut view) =
+            post(&server.client, &format!("{url}/continue"), &json!({})).await?;
         if status != 202 && status != 200 {
             bail!("stage 2 did not start: {view}");
         }
@@ -107,7 +108,8 @@ async fn post_pool(client: &reqwest::Client, task: &str, pool: &[Row]) -> anyhow
             .enumerate()
             .map(|(i, row)| json!({"id": format!("p{}", n * 100 + i), "text": row.text}))
             .collect();
-        let (status, body) = post(client, &format!("{task}/pool"), &json!({"items": items})).await?;
+        let (status, body) =
+            post(client, &format!("{task}/pool"), &json!({"items": items})).await?;
         if status != 201 {
             bail!("the pool import failed: {body}");
         }
