@@ -140,16 +140,25 @@ pub(crate) async fn import(
             .iter()
             .map(|r| json!({"text": r.text, "label": r.label}))
             .collect();
-        let (status, body) = post(
-            client,
-            &format!("{task}/examples"),
-            &json!({"examples": examples}),
-        )
-        .await?;
-        if status != 201 {
-            bail!("import failed: {body}");
-        }
-        ids.extend(body["ids"].as_array().cloned().unwrap_or_default());
+        ids.extend(add_examples(client, task, examples).await?);
     }
     Ok(ids)
+}
+
+/// POSTs `examples` (JSON rows) to `task`'s examples; answers their ids.
+pub(crate) async fn add_examples(
+    client: &reqwest::Client,
+    task: &str,
+    examples: Vec<Value>,
+) -> anyhow::Result<Vec<Value>> {
+    let (status, body) = post(
+        client,
+        &format!("{task}/examples"),
+        &json!({"examples": examples}),
+    )
+    .await?;
+    if status != 201 {
+        bail!("adding examples failed: {body}");
+    }
+    Ok(body["ids"].as_array().cloned().unwrap_or_default())
 }

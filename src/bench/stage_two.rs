@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::server::{create_task, post, BenchServer};
+use super::server::{add_examples, create_task, post, BenchServer};
 use super::BenchArgs;
 use crate::experiments::{read_split, sample, Row, DATASETS};
 
@@ -141,15 +141,7 @@ async fn annotate(
             Ok(json!({"id": id, "text": row.text, "label": row.label}))
         })
         .collect::<anyhow::Result<Vec<Value>>>()?;
-    let (status, body) = post(
-        client,
-        &format!("{task}/examples"),
-        &json!({"examples": examples}),
-    )
-    .await?;
-    if status != 201 {
-        bail!("annotating stage 1 failed: {body}");
-    }
+    add_examples(client, task, examples).await?;
     Ok(ids)
 }
 

@@ -324,18 +324,23 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// `n` random weight bytes, with -128 and 127 (the ends of the +128 range) among them.
+    fn weights_with_extremes(rng: &mut impl Rng, n: usize) -> Vec<i8> {
+        (0..n)
+            .map(|i| match i % 11 {
+                0 => -128,
+                1 => 127,
+                _ => rng.gen(),
+            })
+            .collect()
+    }
+
     #[test]
     fn rows_read_back_from_tiles_equal_the_rows_they_came_from() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         // 37 rows: two whole tiles and a padded one.
         let (rows, cols) = (37, 3 * BLOCK);
-        let quants: Vec<i8> = (0..rows * cols)
-            .map(|i| match i % 13 {
-                0 => -128,
-                1 => 127,
-                _ => rng.gen(),
-            })
-            .collect();
+        let quants = weights_with_extremes(&mut rng, rows * cols);
         let scales: Vec<f32> = (0..rows * cols / BLOCK)
             .map(|_| rng.gen_range(0.001..0.1))
             .collect();
@@ -362,14 +367,7 @@ mod tests {
         for trial in 0..200 {
             let (rows, blocks) = (1 + trial % 20, 1 + trial % 5);
             let cols = blocks * BLOCK;
-            // Weights may hold -128 and 127 (the ends of the +128 range).
-            let quants: Vec<i8> = (0..rows * cols)
-                .map(|i| match i % 11 {
-                    0 => -128,
-                    1 => 127,
-                    _ => rng.gen(),
-                })
-                .collect();
+            let quants = weights_with_extremes(&mut rng, rows * cols);
             let matrix = Q8Matrix {
                 rows,
                 cols,
