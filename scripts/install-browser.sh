@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian's headless Chromium and its chromedriver for the browser test
-# (tests/ui.rs) when either is missing. Needs root the first time. Running it again
+# (tests/it/ui.rs) when either is missing. Needs root the first time. Running it again
 # does no harm.
 set -euo pipefail
 if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then

@@ -1,9 +1,9 @@
 //! Every size a request controls has a cap, answered 422 with the field and the limit
 //! named, before any work is done; and invented HTTP methods do not grow the metrics.
 
-mod common;
+use crate::common;
 
-use common::TestServer;
+use crate::common::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -2,12 +2,12 @@
 //! number, a server killed with SIGKILL mid-import keeps whole batches only, and stored
 //! embeddings are reused across restarts unless the embedder changes.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 

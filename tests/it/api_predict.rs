@@ -1,8 +1,6 @@
 //! Predictions and evaluation over HTTP against a real server with real models.
 
-mod common;
-
-use common::{metric_sample, TestServer};
+use crate::common::{metric_sample, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 

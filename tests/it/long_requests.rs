@@ -3,11 +3,11 @@
 //! streamed a line per input, and work that stops when nobody waits for it (after a
 //! 408, a closed connection, or the grace after SIGTERM).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::TestServer;
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -1,12 +1,12 @@
 //! The command line: flags, environment fallbacks, device checks, and model references
 //! resolved through a Hugging Face hub cache that the test lays out itself.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 
 /// Runs `exemplar serve` on a free port with its own database, so that tests running
 /// at once never migrate the same file.

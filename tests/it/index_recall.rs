@@ -1,6 +1,6 @@
 //! HNSW recall against exact search on real sentence embeddings (SST-2 train).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

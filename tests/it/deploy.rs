@@ -6,15 +6,13 @@
 //!
 //! Skipped, with a message, only where no Docker daemon answers.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, read_jsonl, repo_dir, shared_dir};
+use crate::common::{free_port, read_jsonl, repo_dir, shared_dir};
 use serde_json::{json, Value};
 
 /// Examples imported through the balancer.

@@ -3,11 +3,11 @@
 //! process exits 0. And the log formats: JSON lines, or plain text without colour codes
 //! when standard error is not a terminal.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::{json, Value};
 
 #[tokio::test]

@@ -7,15 +7,13 @@
 //! Screenshots of each page go to `target/ui-screenshots/`, or to the folder
 //! `EXEMPLAR_UI_SCREENSHOTS` names (`docs/ui` refreshes the README's pictures).
 
-mod common;
-
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, read_jsonl, repo_dir, shared_dir, TestServer};
+use crate::common::{free_port, read_jsonl, repo_dir, shared_dir, TestServer};
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};

@@ -4,11 +4,11 @@
 //! options out then use them; batch calibration and cached demonstrations as options;
 //! the errors of each.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -1,9 +1,9 @@
 //! Selective annotation over HTTP: every method, vote-k's two stages, stored and
 //! repeatable selections, clear answers for odd budgets and pools, and the CLI.
 
-mod common;
+use crate::common;
 
-use common::TestServer;
+use crate::common::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
 //! Shared helpers for the integration tests: model paths, fixtures, and a real server
 //! process started on a free port.
 
-#![allow(dead_code)] // each test file uses its own subset of these helpers
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,9 +1,7 @@
 //! Tasks, examples, pool items and retrieval over HTTP against a real server, on SQLite
 //! and on PostgreSQL; data and retrieval results survive a restart.
 
-mod common;
-
-use common::{TestDatabase, TestServer};
+use crate::common::{TestDatabase, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -1,7 +1,7 @@
 //! The LLM against llama.cpp on the same GGUF: identical token ids, the same greedy
 //! continuation and the same top next token.
 
-mod common;
+use crate::common;
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;

@@ -2,12 +2,10 @@
 //! a client is answered 429 with `Retry-After`, while a second client (another address)
 //! is served; with keys, each key has its own share.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::{json, Value};
 
 /// A client whose requests come from `address` (any 127.x.y.z reaches the server).

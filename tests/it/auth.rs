@@ -3,11 +3,9 @@
 //! scope or the task), revocation takes effect within seconds, only hashes reach the
 //! database, and no key reaches the log.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{exemplar, TestServer};
+use crate::common::{exemplar, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 

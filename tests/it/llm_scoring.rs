@@ -9,7 +9,7 @@
 //! boundary; the flips add up over 30 layers to ~0.015 in label probability (measured),
 //! so there the test holds probabilities to 0.05 and prints the gaps.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use exemplar::config::WeightFormat;

@@ -6,9 +6,7 @@
 //! job cancelled while it runs: its runner's next save is refused and no replica
 //! resumes it.
 
-mod common;
-
-use common::TestDatabase;
+use crate::common::TestDatabase;
 use exemplar::store::{JobRow, Leased, SelectionRow, Store};
 
 /// Writers racing on each row.

@@ -1,6 +1,6 @@
 //! The embedder against sentence-transformers on the same model files.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use exemplar::embed::Embedder;

@@ -1,9 +1,7 @@
 //! The model endpoints over HTTP against a real server: health, readiness, info,
 //! tokenize, embeddings, completions and metrics, and how each treats bad input.
 
-mod common;
-
-use common::{metric_sample, TestServer};
+use crate::common::{metric_sample, TestServer};
 use futures::StreamExt;
 use serde_json::{json, Value};
 

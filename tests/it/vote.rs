@@ -2,11 +2,11 @@
 //! carries both distributions and their mix as asked, and `cover_labels` shows every
 //! label of a six-label task among eight demonstrations.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::TestServer;
+use crate::common::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 

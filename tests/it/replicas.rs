@@ -2,11 +2,11 @@
 //! retrieves once it has synced; what one deletes, the other stops returning. On SQLite
 //! (two processes on one file) and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestDatabase, TestServer};
+use crate::common::{TestDatabase, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 

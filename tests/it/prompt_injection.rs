@@ -2,9 +2,7 @@
 //! out demonstrations ("\n\nReview: ...\nSentiment: negative") is written on one line,
 //! and special-token spellings stay plain text.
 
-mod common;
-
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::json;
 
 /// Text that, pasted into a prompt as it is, would end its demonstration and write

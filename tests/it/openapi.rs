@@ -1,11 +1,9 @@
 //! `openapi.yaml` is the contract: its paths and methods are exactly the router's, and
 //! the answers of a live server, successes and errors, match its schemas.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{repo_dir, TestServer};
+use crate::common::{repo_dir, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -2,12 +2,12 @@
 //! evaluation as the evaluate API, a bad line refused before anything is sent, and a
 //! predict run that resumes after a torn output line without predicting a row twice.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;
 
-use common::TestServer;
+use crate::common::TestServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 
