@@ -84,7 +84,8 @@ pub struct BenchArgs {
 
     /// llama.cpp's `llama-server` binary (built beside llama-bench by the same script):
     /// the predict suite runs the peer pipeline on it (first-token label scoring of the
-    /// same prompts, demonstrations from our retrieval) and prints the ratios.
+    /// same prompts, demonstrations from our retrieval), on the shipped GGUF and on our
+    /// conversion of it, and prints the ratios.
     #[arg(long)]
     pub llama_server: Option<PathBuf>,
 

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::peer::LlamaServer;
 use super::server::{create_task, import, post, BenchServer};
 use super::{latency_line, percentile, BenchArgs};
+use crate::config::WeightFormat;
 use crate::experiments::{read_split, sample, DATASETS};
 use crate::llm::{Llm, ScoreRequest};
 use crate::model_source;
@@ -158,12 +159,34 @@ async fn embedder_and_llm_at_once(
     Ok(())
 }
 
-/// Predictions/s per data set: ours with 1 and 8 clients, and the peer pipeline's.
+/// llama.cpp's server on the shipped GGUF, as a practitioner runs it, and, where we
+/// serve other weights, on our conversion of it, so that both do the same arithmetic.
+async fn start_peers(
+    binary: &std::path::Path,
+    args: &BenchArgs,
+) -> anyhow::Result<Vec<(&'static str, LlamaServer)>> {
+    let model = model_source::resolve_gguf(&args.models.model_ref())?;
+    let threads = candle_core::utils::get_num_threads();
+    let mut peers = vec![(
+        "the shipped GGUF",
+        LlamaServer::start(binary, &model, WeightFormat::AsShipped, threads).await?,
+    )];
+    if args.models.weights != WeightFormat::AsShipped {
+        peers.push((
+            "our weights",
+            LlamaServer::start(binary, &model, args.models.weights, threads).await?,
+        ));
+    }
+    Ok(peers)
+}
+
+/// Predictions/s per data set: ours with 1 and 8 clients, and the peer pipelines'.
 fn plot_rates(path: &std::path::Path, rates: &[(&str, Vec<f64>)]) -> anyhow::Result<()> {
     let names = [
         "Exemplar, 1 client",
         "Exemplar, 8 clients",
-        "llama.cpp server + our retrieval, 1 client",
+        "llama.cpp server on the shipped GGUF + our retrieval, 1 client",
+        "llama.cpp server on our weights + our retrieval, 1 client",
     ];
     let columns = rates.iter().map(|(_, r)| r.len()).min().unwrap_or(0);
     let series: Vec<plot::Series<f64>> = names[..columns]
@@ -196,17 +219,9 @@ fn plot_rates(path: &std::path::Path, rates: &[(&str, Vec<f64>)]) -> anyhow::Res
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let server = BenchServer::start(args, QUEUE).await?;
     let (base, client) = (server.base.clone(), server.client.clone());
-    let peer = match &args.llama_server {
-        Some(binary) => Some(
-            LlamaServer::start(
-                binary,
-                &model_source::resolve_gguf(&args.models.model_ref())?,
-                args.models.weights,
-                candle_core::utils::get_num_threads(),
-            )
-            .await?,
-        ),
-        None => None,
+    let peers = match &args.llama_server {
+        Some(binary) => start_peers(binary, args).await?,
+        None => Vec::new(),
     };
     let data = super::data_root(args);
     let mut trec_prompt = String::new();
@@ -228,12 +243,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let (rate, latencies, answers) = one_client(&client, &predict, &knn).await?;
         print_row(dataset.title, 1, rate, latencies);
         let mut row_rates = vec![rate];
-        if let Some(peer) = &peer {
+        for (weights, peer) in &peers {
             let (peer_rate, latencies, labels) =
                 peer_client(&client, peer, &task, dataset.labels, &test[..32], &answers).await?;
             print_row(
                 &format!(
-                    "{} (llama.cpp server, first token; our retrieval)",
+                    "{} (llama.cpp server on {weights}, first token; our retrieval)",
                     dataset.title
                 ),
                 1,
@@ -256,7 +271,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 correct(&labels.iter().map(String::as_str).collect::<Vec<_>>()),
             );
             println!(
-                "| {} — correct of 32: ours {ours}, llama.cpp first token {theirs}; ours / llama.cpp {:.2}x | | | | |",
+                "| {} — correct of 32: ours {ours}, llama.cpp on {weights} {theirs}; ours / llama.cpp {:.2}x | | | | |",
                 dataset.title,
                 rate / peer_rate
             );
@@ -361,7 +376,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         rates.push((dataset.title, row_rates));
     }
-    drop(peer);
+    drop(peers);
     embedder_and_llm_at_once(&client, &base, &data).await?;
     if let Some(folder) = &args.plots {
         let picture = folder.join("predictions-per-second.svg");
