@@ -50,6 +50,21 @@ fn an_unknown_device_from_the_environment_is_refused_too() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("gpu9"));
 }
 
+#[test]
+fn the_allocator_returns_freed_pages_after_a_second() {
+    // jemalloc prints its options at exit when asked; the binary's own setting must
+    // be among them (the default keeps freed pages ten seconds, which held the
+    // predict bench's peak 60 MB higher).
+    let output = common::exemplar()
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("exemplar runs");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("opt.dirty_decay_ms: 1000"), "{stderr}");
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_without_the_feature_says_how_to_get_it() {
