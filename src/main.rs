@@ -30,8 +30,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the environment
 /// still overrides them): freed pages go back to the system after a second unused
 /// rather than ten, so a burst of requests' activations does not stay resident on top
-/// of the KV budget (the predict bench's peak fell from 655 to 591 MB at the same
-/// throughput: docs/results.md, "The allocator").
+/// of the KV budget (the predict bench's peak: 591 to 633 MB against 651 to 665 with
+/// jemalloc's default, at the same throughput; docs/results.md, "The allocator").
 #[export_name = "_rjem_malloc_conf"]
 #[allow(non_upper_case_globals)]
 pub static malloc_conf: &[u8; 20] = b"dirty_decay_ms:1000\0";

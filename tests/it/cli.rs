@@ -54,7 +54,7 @@ fn an_unknown_device_from_the_environment_is_refused_too() {
 fn the_allocator_returns_freed_pages_after_a_second() {
     // jemalloc prints its options at exit when asked; the binary's own setting must
     // be among them (the default keeps freed pages ten seconds, which held the
-    // predict bench's peak 60 MB higher).
+    // predict bench's peak about 40 MB higher).
     let output = common::exemplar()
         .arg("--version")
         .env("_RJEM_MALLOC_CONF", "stats_print:true")
