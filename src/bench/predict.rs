@@ -243,6 +243,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let (rate, latencies, answers) = one_client(&client, &predict, &knn).await?;
         print_row(dataset.title, 1, rate, latencies);
         let mut row_rates = vec![rate];
+        let correct = |predicted: &[&str]| {
+            predicted
+                .iter()
+                .zip(&test[..32])
+                .filter(|(p, row)| **p == row.label)
+                .count()
+        };
+        let ours = correct(
+            &answers
+                .iter()
+                .map(|a| a["predictions"][0]["label"].as_str().unwrap_or_default())
+                .collect::<Vec<_>>(),
+        );
         for (weights, peer) in &peers {
             let (peer_rate, latencies, labels) =
                 peer_client(&client, peer, &task, dataset.labels, &test[..32], &answers).await?;
@@ -255,21 +268,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 peer_rate,
                 latencies,
             );
-            let correct = |predicted: &[&str]| {
-                predicted
-                    .iter()
-                    .zip(&test[..32])
-                    .filter(|(p, row)| **p == row.label)
-                    .count()
-            };
-            let ours: Vec<&str> = answers
-                .iter()
-                .map(|a| a["predictions"][0]["label"].as_str().unwrap_or_default())
-                .collect();
-            let (ours, theirs) = (
-                correct(&ours),
-                correct(&labels.iter().map(String::as_str).collect::<Vec<_>>()),
-            );
+            let theirs = correct(&labels.iter().map(String::as_str).collect::<Vec<_>>());
             println!(
                 "| {} — correct of 32: ours {ours}, llama.cpp on {weights} {theirs}; ours / llama.cpp {:.2}x | | | | |",
                 dataset.title,
