@@ -492,6 +492,12 @@ impl Llama {
         &self.device
     }
 
+    /// Bytes of keys and values one token adds to a sequence (every layer's, in f32,
+    /// the forward's one activation type).
+    pub(super) fn kv_bytes_per_token(&self) -> usize {
+        2 * self.layers.len() * self.kv_heads * self.head_dim * DType::F32.size_in_bytes()
+    }
+
     /// Positions the rotary tables cover.
     pub fn max_positions(&self) -> usize {
         self.cos.dim(0).unwrap_or(0)

@@ -141,6 +141,11 @@ fn step(llm: &Llm, cache: &mut PrefixCache, running: &mut Vec<Box<dyn Task>>) {
     }
     ::metrics::histogram!("exemplar_llm_step_tokens").record((STEP_TOKENS - room) as f64);
 
+    // The step's new keys and values come out of the budget before they exist, so the
+    // model's KV memory stays within it during the pass too, not only between passes.
+    let step_tokens: usize = work.iter().map(|w| w.piece.len()).sum();
+    cache.make_room(kv_bytes(running) + step_tokens * llm.model.kv_bytes_per_token());
+
     let results = run_work(&mut work);
     let mut finished: Vec<usize> = Vec::new();
     match results {
@@ -176,7 +181,12 @@ fn step(llm: &Llm, cache: &mut PrefixCache, running: &mut Vec<Box<dyn Task>>) {
             task.fail(error);
         }
     }
-    cache.make_room(running.iter().map(|task| task.kv_bytes()).sum());
+    cache.make_room(kv_bytes(running));
+}
+
+/// Bytes of keys and values the running jobs hold between steps.
+fn kv_bytes(running: &[Box<dyn Task>]) -> usize {
+    running.iter().map(|task| task.kv_bytes()).sum()
 }
 
 /// Runs every piece in one packed pass.
@@ -763,6 +773,81 @@ mod tests {
         assert!(
             together < alone,
             "{together} steps side by side against {alone} one after another"
+        );
+    }
+
+    /// A job that notes the keys and values held when its step's results come back:
+    /// the cache's and its own sessions', new tokens included.
+    struct Watched {
+        inner: Box<dyn Task>,
+        most_held: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Task for Watched {
+        fn abandoned(&self) -> bool {
+            self.inner.abandoned()
+        }
+
+        fn plan(
+            &mut self,
+            llm: &Llm,
+            cache: &mut PrefixCache,
+            room: usize,
+        ) -> Result<Vec<Work>, LlmError> {
+            self.inner.plan(llm, cache, room)
+        }
+
+        fn absorb(&mut self, cache: &mut PrefixCache, done: Vec<Done>) -> Result<bool, LlmError> {
+            let held = cache.bytes() + done.iter().map(|(s, _)| s.kv_bytes()).sum::<usize>();
+            self.most_held
+                .fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+            self.inner.absorb(cache, done)
+        }
+
+        fn fail(self: Box<Self>, error: LlmError) {
+            self.inner.fail(error);
+        }
+
+        fn kv_bytes(&self) -> usize {
+            self.inner.kv_bytes()
+        }
+    }
+
+    #[test]
+    fn a_step_makes_room_for_the_keys_and_values_it_adds_before_it_runs() {
+        let llm = crate::llm::tests::llm(WeightFormat::Q8_0);
+        let encode = |s: &str| llm.tokenizer.encode(s).expect("encodes");
+        let old = encode("An earlier prompt, which the cache keeps until it needs the room.");
+        let prompt = encode("The capital of France is");
+        let per_token = llm.model.kv_bytes_per_token();
+        // Room for either prompt's keys and values and one generated token, not both.
+        let budget = per_token * (old.len().max(prompt.len()) + 1);
+        let mut cache = PrefixCache::with_budget(budget);
+        cache.session(&llm, &old).expect("runs the earlier prompt");
+        assert_eq!(cache.bytes(), per_token * old.len());
+
+        let (reply, answer) = oneshot::channel();
+        let params = GenerationParams {
+            max_tokens: 2,
+            temperature: 0.0,
+            seed: 0,
+            stop: Vec::new(),
+            logprobs: None,
+        };
+        let most_held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut running: Vec<Box<dyn Task>> = vec![Box::new(Watched {
+            inner: Box::new(Generating::new(&llm, prompt, params, None, reply)),
+            most_held: Arc::clone(&most_held),
+        })];
+        while !running.is_empty() {
+            step(&llm, &mut cache, &mut running);
+        }
+        drop(answer);
+        let most_held = most_held.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(most_held > 0);
+        assert!(
+            most_held <= budget,
+            "{most_held} bytes of keys and values held during a step, budget {budget}"
         );
     }
 
