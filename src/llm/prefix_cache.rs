@@ -142,8 +142,9 @@ impl PrefixCache {
     }
 
     /// Keeps what the cache holds within the budget less `running_bytes`, the keys and
-    /// values of the jobs under way (counted whole, though some of their blocks may be
-    /// the cache's own), so that the budget bounds the model's KV memory as a whole.
+    /// values of the jobs under way and of the step about to run (counted whole, though
+    /// some of their blocks may be the cache's own), so that the budget bounds the
+    /// model's KV memory as a whole.
     pub(super) fn make_room(&mut self, running_bytes: usize) {
         self.running_bytes = running_bytes;
         self.trim();
