@@ -139,11 +139,11 @@ fn step(llm: &Llm, cache: &mut PrefixCache, running: &mut Vec<Box<dyn Task>>) {
             Err(error) => failed.push((index, error)),
         }
     }
-    ::metrics::histogram!("exemplar_llm_step_tokens").record((STEP_TOKENS - room) as f64);
+    let step_tokens: usize = work.iter().map(|w| w.piece.len()).sum();
+    ::metrics::histogram!("exemplar_llm_step_tokens").record(step_tokens as f64);
 
     // The step's new keys and values come out of the budget before they exist, so the
     // model's KV memory stays within it during the pass too, not only between passes.
-    let step_tokens: usize = work.iter().map(|w| w.piece.len()).sum();
     cache.make_room(kv_bytes(running) + step_tokens * llm.model.kv_bytes_per_token());
 
     let results = run_work(&mut work);
@@ -669,6 +669,8 @@ fn lost() -> LlmError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use crate::config::WeightFormat;
 
@@ -780,7 +782,7 @@ mod tests {
     /// the cache's and its own sessions', new tokens included.
     struct Watched {
         inner: Box<dyn Task>,
-        most_held: Arc<std::sync::atomic::AtomicUsize>,
+        most_held: Arc<AtomicUsize>,
     }
 
     impl Task for Watched {
@@ -799,8 +801,7 @@ mod tests {
 
         fn absorb(&mut self, cache: &mut PrefixCache, done: Vec<Done>) -> Result<bool, LlmError> {
             let held = cache.bytes() + done.iter().map(|(s, _)| s.kv_bytes()).sum::<usize>();
-            self.most_held
-                .fetch_max(held, std::sync::atomic::Ordering::Relaxed);
+            self.most_held.fetch_max(held, Ordering::Relaxed);
             self.inner.absorb(cache, done)
         }
 
@@ -826,7 +827,8 @@ mod tests {
         cache.session(&llm, &old).expect("runs the earlier prompt");
         assert_eq!(cache.bytes(), per_token * old.len());
 
-        let (reply, answer) = oneshot::channel();
+        // The caller waits until the end, so the job is not abandoned.
+        let (reply, _answer) = oneshot::channel();
         let params = GenerationParams {
             max_tokens: 2,
             temperature: 0.0,
@@ -834,7 +836,7 @@ mod tests {
             stop: Vec::new(),
             logprobs: None,
         };
-        let most_held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most_held = Arc::new(AtomicUsize::new(0));
         let mut running: Vec<Box<dyn Task>> = vec![Box::new(Watched {
             inner: Box::new(Generating::new(&llm, prompt, params, None, reply)),
             most_held: Arc::clone(&most_held),
@@ -842,8 +844,7 @@ mod tests {
         while !running.is_empty() {
             step(&llm, &mut cache, &mut running);
         }
-        drop(answer);
-        let most_held = most_held.load(std::sync::atomic::Ordering::Relaxed);
+        let most_held = most_held.load(Ordering::Relaxed);
         assert!(most_held > 0);
         assert!(
             most_held <= budget,
