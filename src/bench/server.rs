@@ -127,6 +127,12 @@ pub(crate) async fn create_task(
     Ok(())
 }
 
+/// Deletes `task` (a bench's scratch task, measured and no longer wanted).
+pub(crate) async fn delete_task(client: &reqwest::Client, task: &str) -> anyhow::Result<()> {
+    client.delete(task).send().await?.error_for_status()?;
+    Ok(())
+}
+
 /// Imports `rows` into `task` as annotated examples a hundred at a time; answers the
 /// new examples' ids.
 pub(crate) async fn import(
