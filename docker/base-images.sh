@@ -4,10 +4,30 @@
 # and postgres:15-bookworm and nginx:stable-bookworm built on it with the interface of
 # the official images (the environment variables, paths and ports compose.yaml uses).
 # Only for machines that cannot pull from a registry; an image already present is kept.
-# Needs root (debootstrap) and a reachable Debian mirror ($DEBIAN_MIRROR).
+# Needs root (debootstrap) and a reachable Debian mirror: $DEBIAN_MIRROR, else the one
+# this machine's apt is configured with (its sources and its proxy), as apt-get uses it.
 set -euo pipefail
 cd "$(dirname "$0")"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# The URI of the Debian archive in this machine's apt sources (one-line or deb822
+# format), without the security archive; empty when there is none.
+apt_mirror() {
+  { cat /etc/apt/sources.list 2>/dev/null
+    cat /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null
+  } | awk '
+      /^[[:space:]]*#/ { next }
+      $1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }
+      $1 == "URIs:" { for (i = 2; i <= NF; i++) print $i }
+    ' | grep -v -- '-security' | grep '/debian/\?$' | head -n 1
+}
+mirror="${DEBIAN_MIRROR:-$(apt_mirror)}"
+mirror="${mirror:-http://deb.debian.org/debian}"
+# apt's proxy, if it has one, for debootstrap (which reads only the environment).
+if command -v apt-config >/dev/null 2>&1; then
+  eval "$(apt-config shell apt_http_proxy Acquire::http::Proxy apt_https_proxy Acquire::https::Proxy)"
+  [ -n "${apt_http_proxy:-}" ] && export http_proxy="${http_proxy:-$apt_http_proxy}"
+  [ -n "${apt_https_proxy:-}" ] && export https_proxy="${https_proxy:-$apt_https_proxy}"
+fi
 
 fail() { echo "base-images: $*" >&2; exit 1; }
 present() { docker image inspect "$1" >/dev/null 2>&1; }

@@ -39,6 +39,40 @@ pub const DEFAULT_JOB_LEASE_SECS: u64 = 30;
 /// Default milliseconds between replica syncs.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 
+/// A setting that cannot work, found before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A default model is not in the models folder: it was never filled, or the
+    /// service was started from another folder than the checkout.
+    #[error(
+        "the models folder `{dir}` has no {what} (looked for {looked_for}): run \
+         `scripts/fetch-models.sh` in the exemplar checkout, then start from there or give \
+         `--models-dir` (EXEMPLAR_MODELS_DIR) the folder it filled; or name the model \
+         with `{flag}`"
+    )]
+    MissingModels {
+        /// The models folder as given.
+        dir: String,
+        /// Which default model is missing.
+        what: &'static str,
+        /// The absolute path that was looked for.
+        looked_for: String,
+        /// The flag that names the model instead.
+        flag: &'static str,
+    },
+    /// The bootstrap key is too short to be a secret.
+    #[error(
+        "the bootstrap key (--bootstrap-key, EXEMPLAR_BOOTSTRAP_KEY) has {length} \
+         characters; give at least {min}, e.g. the output of `openssl rand -hex 32`"
+    )]
+    ShortBootstrapKey {
+        /// Characters given.
+        length: usize,
+        /// Characters needed.
+        min: usize,
+    },
+}
+
 /// Where the models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceKind {
@@ -138,6 +172,26 @@ pub struct Config {
     pub bootstrap_key: Option<BootstrapKey>,
 }
 
+impl Config {
+    /// Checks what can be checked without the database or the models' contents, so
+    /// that a bad setting stops the process before it listens.
+    ///
+    /// # Errors
+    /// When the bootstrap key is too short or a default model is missing.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.bootstrap_key {
+            let length = key.0.chars().count();
+            if length < crate::auth::MIN_BOOTSTRAP_KEY_LEN {
+                return Err(ConfigError::ShortBootstrapKey {
+                    length,
+                    min: crate::auth::MIN_BOOTSTRAP_KEY_LEN,
+                });
+            }
+        }
+        self.models.check()
+    }
+}
+
 /// A key given to the server; its `Debug` form hides it, so that no log line shows it.
 #[derive(Clone)]
 pub struct BootstrapKey(pub String);
@@ -209,6 +263,36 @@ impl ModelConfig {
                 .to_string_lossy()
                 .into_owned()
         })
+    }
+
+    /// Checks that the default models this configuration falls back on are in the
+    /// models folder (a model named by its flag is checked when it is resolved), so
+    /// that a missing folder is reported as such rather than looked up on the hub.
+    ///
+    /// # Errors
+    /// When a default model is missing.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let missing = |default: &str, what: &'static str, flag: &'static str| {
+            let path = self.models_dir.join(default);
+            let absolute = std::path::absolute(&path).unwrap_or(path);
+            ConfigError::MissingModels {
+                dir: self.models_dir.display().to_string(),
+                what,
+                looked_for: absolute.display().to_string(),
+                flag,
+            }
+        };
+        if self.model.is_none() && !self.models_dir.join(DEFAULT_MODEL_FILE).is_file() {
+            return Err(missing(DEFAULT_MODEL_FILE, "default LLM", "--model"));
+        }
+        if self.embedder.is_none() && !self.models_dir.join(DEFAULT_EMBEDDER_DIR).is_dir() {
+            return Err(missing(
+                DEFAULT_EMBEDDER_DIR,
+                "default embedder",
+                "--embedder",
+            ));
+        }
+        Ok(())
     }
 
     /// Sizes candle's two thread pools (rayon and its own) before either starts.

@@ -3,7 +3,7 @@
 //! A request enters through [`api`], is validated there, and reaches the models, which
 //! each live on their own thread behind a bounded queue ([`worker`]).
 //!
-//! - [`config`]: one `Config`, from flags, then `EXEMPLAR_*` variables, then defaults.
+//! - [`config`]: one `Config`, from flags, then `EXEMPLAR_*` variables, then defaults, checked before the server listens.
 //! - [`model_source`]: turns `--model` / `--embedder` into local files (path or hub repo).
 //! - [`llm`]: our llama forward on candle, its GGUF tokenizer, scoring, generation, the prefix cache.
 //! - [`embed`]: the sentence embedder: our packed BERT encoder, mean pooling, L2 norm.
@@ -11,12 +11,12 @@
 //! - [`cores`]: the CPU's cores, taken in turns by the models' steps.
 //! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth.
 //! - [`index`]: one HNSW index per task over the examples' embeddings.
-//! - [`prompt`]: task templates: parsing, checking, rendering.
+//! - [`prompt`]: task templates (parsing, checking, rendering) and a prompt fitted to its token budget.
 //! - [`quant`]: integer (Q8_0, Q4_0, Q4_1) matrix kernels for the LLM, chosen at run time.
 //! - [`simd`]: a plain loop compiled for AVX2 as well as baseline x86-64, chosen at run time.
 //! - [`retrieve`]: demonstration strategies: knn, mmr, random.
 //! - [`tasks`]: tasks and their data: the write path and retrieval.
-//! - [`predict`]: prompts, label scoring, calibration, generation, evaluation metrics.
+//! - [`predict`]: prediction options, label scoring, calibration, the vote, generation, metrics.
 //! - [`select`]: selective annotation: random, fast vote-k, vote-k, IDEAL.
 //! - [`evaluation`]: evaluation on labelled rows, in the request or as a background job.
 //! - [`jobs`]: the job runner: background work under a database lease, resumed after a crash.

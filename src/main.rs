@@ -62,7 +62,7 @@ enum LogFormat {
 enum Command {
     /// Serve the HTTP API.
     Serve(Config),
-    /// Load a JSON-lines file into a task of a running server.
+    /// Load a JSON-lines or CSV file into a task of a running server.
     Import(ImportArgs),
     /// Evaluate a task on a labelled file through a running server: accuracy, macro-F1,
     /// per-label scores and the confusion matrix.
@@ -118,8 +118,19 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; an error is printed as one line (its causes after colons, no
+/// backtrace) and the process exits with status 1.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -132,6 +143,7 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve(config) => {
+            config.check()?;
             config.models.apply_thread_count();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -154,19 +166,19 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(exemplar::auth::cli::run(&args))
         }
         Command::Experiment(Experiment::Icl(args)) => {
-            args.models.apply_thread_count();
+            args.common.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::icl::run(&args))
         }
         Command::Experiment(Experiment::Selection(args)) => {
-            args.models.apply_thread_count();
+            args.common.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::selection::run(&args))
         }
         Command::Experiment(Experiment::Vote(args)) => {
-            args.models.apply_thread_count();
+            args.common.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::vote::run(&args))
         }
         Command::Experiment(Experiment::Order(args)) => {
-            args.models.apply_thread_count();
+            args.common.models.apply_thread_count();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::order::run(&args))
         }
         Command::Bench(args) => {

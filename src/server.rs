@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Services, Settings};
 use crate::auth::{AuthError, Keyring};
-use crate::config::{Config, DeviceKind, ModelConfig};
+use crate::config::{Config, ConfigError, DeviceKind, ModelConfig};
 use crate::embed::{EmbedError, Embedder, EmbedderHandle};
 use crate::evaluation::{Evaluations, Evaluator};
 use crate::jobs::JobRunner;
@@ -29,6 +29,9 @@ const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// Why the service could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A setting cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A model reference could not be resolved to files.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -89,6 +92,7 @@ pub fn load_models(
     config: &ModelConfig,
     queue_capacity: usize,
 ) -> Result<(LlmHandle, EmbedderHandle), ServerError> {
+    config.check()?;
     let device = open_device(config.device)?;
 
     let started = Instant::now();
@@ -214,12 +218,13 @@ async fn sync_replicas(catalog: Arc<Catalog>) -> Result<(), TaskError> {
 /// jobs save their progress.
 ///
 /// # Errors
-/// When the models fail to load or the listener fails.
+/// When the configuration cannot work, the models fail to load or the listener fails.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    config.check()?;
     let state = AppState::new(Settings {
         max_tokens_cap: config.max_tokens_cap,
         device: config.models.device,

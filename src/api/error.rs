@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::evaluation::EvaluationError;
-use crate::jobs::JobError;
+use crate::jobs::{JobError, RunError};
 use crate::llm::LlmError;
 use crate::predict::PredictError;
 use crate::select::selections::SelectionError;
@@ -171,17 +171,13 @@ impl ApiError {
                 | SelectionError::Aborted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             Self::Evaluation(error) => match error {
-                EvaluationError::Task(error) => task_status_and_code(error),
-                EvaluationError::Predict(error) => predict_status_and_code(error),
-                EvaluationError::Job(error) => job_status_and_code(error),
+                EvaluationError::Run(error) => run_status_and_code(error),
                 EvaluationError::NeedsLabels(_) | EvaluationError::UnknownLabel { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
                 }
             },
             Self::Tuning(error) => match error {
-                TuningError::Task(error) => task_status_and_code(error),
-                TuningError::Predict(error) => predict_status_and_code(error),
-                TuningError::Job(error) => job_status_and_code(error),
+                TuningError::Run(error) => run_status_and_code(error),
                 TuningError::TooFewExamples { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "no_examples")
                 }
@@ -240,6 +236,14 @@ fn store_status_and_code(error: &StoreError) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
     } else {
         (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+    }
+}
+
+fn run_status_and_code(error: &RunError) -> (StatusCode, &'static str) {
+    match error {
+        RunError::Task(error) => task_status_and_code(error),
+        RunError::Predict(error) => predict_status_and_code(error),
+        RunError::Job(error) => job_status_and_code(error),
     }
 }
 

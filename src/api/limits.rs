@@ -4,8 +4,9 @@
 
 use super::ApiError;
 
-/// The most demonstrations one prompt may ask for (`k`), and the most `fixed` ids.
-pub const MAX_K: usize = 64;
+/// The most demonstrations one prompt may ask for (`k`), and the most `fixed` ids: the
+/// domain's own cap.
+pub const MAX_K: usize = crate::tasks::MAX_K;
 /// The longest query text (`text`, `text_pair`, a completion's `prompt`, a text to
 /// tokenize), in bytes: far past the model's context, short of costly tokenizing.
 pub const MAX_QUERY_BYTES: usize = 64 * 1024;

@@ -5,10 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use super::{
-    fresh_secret, hash_key, key_row, AuthError, KeyInfo, KeyRequest, NewKey, Scope,
-    MIN_BOOTSTRAP_KEY_LEN,
-};
+use super::{fresh_secret, hash_key, key_row, AuthError, KeyInfo, KeyRequest, NewKey, Scope};
 use crate::store::Store;
 
 /// Who sent a request.
@@ -51,19 +48,14 @@ impl Keyring {
     /// Reads the keys, after adding `bootstrap` as an admin key if it is new.
     ///
     /// # Errors
-    /// When the bootstrap key is too short or the database fails.
+    /// When the database fails. The bootstrap key's length is checked with the rest of
+    /// the configuration ([`crate::config::Config::check`]), before the server listens.
     pub async fn open(
         store: Store,
         require_auth: bool,
         bootstrap: Option<&str>,
     ) -> Result<Self, AuthError> {
         if let Some(secret) = bootstrap {
-            if secret.len() < MIN_BOOTSTRAP_KEY_LEN {
-                return Err(AuthError::InvalidKey(format!(
-                    "the bootstrap key must be at least {MIN_BOOTSTRAP_KEY_LEN} characters \
-                     (try `openssl rand -hex 32`)"
-                )));
-            }
             let request = KeyRequest {
                 name: "bootstrap".to_owned(),
                 scope: Scope::Admin,

@@ -221,3 +221,28 @@ impl WeightsFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::Suite;
+
+    #[test]
+    fn the_readme_names_every_suite() {
+        let readme = include_str!("../../README.md");
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with("| `exemplar bench"))
+            .expect("the README's command table has a bench row");
+        for suite in Suite::value_variants() {
+            let name = suite.to_possible_value().expect("a named suite");
+            assert!(
+                row.contains(&format!("{}\\|", name.get_name()))
+                    || row.contains(&format!("{}]", name.get_name())),
+                "the README's bench row lacks `{}`: {row}",
+                name.get_name()
+            );
+        }
+    }
+}

@@ -12,11 +12,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{Interruption, JobError, JobKind, JobState, Jobs, Progress, StoredJob};
+use crate::jobs::{JobKind, JobState, Jobs, Progress, RunError, StoredJob};
 use crate::predict::metrics::{self, Evaluation};
-use crate::predict::{PredictError, PredictOptions, Predictor, QueryInput, EMBED_CHUNK};
-use crate::store::StoreError;
-use crate::tasks::{Catalog, Example, TaskError};
+use crate::predict::{PredictOptions, Predictor, QueryInput, EMBED_CHUNK};
+use crate::tasks::{Catalog, Example};
 
 /// Rows predicted between saves: the prediction run's embedding chunk, so that a job
 /// embeds its queries in the same batches as a synchronous evaluation.
@@ -25,15 +24,9 @@ const BATCH: usize = EMBED_CHUNK;
 /// What can go wrong with an evaluation.
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluationError {
-    /// The task is unknown or a task operation failed.
+    /// The task, the predictions or the job failed.
     #[error(transparent)]
-    Task(#[from] TaskError),
-    /// The predictions failed.
-    #[error(transparent)]
-    Predict(#[from] PredictError),
-    /// The job is unknown, was stopped, or could not be stored.
-    #[error(transparent)]
-    Job(#[from] JobError),
+    Run(RunError),
     /// The task generates text, so there is nothing to compare labels with.
     #[error("evaluation measures classification; task `{0}` has no labels")]
     NeedsLabels(String),
@@ -47,33 +40,7 @@ pub enum EvaluationError {
     },
 }
 
-impl From<StoreError> for EvaluationError {
-    fn from(e: StoreError) -> Self {
-        Self::Job(e.into())
-    }
-}
-
-impl Interruption for EvaluationError {
-    fn lease_lost() -> Self {
-        Self::Job(JobError::LeaseLost(Evaluator::KIND))
-    }
-
-    fn is_lease_lost(&self) -> bool {
-        matches!(self, Self::Job(JobError::LeaseLost(_)))
-    }
-
-    fn is_resumable(&self) -> bool {
-        match self {
-            Self::Job(error) => error.is_resumable(),
-            Self::Predict(error) => error.is_overloaded(),
-            _ => false,
-        }
-    }
-
-    fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Job(JobError::Cancelled(_)))
-    }
-}
+crate::jobs::job_error!(EvaluationError, Evaluator::KIND);
 
 /// A row to evaluate: a query and its gold label.
 #[derive(Debug, Clone, Serialize, Deserialize)]

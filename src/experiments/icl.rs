@@ -5,19 +5,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED, TRAIN_SEED,
-};
-use crate::config::ModelConfig;
-use crate::predict::metrics;
-use crate::predict::{PredictOptions, Predictor, QueryInput};
+use super::{write_section, Cache, Dataset, ExperimentArgs, Row, DATASETS, TEST_SEED, TRAIN_SEED};
+
+use crate::predict::{PredictOptions, Predictor};
 use crate::retrieve::Strategy;
-use crate::server::load_models;
 use crate::store::{ItemKind, Store};
 use crate::tasks::{self, Catalog, ItemInput, TaskSpec};
 
@@ -28,16 +23,10 @@ const CHUNK: usize = 8;
 #[derive(Debug, Args)]
 pub struct IclArgs {
     #[command(flatten)]
-    pub models: ModelConfig,
-    /// Folder with `sst2/`, `trec/`, `subj/` JSON lines.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
+    pub common: ExperimentArgs,
     /// Where finished rows and the per-data-set databases are kept.
     #[arg(long, default_value = "results-cache/icl")]
     pub cache: PathBuf,
-    /// The results file; its `icl` section is rewritten.
-    #[arg(long, default_value = "docs/results.md")]
-    pub out: PathBuf,
     /// Annotated examples drawn from each train set.
     #[arg(long, default_value_t = 1000)]
     pub examples: usize,
@@ -231,14 +220,7 @@ async fn run_method(
             } => {
                 let options =
                     PredictOptions::classify_with(k, strategy, predicted.len() as u64, calibrate);
-                let inputs = chunk
-                    .iter()
-                    .map(|row| QueryInput {
-                        text: row.text.clone(),
-                        text_pair: None,
-                        exclude: None,
-                    })
-                    .collect();
+                let inputs = chunk.iter().map(Row::query).collect();
                 for prediction in predictor.predict(dataset.name, inputs, &options).await? {
                     let raw = prediction
                         .uncalibrated
@@ -266,10 +248,8 @@ async fn run_method(
         bar.inc(chunk.len() as u64);
     }
     bar.finish();
-    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
-    let gold: Vec<String> = test.iter().map(|r| r.label.clone()).collect();
     let outcome = |predicted: &[String]| {
-        let evaluation = metrics::evaluate(&labels, &gold, predicted);
+        let evaluation = dataset.evaluate(test, predicted);
         Outcome {
             n: evaluation.n,
             accuracy: evaluation.accuracy,
@@ -309,22 +289,10 @@ fn cache_key(args: &IclArgs, dataset: &Dataset, run_key: &str) -> String {
 /// When data, models or the database cannot be loaded.
 pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
     let cache = Cache::open(&args.cache)?;
-    let models = args.models.clone();
-    let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
-        .await
-        .context("loading models")??;
+    let (llm, embedder) = args.common.load_models().await?;
     let mut cells: Vec<Vec<Option<Outcome>>> = vec![vec![None; DATASETS.len()]; ROWS.len()];
     for (d, dataset) in DATASETS.iter().enumerate() {
-        let train = sample(
-            &read_split(&args.data, dataset, "train")?,
-            args.examples,
-            TRAIN_SEED,
-        );
-        let test = sample(
-            &read_split(&args.data, dataset, "test")?,
-            args.test_rows,
-            TEST_SEED,
-        );
+        let (train, test) = args.common.splits(dataset, args.examples, args.test_rows)?;
         if args.cached_only {
             for (r, (_, run_key, _, reading)) in ROWS.iter().enumerate() {
                 cells[r][d] = cache
@@ -357,14 +325,14 @@ pub async fn run(args: &IclArgs) -> anyhow::Result<()> {
         }
         catalog.close().await;
     }
-    write_section(&args.out, "icl", &table(args, &cells))?;
-    println!("wrote {}", args.out.display());
+    write_section(&args.common.out, "icl", &table(args, &cells))?;
+    println!("wrote {}", args.common.out.display());
     Ok(())
 }
 
 fn table(args: &IclArgs, cells: &[Vec<Option<Outcome>>]) -> String {
     let mut out = format!(
-        "## In-context learning on SST-2, TREC and SUBJ\n\n\
+        "### In-context learning on SST-2, TREC and SUBJ\n\n\
          Made by `cargo run -- experiment icl --threads 2` (model: SmolLM2-135M-Instruct, \
          weights `{:?}`; embedder all-MiniLM-L6-v2). Annotated examples: {} random train \
          rows (seed {TRAIN_SEED}); test: {} random test rows (seed {TEST_SEED}). Cells: \
@@ -372,7 +340,7 @@ fn table(args: &IclArgs, cells: &[Vec<Option<Outcome>>]) -> String {
          the same prompts. Speed is measured by `exemplar bench --suite predict`, not \
          here: this run shared the machine with other work.\n\n\
          | method | SST-2 | TREC | SUBJ |\n|---|---|---|---|\n",
-        args.models.weights, args.examples, args.test_rows
+        args.common.models.weights, args.examples, args.test_rows
     );
     for ((title, _, _, _), row) in ROWS.iter().zip(cells) {
         let mut line = format!("| {title} |");

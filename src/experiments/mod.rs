@@ -11,14 +11,82 @@ pub mod vote;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use clap::Args;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::config::ModelConfig;
+use crate::embed::EmbedderHandle;
+use crate::llm::LlmHandle;
+use crate::predict::metrics::{self, Evaluation};
+use crate::predict::QueryInput;
+use crate::server::load_models;
 
 /// Seed of the annotated-example sample every experiment draws from a train set.
 pub const TRAIN_SEED: u64 = 0;
 /// Seed of the test sample every experiment draws from a test set.
 pub const TEST_SEED: u64 = 1;
+
+/// What every experiment is given: the models, the data sets and the results file.
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    pub models: ModelConfig,
+    /// Folder with `sst2/`, `trec/`, `subj/` JSON lines.
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// The results file; the experiment's own section of it is rewritten.
+    #[arg(long, default_value = "docs/results.md")]
+    pub out: PathBuf,
+}
+
+impl ExperimentArgs {
+    /// Loads the LLM and the embedder, off the async workers.
+    ///
+    /// # Errors
+    /// When a model cannot be found or loaded.
+    pub async fn load_models(&self) -> anyhow::Result<(LlmHandle, EmbedderHandle)> {
+        let models = self.models.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || load_models(&models, 64))
+                .await
+                .context("loading models")??,
+        )
+    }
+
+    /// `dataset`'s `examples` annotated rows drawn from its train split (seed
+    /// [`TRAIN_SEED`]) and `test_rows` rows from its test split (seed [`TEST_SEED`]):
+    /// every experiment's samples.
+    ///
+    /// # Errors
+    /// When a file is missing or a line is not a row.
+    pub fn splits(
+        &self,
+        dataset: &Dataset,
+        examples: usize,
+        test_rows: usize,
+    ) -> anyhow::Result<(Vec<Row>, Vec<Row>)> {
+        Ok((
+            self.draw(dataset, "train", examples, TRAIN_SEED)?,
+            self.draw(dataset, "test", test_rows, TEST_SEED)?,
+        ))
+    }
+
+    /// `n` rows of `dataset`'s `split` (`train` or `test`), drawn with `seed`.
+    ///
+    /// # Errors
+    /// When the file is missing or a line is not a row.
+    pub fn draw(
+        &self,
+        dataset: &Dataset,
+        split: &str,
+        n: usize,
+        seed: u64,
+    ) -> anyhow::Result<Vec<Row>> {
+        Ok(sample(&read_split(&self.data, dataset, split)?, n, seed))
+    }
+}
 
 /// One labelled row of a data set.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -27,6 +95,17 @@ pub struct Row {
     pub text: String,
     /// The gold label.
     pub label: String,
+}
+
+impl Row {
+    /// The row as a query, its label unseen.
+    pub fn query(&self) -> QueryInput {
+        QueryInput {
+            text: self.text.clone(),
+            text_pair: None,
+            exclude: None,
+        }
+    }
 }
 
 /// A data set used by the experiments.
@@ -73,6 +152,19 @@ pub const DATASETS: [Dataset; 3] = [
         output: "Type: {label}",
     },
 ];
+
+impl Dataset {
+    /// The labels, in the data set's order.
+    pub fn label_names(&self) -> Vec<String> {
+        self.labels.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Accuracy, macro-F1 and the rest of `predicted` against `rows`' gold labels.
+    pub fn evaluate(&self, rows: &[Row], predicted: &[String]) -> Evaluation {
+        let gold: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+        metrics::evaluate(&self.label_names(), &gold, predicted)
+    }
+}
 
 /// Reads `split` (`train` or `test`) of a data set.
 ///

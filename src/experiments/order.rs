@@ -6,16 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::icl::{prepare_task, progress};
-use super::{read_split, sample, write_section, Cache, Dataset, DATASETS, TEST_SEED, TRAIN_SEED};
-use crate::config::ModelConfig;
-use crate::predict::{metrics, Order, PredictOptions, Predictor, QueryInput};
+use super::{write_section, Cache, Dataset, ExperimentArgs, Row, DATASETS};
+
+use crate::predict::{Order, PredictOptions, Predictor};
 use crate::retrieve::Strategy;
-use crate::server::load_models;
 
 /// Inputs per prediction call: one page of `exemplar eval`.
 const PAGE: usize = 16;
@@ -24,16 +22,10 @@ const PAGE: usize = 16;
 #[derive(Debug, Args)]
 pub struct OrderArgs {
     #[command(flatten)]
-    pub models: ModelConfig,
-    /// Folder with `sst2/`, `trec/`, `subj/` JSON lines.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
+    pub common: ExperimentArgs,
     /// Where finished rows and the per-data-set databases are kept.
     #[arg(long, default_value = "results-cache/order")]
     pub cache: PathBuf,
-    /// The results file; its `order` section is rewritten.
-    #[arg(long, default_value = "docs/results.md")]
-    pub out: PathBuf,
     /// Annotated examples drawn from each train set.
     #[arg(long, default_value_t = 1000)]
     pub examples: usize,
@@ -84,10 +76,7 @@ async fn run_order(
     order: Order,
 ) -> anyhow::Result<Outcome> {
     // A fresh model (and so an empty prefix cache) per order.
-    let models = args.models.clone();
-    let (llm, _) = tokio::task::spawn_blocking(move || load_models(&models, 64))
-        .await
-        .context("loading models")??;
+    let (llm, _) = args.common.load_models().await?;
     let predictor = Arc::new(Predictor::new(Arc::clone(catalog), llm));
     let options = PredictOptions {
         order,
@@ -99,14 +88,7 @@ async fn run_order(
     let started = Instant::now();
     let mut predicted = Vec::with_capacity(test.len());
     for page in test.chunks(PAGE) {
-        let inputs = page
-            .iter()
-            .map(|row| QueryInput {
-                text: row.text.clone(),
-                text_pair: None,
-                exclude: None,
-            })
-            .collect();
+        let inputs = page.iter().map(Row::query).collect();
         for prediction in predictor.predict(dataset.name, inputs, &options).await? {
             predicted.push(prediction.label.unwrap_or_default());
         }
@@ -115,9 +97,7 @@ async fn run_order(
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
     let after = cache_counters(&handle);
-    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
-    let gold: Vec<String> = test.iter().map(|r| r.label.clone()).collect();
-    let evaluation = metrics::evaluate(&labels, &gold, &predicted);
+    let evaluation = dataset.evaluate(test, &predicted);
     Ok(Outcome {
         accuracy: evaluation.accuracy,
         macro_f1: evaluation.macro_f1,
@@ -135,22 +115,10 @@ async fn run_order(
 /// When data, models or the database cannot be loaded.
 pub async fn run(args: &OrderArgs) -> anyhow::Result<()> {
     let cache = Cache::open(&args.cache)?;
-    let models = args.models.clone();
-    let (_, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
-        .await
-        .context("loading models")??;
+    let (_, embedder) = args.common.load_models().await?;
     let mut rows = Vec::new();
     for dataset in &DATASETS[..2] {
-        let train = sample(
-            &read_split(&args.data, dataset, "train")?,
-            args.examples,
-            TRAIN_SEED,
-        );
-        let test = sample(
-            &read_split(&args.data, dataset, "test")?,
-            args.test_rows,
-            TEST_SEED,
-        );
+        let (train, test) = args.common.splits(dataset, args.examples, args.test_rows)?;
         let catalog = Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
         for order in [Order::NearestLast, Order::NearestFirst] {
             let key = format!(
@@ -169,14 +137,14 @@ pub async fn run(args: &OrderArgs) -> anyhow::Result<()> {
         }
         catalog.close().await;
     }
-    write_section(&args.out, "order", &table(args, &rows))?;
-    println!("wrote {}", args.out.display());
+    write_section(&args.common.out, "order", &table(args, &rows))?;
+    println!("wrote {}", args.common.out.display());
     Ok(())
 }
 
 fn table(args: &OrderArgs, rows: &[(&str, Order, Outcome)]) -> String {
     let mut out = format!(
-        "## Demonstration order and the prefix cache\n\n\
+        "### Demonstration order and the prefix cache\n\n\
          Made by `cargo run --release -- experiment order --threads 2` (same models, \
          annotated examples and test rows as the in-context learning table; kNN, k = {}; \
          the test rows in pages of {PAGE}, as `exemplar eval` sends them, each order on a \

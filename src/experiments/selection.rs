@@ -14,16 +14,14 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::{read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED};
-use crate::config::ModelConfig;
+use super::{write_section, Cache, Dataset, ExperimentArgs, Row, DATASETS, TEST_SEED};
+
 use crate::embed::EmbedderHandle;
 use crate::plot;
-use crate::predict::metrics;
 use crate::predict::{PredictOptions, Predictor, QueryInput};
 use crate::retrieve::Strategy;
 use crate::select::selections::stage_two_confidences;
 use crate::select::{first_pass, second_pass, Method, ParamOverrides, Params};
-use crate::server::load_models;
 use crate::store::{ItemKind, Store};
 use crate::tasks::{Catalog, ItemInput, TaskSpec};
 
@@ -38,17 +36,11 @@ const CHUNK: usize = 16;
 #[derive(Debug, Args)]
 pub struct SelectionArgs {
     #[command(flatten)]
-    pub models: ModelConfig,
-    /// Folder with `sst2/` and `trec/` JSON lines.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
+    pub common: ExperimentArgs,
     /// Where finished runs (JSON, committed: the whole experiment outlasts a session)
     /// and the scratch databases (ignored by git) are kept.
     #[arg(long, default_value = "results/selection")]
     pub cache: PathBuf,
-    /// The results file; its `selection` section is rewritten.
-    #[arg(long, default_value = "docs/results.md")]
-    pub out: PathBuf,
     /// Unlabeled pool size drawn from each train set.
     #[arg(long, default_value_t = 3000)]
     pub pool: usize,
@@ -117,12 +109,7 @@ async fn annotate(
 
 /// The queries of `rows`.
 fn query_inputs<'a>(rows: impl Iterator<Item = &'a Row>) -> Vec<QueryInput> {
-    rows.map(|row| QueryInput {
-        text: row.text.clone(),
-        text_pair: None,
-        exclude: None,
-    })
-    .collect()
+    rows.map(Row::query).collect()
 }
 
 /// Predicts the labels of `rows` with demonstrations from the task.
@@ -308,9 +295,7 @@ async fn run_one(
     let annotated: Vec<&Row> = chosen.iter().map(|&i| &pool[i]).collect();
     annotate(catalog, &task, dataset, &annotated).await?;
     let predicted = predict_labels(predictor, &task, test).await?;
-    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
-    let gold: Vec<String> = test.iter().map(|r| r.label.clone()).collect();
-    let evaluation = metrics::evaluate(&labels, &gold, &predicted);
+    let evaluation = dataset.evaluate(test, &predicted);
     Ok(Outcome {
         accuracy: evaluation.accuracy,
         macro_f1: evaluation.macro_f1,
@@ -382,8 +367,8 @@ pub async fn run(args: &SelectionArgs) -> anyhow::Result<()> {
             (row, outcomes)
         })
         .collect();
-    write_section(&args.out, "selection", &table(args, &results))?;
-    println!("wrote {}", args.out.display());
+    write_section(&args.common.out, "selection", &table(args, &results))?;
+    println!("wrote {}", args.common.out.display());
     for picture in plots(args, &results)? {
         println!("wrote {}", picture.display());
     }
@@ -392,10 +377,7 @@ pub async fn run(args: &SelectionArgs) -> anyhow::Result<()> {
 
 /// Runs and caches every run of `rows` that the cache lacks.
 async fn run_missing(args: &SelectionArgs, cache: &Cache, rows: &[Planned]) -> anyhow::Result<()> {
-    let models = args.models.clone();
-    let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
-        .await
-        .context("loading models")??;
+    let (llm, embedder) = args.common.load_models().await?;
     for dataset in &DATASETS[..2] {
         let missing: Vec<(&Planned, u64)> = rows
             .iter()
@@ -406,16 +388,10 @@ async fn run_missing(args: &SelectionArgs, cache: &Cache, rows: &[Planned]) -> a
         if missing.is_empty() {
             continue;
         }
-        let pool = sample(
-            &read_split(&args.data, dataset, "train")?,
-            args.pool,
-            POOL_SEED,
-        );
-        let test = sample(
-            &read_split(&args.data, dataset, "test")?,
-            args.test_rows,
-            TEST_SEED,
-        );
+        let pool = args.common.draw(dataset, "train", args.pool, POOL_SEED)?;
+        let test = args
+            .common
+            .draw(dataset, "test", args.test_rows, TEST_SEED)?;
         let embeddings = embed(&embedder, &pool).await?;
         let url = format!(
             "sqlite://{}",
@@ -485,7 +461,11 @@ fn plots(
     args: &SelectionArgs,
     results: &[(&Planned, Vec<Outcome>)],
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let folder = args.out.parent().unwrap_or(std::path::Path::new("."));
+    let folder = args
+        .common
+        .out
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
     let finished = || results.iter().filter(|(_, outcomes)| !outcomes.is_empty());
     let mut datasets: Vec<&Dataset> = Vec::new();
     let mut methods: Vec<Method> = Vec::new();
@@ -570,7 +550,7 @@ fn plots(
 
 fn table(args: &SelectionArgs, results: &[(&Planned, Vec<Outcome>)]) -> String {
     let mut out = format!(
-        "## Selective annotation on SST-2 and TREC\n\n\
+        "### Selective annotation on SST-2 and TREC\n\n\
          Made by `cargo run -- experiment selection --threads 2`. Pool: {} random train \
          rows (seed {POOL_SEED}); kNN prompt retrieval (k = {K}) from the selected, \
          annotated examples only; {} random test rows (seed {TEST_SEED}). Accuracy and \

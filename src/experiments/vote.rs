@@ -13,17 +13,14 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::icl::{prepare_task, progress};
-use super::{
-    read_split, sample, write_section, Cache, Dataset, Row, DATASETS, TEST_SEED, TRAIN_SEED,
-};
-use crate::config::ModelConfig;
+use super::{write_section, Cache, Dataset, ExperimentArgs, Row, DATASETS};
+
 use crate::plot;
 use crate::predict::defaults::StrategyChoice;
 use crate::predict::{
     calibration, metrics, vote, PredictOptions, Prediction, Predictor, QueryInput,
 };
 use crate::retrieve::Strategy;
-use crate::server::load_models;
 use crate::tuning::{self, Configuration, Grid, RowScores};
 
 /// Seed of the annotated examples the weight is tuned on.
@@ -37,17 +34,11 @@ const CHUNK: usize = 16;
 #[derive(Debug, Args)]
 pub struct VoteArgs {
     #[command(flatten)]
-    pub models: ModelConfig,
-    /// Folder with `sst2/`, `trec/`, `subj/` JSON lines.
-    #[arg(long, default_value = "../shared/data")]
-    pub data: PathBuf,
+    pub common: ExperimentArgs,
     /// Where finished rows (JSON, committed: what the table and its picture are made
     /// from) and the per-data-set databases (ignored by git) are kept.
     #[arg(long, default_value = "results/vote")]
     pub cache: PathBuf,
-    /// The results file; its `vote` section is rewritten.
-    #[arg(long, default_value = "docs/results.md")]
-    pub out: PathBuf,
     /// Annotated examples drawn from each train set.
     #[arg(long, default_value_t = 1000)]
     pub examples: usize,
@@ -210,11 +201,7 @@ fn tuning_rows(
 fn test_queries(test: &[Row]) -> Vec<(QueryInput, String)> {
     test.iter()
         .map(|row| {
-            let input = QueryInput {
-                text: row.text.clone(),
-                text_pair: None,
-                exclude: None,
-            };
+            let input = row.query();
             (input, row.label.clone())
         })
         .collect()
@@ -226,7 +213,7 @@ async fn run_dataset(
     dataset: &Dataset,
     test: &[Row],
 ) -> anyhow::Result<Outcome> {
-    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
+    let labels = dataset.label_names();
     let tune = tuning_rows(args, predictor, dataset)?;
     let options = knn_options(args.k, false);
     let tuned = score(predictor, dataset, &tune, &options, "leave-one-out").await?;
@@ -299,7 +286,7 @@ async fn run_tuned(
     dataset: &Dataset,
     test: &[Row],
 ) -> anyhow::Result<TunedOutcome> {
-    let labels: Vec<String> = dataset.labels.iter().map(|s| s.to_string()).collect();
+    let labels = dataset.label_names();
     let tune = tuning_rows(args, predictor, dataset)?;
     let gold: Vec<String> = tune.iter().map(|(_, label)| label.clone()).collect();
     let grid = experiment_grid(args.k);
@@ -386,10 +373,7 @@ fn batch_calibrated(scored: Scored, bias: &[f64]) -> Scored {
 /// When data, models or the database cannot be loaded.
 pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
     let cache = Cache::open(&args.cache)?;
-    let models = args.models.clone();
-    let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, 64))
-        .await
-        .context("loading models")??;
+    let (llm, embedder) = args.common.load_models().await?;
     let mut rows = Vec::new();
     for dataset in &DATASETS {
         let key = format!(
@@ -403,16 +387,7 @@ pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
         ) {
             (Some(outcome), Some(tuned)) => (outcome, tuned),
             (outcome, tuned) => {
-                let train = sample(
-                    &read_split(&args.data, dataset, "train")?,
-                    args.examples,
-                    TRAIN_SEED,
-                );
-                let test = sample(
-                    &read_split(&args.data, dataset, "test")?,
-                    args.test_rows,
-                    TEST_SEED,
-                );
+                let (train, test) = args.common.splits(dataset, args.examples, args.test_rows)?;
                 let catalog =
                     Arc::new(prepare_task(&cache, dataset, &train, embedder.clone()).await?);
                 let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
@@ -438,9 +413,9 @@ pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
         };
         rows.push((dataset.title, outcome, tuned));
     }
-    write_section(&args.out, "vote", &table(args, &rows))?;
-    println!("wrote {}", args.out.display());
-    let picture = args.out.with_file_name("vote.svg");
+    write_section(&args.common.out, "vote", &table(args, &rows))?;
+    println!("wrote {}", args.common.out.display());
+    let picture = args.common.out.with_file_name("vote.svg");
     plot(&picture, &rows)?;
     println!("wrote {}", picture.display());
     Ok(())
@@ -505,7 +480,7 @@ fn describe(c: &Configuration) -> String {
 
 fn table(args: &VoteArgs, rows: &[DatasetRows<'_>]) -> String {
     let mut out = format!(
-        "## The LLM and its demonstrations' vote\n\n\
+        "### The LLM and its demonstrations' vote\n\n\
          Made by `cargo run --release -- experiment vote --threads 2` (same models, \
          annotated examples and test rows as the in-context learning table; kNN, k = {}). The vote is the \
          demonstrations' labels weighted by their similarity; the mix is \

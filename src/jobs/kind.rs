@@ -55,6 +55,27 @@ impl JobError {
     }
 }
 
+/// What stops a job that predicts over a task (an evaluation, a tuning), besides the
+/// kind's own checks: the task, the predictions, or the job itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The task is unknown or a task operation failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The predictions failed.
+    #[error(transparent)]
+    Predict(#[from] PredictError),
+    /// The job is unknown, was stopped, or could not be stored.
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> Self {
+        Self::Job(e.into())
+    }
+}
+
 /// One kind of background job.
 pub trait JobKind: Send + Sync + Sized + 'static {
     /// Its name in the job table and in messages (`evaluation`).

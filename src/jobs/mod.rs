@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::store::{Leased, Store, StoreError};
 
-pub use kind::{JobError, JobKind, Jobs, Progress, StoredJob};
+pub use kind::{JobError, JobKind, Jobs, Progress, RunError, StoredJob};
 pub use state::JobState;
 
 /// Why leased work stopped short, as far as the runner must know it.
@@ -36,6 +36,60 @@ pub trait Interruption: From<StoreError> {
         false
     }
 }
+
+/// Implements what the runner needs of a job kind's error type, one with a
+/// `Run(RunError)` variant: the conversions into it of every error a run meets (so
+/// that `?` works on them), and [`Interruption`], classified one way for every kind of
+/// [`Jobs`]: a job error decides for itself, a full model queue is resumable, the rest
+/// is not.
+macro_rules! job_error {
+    (@from $error:ty, $from:ty) => {
+        impl From<$from> for $error {
+            fn from(e: $from) -> Self {
+                Self::Run(e.into())
+            }
+        }
+    };
+    ($error:ty, $kind:expr) => {
+        $crate::jobs::job_error!(@from $error, $crate::store::StoreError);
+        $crate::jobs::job_error!(@from $error, $crate::tasks::TaskError);
+        $crate::jobs::job_error!(@from $error, $crate::predict::PredictError);
+        $crate::jobs::job_error!(@from $error, $crate::jobs::JobError);
+
+        impl $crate::jobs::Interruption for $error {
+            fn lease_lost() -> Self {
+                $crate::jobs::JobError::LeaseLost($kind).into()
+            }
+
+            fn is_lease_lost(&self) -> bool {
+                matches!(
+                    self,
+                    Self::Run($crate::jobs::RunError::Job(
+                        $crate::jobs::JobError::LeaseLost(_)
+                    ))
+                )
+            }
+
+            fn is_resumable(&self) -> bool {
+                match self {
+                    Self::Run($crate::jobs::RunError::Job(error)) => error.is_resumable(),
+                    Self::Run($crate::jobs::RunError::Predict(error)) => error.is_overloaded(),
+                    _ => false,
+                }
+            }
+
+            fn is_cancelled(&self) -> bool {
+                matches!(
+                    self,
+                    Self::Run($crate::jobs::RunError::Job(
+                        $crate::jobs::JobError::Cancelled(_)
+                    ))
+                )
+            }
+        }
+    };
+}
+pub(crate) use job_error;
 
 /// Runs leased background work for this process.
 pub struct JobRunner {

@@ -8,6 +8,7 @@ mod attention;
 mod demonstration_cache;
 mod generate;
 mod handle;
+mod kv_budget;
 mod model;
 mod prefix_cache;
 mod scheduler;
@@ -32,6 +33,7 @@ pub use weights::write_converted;
 use crate::config::WeightFormat;
 use crate::worker::QueueError;
 use demonstration_cache::DemonstrationCache;
+use kv_budget::KvBudget;
 use model::{KvCache, Llama, Step};
 
 /// What can go wrong loading or running the LLM.

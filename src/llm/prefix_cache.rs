@@ -20,7 +20,7 @@
 //! there. The two share one budget and one clock: past the budget, the least recently
 //! used entry of either goes first.
 
-use super::{DemonstrationCache, Llm, LlmError, Session};
+use super::{DemonstrationCache, KvBudget, Llm, LlmError, Session};
 
 /// Tokens per prefill step, and the unit of reuse.
 pub const CHUNK: usize = 64;
@@ -40,9 +40,8 @@ pub struct PrefixCache {
     entries: Vec<Entry>,
     /// Demonstration blocks, for prompts that take them from the cache.
     pub(super) demonstrations: DemonstrationCache,
-    budget_bytes: usize,
-    /// Bytes of keys and values the running jobs hold: the budget covers them too.
-    running_bytes: usize,
+    /// Shared with the running jobs, whose share the scheduler sets.
+    budget: KvBudget,
     clock: u64,
     hits: u64,
 }
@@ -59,8 +58,7 @@ impl PrefixCache {
         Self {
             entries: Vec::new(),
             demonstrations: DemonstrationCache::default(),
-            budget_bytes,
-            running_bytes: 0,
+            budget: KvBudget::new(budget_bytes),
             clock: 0,
             hits: 0,
         }
@@ -146,14 +144,14 @@ impl PrefixCache {
     /// some of their blocks may be the cache's own), so that the budget bounds the
     /// model's KV memory as a whole.
     pub(super) fn make_room(&mut self, running_bytes: usize) {
-        self.running_bytes = running_bytes;
+        self.budget.set_running(running_bytes);
         self.trim();
     }
 
     /// Drops the least recently used prefixes and demonstration blocks, whichever is
     /// older, until both fit the budget; the prefix and blocks used last stay.
     pub(super) fn trim(&mut self) {
-        while self.bytes().saturating_add(self.running_bytes) > self.budget_bytes {
+        while self.budget.exceeded_by(self.bytes()) {
             let prefix = self
                 .entries
                 .iter()
@@ -218,7 +216,7 @@ mod tests {
         let mut cache = PrefixCache::default();
         cache.session(&llm, &[1, 2, 3]).expect("runs");
         cache.session(&llm, &[4, 5, 6, 7]).expect("runs");
-        cache.budget_bytes = cache.bytes();
+        cache.budget = KvBudget::new(cache.bytes());
 
         cache.make_room(0);
         assert_eq!(cache.entries.len(), 2, "both fit with nothing running");

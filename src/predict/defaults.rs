@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Order;
 use crate::retrieve::{Strategy, DEFAULT_MMR_LAMBDA};
-
-/// The most demonstrations a default may ask for (the request limit).
-pub const MAX_DEFAULT_K: usize = 64;
+use crate::tasks::MAX_K;
 
 /// How the demonstrations are found, among what a default may choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,10 +80,10 @@ impl PredictDefaults {
     /// When a value is out of range, or batch calibration lacks its prior.
     pub fn check(&self, labels: &[String]) -> Result<(), (&'static str, String)> {
         if let Some(k) = self.k {
-            if k > MAX_DEFAULT_K {
+            if k > MAX_K {
                 return Err((
                     "defaults.k",
-                    format!("{k} is out of range: give 0 to {MAX_DEFAULT_K}"),
+                    format!("{k} is out of range: give 0 to {MAX_K}"),
                 ));
             }
         }

@@ -16,9 +16,24 @@
 //! one line, with the separator taken out ([`confine`]); special tokens need nothing
 //! here, as the tokenizer reads user text as plain text.
 
+pub mod fit;
+
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+
+/// Where the most similar demonstration goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Next to the query, at the end.
+    #[default]
+    NearestLast,
+    /// First, right after the instruction.
+    NearestFirst,
+    /// Shuffled with the request's seed.
+    Random,
+}
 
 /// A placeholder a template may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,8 @@
 //! saturates: 2 x 15 x 127 < 2^15), plus the block's offset times the activation
 //! block's sum, which is computed once per token.
 
-use super::{Isa, Q8Rows, QuantError, RowKernel, BLOCK, TOKEN_TILE};
+use super::product::{product, Row, RowKernel};
+use super::{avx2, avx512, scalar, Isa, Q8Rows, QuantError, BLOCK};
 
 /// Which 4-bit GGUF format the bytes are in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,16 +99,7 @@ impl Q4Matrix {
 
     /// Like [`Q4Matrix::matmul`] on a chosen path.
     pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
-        super::product(self, isa, x, tokens)
-    }
-
-    fn row(&self, row: usize) -> Q4Row<'_> {
-        let blocks = self.cols / BLOCK;
-        Q4Row {
-            nibbles: &self.nibbles[row * self.cols / 2..(row + 1) * self.cols / 2],
-            scales: &self.scales[row * blocks..(row + 1) * blocks],
-            offsets: &self.offsets[row * blocks..(row + 1) * blocks],
-        }
+        product(self, isa, x, tokens)
     }
 
     /// Every weight as f32, row-major (the tests' reference).
@@ -124,6 +116,8 @@ impl Q4Matrix {
 }
 
 impl RowKernel for Q4Matrix {
+    type Row<'a> = Q4Row<'a>;
+
     fn rows(&self) -> usize {
         self.rows
     }
@@ -136,33 +130,26 @@ impl RowKernel for Q4Matrix {
         acts.with_sums()
     }
 
-    fn dots_up_to_tile(
-        &self,
-        isa: Isa,
-        row: usize,
-        acts: &Q8Rows,
-        first: usize,
-        width: usize,
-    ) -> [f32; TOKEN_TILE] {
-        let w = self.row(row);
-        let mut out = [0f32; TOKEN_TILE];
-        match width {
-            4 => out = dots::<4>(isa, &w, acts, first),
-            3 => out[..3].copy_from_slice(&dots::<3>(isa, &w, acts, first)),
-            2 => out[..2].copy_from_slice(&dots::<2>(isa, &w, acts, first)),
-            _ => out[..1].copy_from_slice(&dots::<1>(isa, &w, acts, first)),
+    fn row(&self, row: usize) -> Q4Row<'_> {
+        let blocks = self.cols / BLOCK;
+        Q4Row {
+            nibbles: &self.nibbles[row * self.cols / 2..(row + 1) * self.cols / 2],
+            scales: &self.scales[row * blocks..(row + 1) * blocks],
+            offsets: &self.offsets[row * blocks..(row + 1) * blocks],
         }
-        out
     }
 }
 
-fn dots<const N: usize>(isa: Isa, w: &Q4Row, acts: &Q8Rows, first: usize) -> [f32; N] {
-    debug_assert!(first + N <= acts.rows && w.nibbles.len() * 2 == acts.cols);
-    match isa {
-        // SAFETY: `product` only runs a path the CPU reports, on tokens inside `acts`.
-        Isa::Avx512Vnni => unsafe { super::avx512::q4_dots::<N>(w, acts, first) },
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { super::avx2::q4_dots::<N>(w, acts, first) },
-        Isa::Portable => super::scalar::q4_dots::<N>(w, acts, first),
+impl Row for Q4Row<'_> {
+    fn dots<const N: usize>(&self, isa: Isa, acts: &Q8Rows, first: usize) -> [f32; N] {
+        debug_assert!(first + N <= acts.rows && self.nibbles.len() * 2 == acts.cols);
+        match isa {
+            // SAFETY: the product driver only runs a path the CPU reports, on tokens
+            // inside `acts`.
+            Isa::Avx512Vnni => unsafe { avx512::q4_dots::<N>(self, acts, first) },
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { avx2::q4_dots::<N>(self, acts, first) },
+            Isa::Portable => scalar::q4_dots::<N>(self, acts, first),
+        }
     }
 }

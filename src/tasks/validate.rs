@@ -14,8 +14,9 @@ pub const MAX_BATCH: usize = 1000;
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// The longest caller id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
-/// The most demonstrations one retrieval may ask for.
-pub const MAX_K: usize = 100;
+/// The most demonstrations one prompt or retrieval may ask for (`k`, `fixed` ids, a
+/// task's default): the one cap the API, the defaults and the tune grid share.
+pub const MAX_K: usize = 64;
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::predict::defaults::{Calibration, PredictDefaults, StrategyChoice, MAX_DEFAULT_K};
+use crate::predict::defaults::{Calibration, PredictDefaults, StrategyChoice};
 use crate::predict::{Order, PredictOptions};
+use crate::tasks::MAX_K;
 
 /// The most values one option of the grid may list.
 pub const MAX_VALUES: usize = 21;
@@ -150,11 +151,8 @@ impl Grid {
                 return Err((field, "a value is repeated".to_owned()));
             }
         }
-        if let Some(k) = self.k.iter().find(|&&k| k == 0 || k > MAX_DEFAULT_K) {
-            return Err((
-                "k",
-                format!("{k} is out of range: give 1 to {MAX_DEFAULT_K}"),
-            ));
+        if let Some(k) = self.k.iter().find(|&&k| k == 0 || k > MAX_K) {
+            return Err(("k", format!("{k} is out of range: give 1 to {MAX_K}")));
         }
         if let Some(w) = self.vote_weight.iter().find(|w| !(0.0..=1.0).contains(*w)) {
             return Err(("vote_weight", format!("{w} is out of range: give 0 to 1")));

@@ -21,14 +21,13 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::evaluation::LabelledRow;
-use crate::jobs::{Interruption, JobError, JobKind, JobState, Jobs, Progress, StoredJob};
+use crate::jobs::{JobKind, JobState, Jobs, Progress, RunError, StoredJob};
 use crate::predict::calibration;
 use crate::predict::defaults::{Calibration, PredictDefaults};
 use crate::predict::metrics;
 use crate::predict::vote;
-use crate::predict::{PredictError, Predictor, EMBED_CHUNK};
-use crate::store::StoreError;
-use crate::tasks::{Catalog, TaskError};
+use crate::predict::{Predictor, EMBED_CHUNK};
+use crate::tasks::Catalog;
 
 pub use grid::{Configuration, Grid, Run};
 
@@ -40,15 +39,9 @@ pub const MIN_EXAMPLES: usize = 2;
 /// What can go wrong with a tuning.
 #[derive(Debug, thiserror::Error)]
 pub enum TuningError {
-    /// The task is unknown or a task operation failed.
+    /// The task, the predictions or the job failed.
     #[error(transparent)]
-    Task(#[from] TaskError),
-    /// The predictions failed.
-    #[error(transparent)]
-    Predict(#[from] PredictError),
-    /// The job is unknown, was stopped, or could not be stored.
-    #[error(transparent)]
-    Job(#[from] JobError),
+    Run(RunError),
     /// The task generates text: there are no labels to choose among.
     #[error("tuning measures classification; task `{0}` has no labels")]
     NeedsLabels(String),
@@ -72,33 +65,7 @@ pub enum TuningError {
     },
 }
 
-impl From<StoreError> for TuningError {
-    fn from(e: StoreError) -> Self {
-        Self::Job(e.into())
-    }
-}
-
-impl Interruption for TuningError {
-    fn lease_lost() -> Self {
-        Self::Job(JobError::LeaseLost(Tuner::KIND))
-    }
-
-    fn is_lease_lost(&self) -> bool {
-        matches!(self, Self::Job(JobError::LeaseLost(_)))
-    }
-
-    fn is_resumable(&self) -> bool {
-        match self {
-            Self::Job(error) => error.is_resumable(),
-            Self::Predict(error) => error.is_overloaded(),
-            _ => false,
-        }
-    }
-
-    fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Job(JobError::Cancelled(_)))
-    }
-}
+crate::jobs::job_error!(TuningError, Tuner::KIND);
 
 /// What a tuning was asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -88,6 +88,93 @@ fn a_missing_model_ends_the_process_with_a_reason() {
     assert!(stderr.contains("/nonexistent/model.gguf"), "{stderr}");
 }
 
+/// Asserts that `output` is a start-up refusal: a failure whose standard error is a
+/// one-line reason holding every one of `needles`, printed before the server listened.
+fn assert_refused_before_listening(output: &std::process::Output, needles: &[&str]) {
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in needles {
+        assert!(stderr.contains(needle), "`{needle}` missing from: {stderr}");
+    }
+    assert!(!stderr.contains("listening"), "{stderr}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn the_import_help_names_both_file_formats() {
+    let output = common::exemplar()
+        .args(["help", "import"])
+        .output()
+        .expect("exemplar runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("JSON-lines or CSV"), "{help}");
+    let output = common::exemplar()
+        .arg("--help")
+        .output()
+        .expect("exemplar runs");
+    let overview = String::from_utf8_lossy(&output.stdout);
+    let import = overview
+        .lines()
+        .find(|line| line.trim_start().starts_with("import"))
+        .expect("import is listed");
+    assert!(import.contains("CSV"), "{import}");
+}
+
+#[test]
+fn a_short_bootstrap_key_stops_the_process_before_it_listens() {
+    let models = common::models_dir();
+    let database = common::TestDatabase::sqlite();
+    let output = common::exemplar()
+        .arg("serve")
+        .args(["--addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--database-url", &database.url])
+        .args(["--models-dir", models.to_str().expect("utf-8")])
+        .env("EXEMPLAR_BOOTSTRAP_KEY", "too-short-secret")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("exemplar runs");
+    assert_refused_before_listening(&output, &["at least 32", "openssl rand -hex 32"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("too-short-secret"),
+        "the key is echoed: {stderr}"
+    );
+}
+
+#[test]
+fn started_outside_the_checkout_it_says_the_models_folder_is_missing() {
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let gguf = common::gguf_path();
+    let output = common::exemplar()
+        .current_dir(elsewhere.path())
+        .arg("serve")
+        .args(["--addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--database-url", "sqlite://exemplar.db"])
+        .args(["--model", gguf.to_str().expect("utf-8")])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("exemplar runs");
+    assert_refused_before_listening(
+        &output,
+        &[
+            "default embedder",
+            "scripts/fetch-models.sh",
+            "--models-dir",
+            "--embedder",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("hub"), "looked up on the hub: {stderr}");
+    assert!(
+        !elsewhere.path().join("exemplar.db").exists(),
+        "the database was opened before the check"
+    );
+}
+
 /// Lays out `models--{owner}--{name}/snapshots/{rev}/` with links to `files`, as
 /// hf-hub's cache does, and points `refs/main` at the revision.
 fn lay_out_hub_repo(hub: &Path, repo: &str, files: &[(&str, &Path)]) {
