@@ -403,6 +403,10 @@ pub struct Step<'a> {
     pub outputs: &'a [usize],
 }
 
+/// The longest context a file may declare: the rotary tables take 8 bytes per position
+/// and rotary pair, allocated at load, so a garbled length must not reach them.
+const MAX_CONTEXT: usize = 1 << 20;
+
 fn metadata_u32(content: &gguf_file::Content, key: &str) -> Result<usize, LlmError> {
     content
         .metadata
@@ -445,6 +449,17 @@ impl Llama {
                 "{heads} heads, {kv_heads} key/value heads, {hidden} wide: not a llama shape"
             )));
         }
+        let head_dim = hidden / heads;
+        if rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > head_dim {
+            return Err(LlmError::Metadata(format!(
+                "rope.dimension_count {rope_dim} must be even and at most the head size {head_dim}"
+            )));
+        }
+        if context == 0 || context > MAX_CONTEXT {
+            return Err(LlmError::Metadata(format!(
+                "context_length {context} is out of range: give 1 to {MAX_CONTEXT}"
+            )));
+        }
 
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = Embeddings::new(&embeddings_q, device)?;
@@ -481,7 +496,7 @@ impl Llama {
             sin,
             heads,
             kv_heads,
-            head_dim: hidden / heads,
+            head_dim,
             rms_eps,
             device: device.clone(),
         })
@@ -759,5 +774,50 @@ mod tests {
         let rows: Vec<Vec<f32>> = mask.to_vec2().unwrap();
         let inf = f32::NEG_INFINITY;
         assert_eq!(rows, vec![vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
+    }
+
+    /// A GGUF's metadata for a llama of 4 heads of 16, with `rope_dim`, and no tensors.
+    fn metadata(rope_dim: u32) -> gguf_file::Content {
+        let value = gguf_file::Value::U32;
+        let metadata = [
+            ("llama.attention.head_count", value(4)),
+            ("llama.attention.head_count_kv", value(2)),
+            ("llama.block_count", value(1)),
+            ("llama.embedding_length", value(64)),
+            ("llama.rope.dimension_count", value(rope_dim)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                gguf_file::Value::F32(1e-5),
+            ),
+        ];
+        gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata: metadata
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            tensor_infos: std::collections::HashMap::new(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    fn load_error(content: &gguf_file::Content, context: usize) -> String {
+        let no_tensors = |name: &str| Err(LlmError::Metadata(format!("no tensor {name}")));
+        match Llama::from_tensors(content, &Device::Cpu, context, no_tensors) {
+            Ok(_) => panic!("a model without tensors loaded"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_garbled_shape_is_refused_before_anything_is_allocated() {
+        let error = load_error(&metadata(16), u32::MAX as usize);
+        assert!(error.contains("context_length 4294967295"), "{error}");
+        let error = load_error(&metadata(32), 2048);
+        assert!(error.contains("rope.dimension_count 32"), "{error}");
+        let error = load_error(&metadata(15), 2048);
+        assert!(error.contains("rope.dimension_count 15"), "{error}");
+        let error = load_error(&metadata(16), 2048);
+        assert!(error.contains("no tensor token_embd.weight"), "{error}");
     }
 }

@@ -113,13 +113,17 @@ pub fn choose(
                 .map(|i| (candidates[i].id, candidates[i].similarity))
                 .collect()
         }
-        Strategy::Random { seed } => retrieve::random_sample(&collection.index.ids(), k, seed)
-            .into_iter()
-            .filter_map(|id| {
-                let vector = collection.index.vector(id)?;
-                Some((id, crate::index::cosine(query, &vector)))
-            })
-            .collect(),
+        Strategy::Random { seed } => {
+            // The held-out example (leave-one-out) may not be its own demonstration.
+            let ids: Vec<usize> = collection.index.ids().into_iter().filter(allowed).collect();
+            retrieve::random_sample(&ids, k, seed)
+                .into_iter()
+                .filter_map(|id| {
+                    let vector = collection.index.vector(id)?;
+                    Some((id, crate::index::cosine(query, &vector)))
+                })
+                .collect()
+        }
     };
     let mut demonstrations: Vec<Demonstration> = points
         .into_iter()
@@ -237,6 +241,31 @@ mod tests {
             .iter()
             .map(|d| d.example.id.as_str())
             .collect()
+    }
+
+    #[test]
+    fn a_held_out_example_is_never_its_own_random_demonstration() {
+        let collection = collection();
+        let held_out = collection.by_id("p1").expect("p1").point;
+        for seed in 0..20 {
+            let chosen = choose(
+                &collection,
+                &[1.0, 0.0],
+                4,
+                Strategy::Random { seed },
+                Some(held_out),
+            );
+            assert_eq!(
+                chosen.len(),
+                4,
+                "seed {seed}: every other example is offered"
+            );
+            assert!(
+                !ids(&chosen).contains(&"p1"),
+                "seed {seed}: {:?}",
+                ids(&chosen)
+            );
+        }
     }
 
     #[test]
