@@ -8,9 +8,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -112,7 +115,8 @@ impl ClientLimits {
     }
 }
 
-/// A request in flight; gives its slot back when the request ends or is dropped.
+/// A request in flight; gives its slot back when the request's answer has been sent
+/// whole, or is dropped.
 struct Slot {
     limits: Arc<ClientLimits>,
     client: Client,
@@ -142,9 +146,39 @@ pub async fn limit(
 ) -> Response {
     let client = limits.client(&request, peer.ip());
     match limits.admit(client) {
-        // The slot is held until the answer's head is sent (a stream's body is not
-        // counted).
-        Ok(_slot) => next.run(request).await,
+        Ok(slot) => {
+            // The slot goes with the body, so that a streamed answer (predictions as
+            // NDJSON or events) holds it for as long as it keeps the model busy.
+            let (parts, body) = next.run(request).await.into_parts();
+            Response::from_parts(parts, Body::new(SlotBody { body, _slot: slot }))
+        }
         Err(refused) => refused.into_response(),
+    }
+}
+
+/// An answer's body with its client's slot, given back when the body is dropped: sent
+/// to its end, or abandoned by a client that went away.
+struct SlotBody {
+    body: Body,
+    _slot: Slot,
+}
+
+impl HttpBody for SlotBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -49,9 +49,15 @@ pub enum JobError {
 }
 
 impl JobError {
-    /// Whether another run should take the work up where it stopped.
+    /// Whether another run should take the work up where it stopped: after a shutdown
+    /// or a database failure, not when the stored job cannot be read (a row written
+    /// by another version, say), which every run would meet again.
     pub fn is_resumable(&self) -> bool {
-        matches!(self, Self::ShuttingDown(_) | Self::Store(_))
+        match self {
+            Self::ShuttingDown(_) => true,
+            Self::Store(error) => !matches!(error, StoreError::Corrupt(_)),
+            _ => false,
+        }
     }
 }
 
@@ -506,4 +512,18 @@ fn stored<K: JobKind>(row: &JobRow) -> Result<StoredJob<K>, JobError> {
         saved: saved.saved,
         seconds: saved.seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_that_cannot_be_read_is_not_resumed() {
+        assert!(!JobError::Store(StoreError::Corrupt("unknown state".into())).is_resumable());
+        assert!(!corrupt(serde_json::from_str::<u8>("x").unwrap_err()).is_resumable());
+        assert!(JobError::Store(StoreError::Database(sqlx::Error::PoolTimedOut)).is_resumable());
+        assert!(JobError::ShuttingDown("evaluation").is_resumable());
+        assert!(!JobError::Cancelled("evaluation").is_resumable());
+    }
 }

@@ -97,6 +97,55 @@ async fn a_flooding_client_is_held_to_its_requests_in_flight_and_another_is_serv
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn a_streamed_answer_holds_its_slot_until_it_ends() {
+    let server = TestServer::start(&["--client-max-in-flight", "1", "--client-rate", "0"]).await;
+    server
+        .sentiment_task(
+            "films",
+            json!([
+                {"text": "a warm, funny and moving film", "label": "positive"},
+                {"text": "a dull and tedious mess", "label": "negative"}
+            ]),
+        )
+        .await;
+    let client = client_from([127, 0, 0, 3]);
+    let inputs: Vec<Value> = (0..64)
+        .map(|i| json!({"text": format!("film number {i}")}))
+        .collect();
+    let mut stream = client
+        .post(server.url("/v1/tasks/films/predict"))
+        .header("accept", "application/x-ndjson")
+        .json(&json!({ "inputs": inputs, "k": 2 }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.expect("reads").expect("a first line");
+    assert!(!first.is_empty());
+
+    // The stream's head is sent and its body is not: its slot is still taken.
+    let (status, retry_after, body) = predict(&client, &server).await;
+    assert_eq!(
+        status, 429,
+        "a second request beside the open stream: {body}"
+    );
+    assert_eq!(body["error"]["code"], "too_many_in_flight", "{body}");
+    assert!(retry_after.is_some());
+
+    let mut lines = first.iter().filter(|&&b| b == b'\n').count();
+    while let Some(chunk) = stream.chunk().await.expect("reads") {
+        lines += chunk.iter().filter(|&&b| b == b'\n').count();
+    }
+    assert_eq!(lines, 64, "a line per input");
+    let (status, _, body) = predict(&client, &server).await;
+    assert_eq!(
+        status, 200,
+        "the slot is back once the stream has ended: {body}"
+    );
+}
+
 #[tokio::test]
 #[ignore = "loads the models; run with --include-ignored"]
 async fn a_client_past_its_rate_is_refused_and_another_is_not() {
