@@ -12,13 +12,16 @@ cd "$(dirname "$0")"
 # The URI of the Debian archive in this machine's apt sources (one-line or deb822
 # format), without the security archive; empty when there is none.
 apt_mirror() {
-  { cat /etc/apt/sources.list 2>/dev/null
-    cat /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null
-  } | awk '
-      /^[[:space:]]*#/ { next }
-      $1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }
-      $1 == "URIs:" { for (i = 2; i <= NF; i++) print $i }
-    ' | grep -v -- '-security' | grep '/debian/\?$' | head -n 1
+  { cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+      /etc/apt/sources.list.d/*.sources 2>/dev/null || true; } | awk '
+    /^[[:space:]]*#/ { next }
+    $1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { uri = $i; break } }
+    $1 == "URIs:" { uri = $2 }
+    uri != "" {
+      if (uri !~ /-security/ && uri ~ /\/debian\/?$/) { print uri; exit }
+      uri = ""
+    }
+  '
 }
 mirror="${DEBIAN_MIRROR:-$(apt_mirror)}"
 mirror="${mirror:-http://deb.debian.org/debian}"

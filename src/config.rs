@@ -63,7 +63,8 @@ pub enum ConfigError {
     /// The bootstrap key is too short to be a secret.
     #[error(
         "the bootstrap key (--bootstrap-key, EXEMPLAR_BOOTSTRAP_KEY) has {length} \
-         characters; give at least {min}, e.g. the output of `openssl rand -hex 32`"
+         characters; it must have at least {min} characters, e.g. the output of \
+         `openssl rand -hex 32`"
     )]
     ShortBootstrapKey {
         /// Characters given.

@@ -40,10 +40,17 @@ async fn predict(client: &reqwest::Client, server: &TestServer) -> (u16, Option<
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "loads the models; run with --include-ignored"]
-async fn a_flooding_client_is_held_to_its_requests_in_flight_and_another_is_served() {
-    let server = TestServer::start(&["--client-max-in-flight", "2", "--client-rate", "0"]).await;
+/// A server holding each client to `max_in_flight` requests at once (no rate limit),
+/// with a two-example task `films`.
+async fn films_server(max_in_flight: usize) -> TestServer {
+    let max_in_flight = max_in_flight.to_string();
+    let server = TestServer::start(&[
+        "--client-max-in-flight",
+        &max_in_flight,
+        "--client-rate",
+        "0",
+    ])
+    .await;
     server
         .sentiment_task(
             "films",
@@ -53,6 +60,13 @@ async fn a_flooding_client_is_held_to_its_requests_in_flight_and_another_is_serv
             ]),
         )
         .await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn a_flooding_client_is_held_to_its_requests_in_flight_and_another_is_served() {
+    let server = films_server(2).await;
     let flooder = client_from([127, 0, 0, 1]);
     let flood: Vec<_> = (0..8)
         .map(|_| {
@@ -100,16 +114,7 @@ async fn a_flooding_client_is_held_to_its_requests_in_flight_and_another_is_serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "loads the models; run with --include-ignored"]
 async fn a_streamed_answer_holds_its_slot_until_it_ends() {
-    let server = TestServer::start(&["--client-max-in-flight", "1", "--client-rate", "0"]).await;
-    server
-        .sentiment_task(
-            "films",
-            json!([
-                {"text": "a warm, funny and moving film", "label": "positive"},
-                {"text": "a dull and tedious mess", "label": "negative"}
-            ]),
-        )
-        .await;
+    let server = films_server(1).await;
     let client = client_from([127, 0, 0, 3]);
     let inputs: Vec<Value> = (0..64)
         .map(|i| json!({"text": format!("film number {i}")}))
