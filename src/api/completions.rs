@@ -20,10 +20,6 @@ use crate::llm::{FinishReason, Generation, GenerationParams, LlmHandle, TokenLog
 
 /// Tokens generated when the request does not say.
 const DEFAULT_MAX_TOKENS: usize = 16;
-/// The most alternatives per token `logprobs` may ask for.
-const MAX_LOGPROBS: usize = 20;
-/// The highest sampling temperature accepted.
-const MAX_TEMPERATURE: f64 = 2.0;
 
 /// Routes of this resource.
 pub fn routes() -> Vec<Route> {
@@ -74,10 +70,13 @@ fn validate(
         ));
     }
     let temperature = request.temperature.unwrap_or(0.0);
-    if !(0.0..=MAX_TEMPERATURE).contains(&temperature) {
+    if !(0.0..=limits::MAX_TEMPERATURE).contains(&temperature) {
         return Err(ApiError::invalid(
             "temperature",
-            format!("{temperature} is out of range: give 0 (greedy) to {MAX_TEMPERATURE}"),
+            format!(
+                "{temperature} is out of range: give 0 (greedy) to {}",
+                limits::MAX_TEMPERATURE
+            ),
         ));
     }
     let stop = match request.stop {
@@ -89,10 +88,10 @@ fn validate(
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop strings must not be empty"));
     }
-    if let Some(n) = request.logprobs.filter(|&n| n > MAX_LOGPROBS) {
+    if let Some(n) = request.logprobs.filter(|&n| n > limits::MAX_LOGPROBS) {
         return Err(ApiError::invalid(
             "logprobs",
-            format!("{n} is out of range: give 0 to {MAX_LOGPROBS}"),
+            format!("{n} is out of range: give 0 to {}", limits::MAX_LOGPROBS),
         ));
     }
     let prompt_ids = llm.tokenizer().encode(&request.prompt)?;

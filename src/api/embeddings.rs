@@ -5,7 +5,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use super::{ApiError, ApiJson, AppState, Route, MAX_EMBEDDING_INPUTS};
+use super::limits::MAX_EMBEDDING_INPUTS;
+use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
 
 /// Routes of this resource.

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::limits;
-use super::predict::{check_texts, OptionsBody, MAX_INPUTS};
+use super::limits::{MAX_EVALUATION_EXAMPLES, MAX_INPUTS};
+use super::predict::{check_texts, OptionsBody};
 use super::streaming::{self, Format, Line};
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
@@ -19,8 +20,6 @@ use crate::evaluation::{EvaluationJob, EvaluationRequest, LabelledRow};
 use crate::predict::metrics;
 use crate::predict::QueryInput;
 
-/// The most rows one evaluation may have.
-pub const MAX_EVALUATION_EXAMPLES: usize = 2000;
 /// The most rows evaluated inside the request when the request does not say: as many
 /// as one predict request carries. More become a background job.
 const SYNC_EVALUATION_ROWS: usize = MAX_INPUTS;

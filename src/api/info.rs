@@ -34,7 +34,7 @@ async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         },
         "limits": {
             "max_tokens": settings.max_tokens_cap,
-            "embedding_inputs": super::MAX_EMBEDDING_INPUTS,
+            "embedding_inputs": super::limits::MAX_EMBEDDING_INPUTS,
         },
     })))
 }

@@ -14,6 +14,16 @@ pub const MAX_QUERY_BYTES: usize = 64 * 1024;
 pub const MAX_STOP_STRINGS: usize = 4;
 /// The longest stop string, in bytes.
 pub const MAX_STOP_BYTES: usize = 64;
+/// The most inputs one predict request may carry.
+pub const MAX_INPUTS: usize = 64;
+/// The most rows one evaluation (or a tuning's `max_examples`) may have.
+pub const MAX_EVALUATION_EXAMPLES: usize = 2000;
+/// The most texts one embeddings request may carry.
+pub const MAX_EMBEDDING_INPUTS: usize = 256;
+/// The most alternatives per token a completion's `logprobs` may ask for.
+pub const MAX_LOGPROBS: usize = 20;
+/// The highest sampling temperature accepted.
+pub const MAX_TEMPERATURE: f64 = 2.0;
 /// The largest selection budget.
 pub const MAX_BUDGET: usize = 10_000;
 /// The most neighbours per item of a selection's graph.

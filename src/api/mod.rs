@@ -55,9 +55,6 @@ use crate::select::selections::Selector;
 use crate::tasks::Catalog;
 use crate::tuning::Tunings;
 
-/// The most texts one embeddings request may carry.
-pub const MAX_EMBEDDING_INPUTS: usize = 256;
-
 /// What start-up loads before the service is ready: the models and every task's data.
 #[derive(Clone)]
 pub struct Services {

@@ -19,8 +19,6 @@ use crate::predict::defaults::{Calibration, PredictDefaults, StrategyChoice};
 use crate::predict::{GenerationOptions, Order, PredictOptions, Prediction, QueryInput, Selection};
 use crate::tasks::MAX_ID_BYTES;
 
-/// The most inputs one predict request may carry.
-pub const MAX_INPUTS: usize = 64;
 /// Tokens generated for tasks without labels when the request does not say.
 const DEFAULT_MAX_NEW_TOKENS: usize = 32;
 
@@ -291,12 +289,13 @@ async fn predict(
     headers: HeaderMap,
     ApiJson(request): ApiJson<PredictRequest>,
 ) -> Result<Response, ApiError> {
-    if request.inputs.is_empty() || request.inputs.len() > MAX_INPUTS {
+    if request.inputs.is_empty() || request.inputs.len() > limits::MAX_INPUTS {
         return Err(ApiError::invalid(
             "inputs",
             format!(
-                "{} inputs given; give 1 to {MAX_INPUTS}",
-                request.inputs.len()
+                "{} inputs given; give 1 to {}",
+                request.inputs.len(),
+                limits::MAX_INPUTS
             ),
         ));
     }

@@ -7,7 +7,8 @@ use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::evaluations::{accepted, MAX_EVALUATION_EXAMPLES};
+use super::evaluations::accepted;
+use super::limits::MAX_EVALUATION_EXAMPLES;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
 use crate::predict::defaults::{Calibration, StrategyChoice};
