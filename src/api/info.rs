@@ -20,6 +20,7 @@ async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         "device": format!("{:?}", settings.device).to_lowercase(),
         "model": {
             "name": services.llm.name(),
+            "architecture": services.llm.architecture(),
             "context_length": services.llm.context_length(),
             "vocab_size": services.llm.tokenizer().vocab_size(),
             "weights": format!("{:?}", settings.weights).to_lowercase(),

@@ -86,6 +86,50 @@ impl Visibility {
             added: adds.then_some(mask),
         })
     }
+
+    /// The same visibility with each row also blind to the columns `window` or more
+    /// positions behind its own (a sliding-window layer's).
+    pub(super) fn within_window(&self, past: usize, positions: &[u32], window: usize) -> Self {
+        let runs = self
+            .runs
+            .iter()
+            .zip(positions)
+            .map(|(runs, &query)| {
+                let mut kept: Vec<Range<usize>> = Vec::new();
+                for column in runs.iter().flat_map(Clone::clone) {
+                    if outside_window(key_position(column, past, positions), query, window) {
+                        continue;
+                    }
+                    match kept.last_mut() {
+                        Some(run) if run.end == column => run.end += 1,
+                        _ => kept.push(column..column + 1),
+                    }
+                }
+                kept
+            })
+            .collect();
+        Self {
+            columns: self.columns,
+            runs,
+            added: self.added.clone(),
+        }
+    }
+}
+
+/// Whether a query at `query` is blind to a key at `key` in a layer of `window`
+/// (llama.cpp's rule: it sees the keys less than `window` positions behind it).
+pub(super) fn outside_window(key: u32, query: u32, window: usize) -> bool {
+    u64::from(key) + window as u64 <= u64::from(query)
+}
+
+/// The position of the key in `column` of a step at `positions` after `past` cached
+/// tokens: a cache is filled in position order, so a cached key's position is its
+/// column; the step's own keys have the step's positions.
+pub(super) fn key_position(column: usize, past: usize, positions: &[u32]) -> u32 {
+    match column.checked_sub(past) {
+        Some(own) => positions.get(own).copied().unwrap_or(u32::MAX),
+        None => column as u32,
+    }
 }
 
 /// The attention output `[1, n, heads * head_dim]` of queries `q` (`[1, heads, n,
@@ -709,5 +753,18 @@ mod tests {
         let three_columns = Visibility::from_mask(vec![0.0; 3], 1).unwrap();
         assert!(attend(&q, &[k], &[v], &three_columns).is_err());
         assert!(Visibility::from_mask(vec![0.0; 3], 2).is_err());
+    }
+
+    #[test]
+    fn a_window_hides_the_columns_far_enough_behind_each_row() {
+        // Three cached tokens, then a step of two at positions 3 and 4, window 2.
+        let windowed = Visibility::causal(2, 3).within_window(3, &[3, 4], 2);
+        assert_eq!(windowed.runs, vec![vec![2..4], vec![3..5]]);
+        // Tree-masked continuations of one place share a position, and so a window.
+        let inf = f32::NEG_INFINITY;
+        let tree = Visibility::from_mask(vec![0.0, 0.0, 0.0, inf, 0.0, 0.0, inf, 0.0], 2)
+            .unwrap()
+            .within_window(2, &[2, 2], 2);
+        assert_eq!(tree.runs, vec![vec![1..3], vec![1..2, 3..4]]);
     }
 }

@@ -181,7 +181,7 @@ mod tests {
         };
         let here = first_layer_keys(0);
         let there = first_layer_keys(7);
-        let shifted = llm.model.shift_keys(&here, 7).expect("shifts");
+        let shifted = llm.model.shift_keys(0, &here, 7).expect("shifts");
         let largest = |a: &Tensor, b: &Tensor| -> f32 {
             (a - b)
                 .and_then(|d| d.abs())

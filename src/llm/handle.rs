@@ -50,6 +50,11 @@ impl LlmHandle {
         self.llm.name()
     }
 
+    /// The model's architecture (`general.architecture`: llama, qwen2, qwen3, gemma3).
+    pub fn architecture(&self) -> &str {
+        self.llm.architecture()
+    }
+
     /// Jobs waiting for the model.
     pub fn waiting(&self) -> usize {
         self.worker.waiting()

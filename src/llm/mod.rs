@@ -1,9 +1,11 @@
-//! The LLM: our llama-family forward ([`model`]) over GGUF weights, with its tokenizer.
+//! The LLM: our decoder forward ([`model`]) over GGUF weights of the supported
+//! architectures ([`architecture`]), with its tokenizer.
 //!
 //! [`Llm`] holds the weights; a [`Session`] shares them and owns a KV cache, and is
 //! cheap to clone (the cached tensors are shared, not copied), so a prompt prefix can
 //! be run once and continued in several ways.
 
+mod architecture;
 mod attention;
 mod demonstration_cache;
 mod generate;
@@ -32,9 +34,10 @@ pub use weights::write_converted;
 
 use crate::config::WeightFormat;
 use crate::worker::QueueError;
+use architecture::Architecture;
 use demonstration_cache::DemonstrationCache;
 use kv_budget::KvBudget;
-use model::{KvCache, Llama, Step};
+use model::{KvCache, Step, Transformer};
 
 /// What can go wrong loading or running the LLM.
 #[derive(Debug, thiserror::Error)]
@@ -64,26 +67,26 @@ const DEFAULT_CONTEXT: usize = 4096;
 
 /// A loaded LLM: weights, tokenizer and the facts a request is validated against.
 pub struct Llm {
-    model: Arc<Llama>,
+    model: Arc<Transformer>,
     tokenizer: Arc<LlmTokenizer>,
     context_length: usize,
     name: String,
 }
 
 impl Llm {
-    /// Loads a llama-family GGUF onto `device`, holding its matrices as `format`.
+    /// Loads a GGUF of a supported architecture onto `device`, holding its matrices as
+    /// `format`.
     ///
     /// # Errors
-    /// When the file is missing, is not a llama GGUF, or its tokenizer is unsupported.
+    /// When the file is missing, its architecture or tokenizer is not supported, or a
+    /// tensor is missing or malformed.
     pub fn load(path: &Path, device: &Device, format: WeightFormat) -> Result<Self, LlmError> {
         let mut file = File::open(path)?;
         let content = gguf_file::Content::read(&mut file)?;
         let tokenizer = LlmTokenizer::from_gguf(&content)?;
-        let trained_context = content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map_or(DEFAULT_CONTEXT, |n| n as usize);
+        let trained_context = Architecture::from_gguf(&content)?
+            .context_length
+            .unwrap_or(DEFAULT_CONTEXT);
         let name = content
             .metadata
             .get("general.name")
@@ -111,6 +114,11 @@ impl Llm {
         self.context_length
     }
 
+    /// The model's architecture (`general.architecture`).
+    pub fn architecture(&self) -> &str {
+        &self.model.architecture().name
+    }
+
     /// The model's name from its metadata.
     pub fn name(&self) -> &str {
         &self.name
@@ -129,7 +137,7 @@ impl Llm {
 /// One sequence being run: the model with its own KV cache and position.
 #[derive(Clone)]
 pub struct Session {
-    model: Arc<Llama>,
+    model: Arc<Transformer>,
     cache: KvCache,
     position: usize,
 }

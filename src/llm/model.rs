@@ -1,4 +1,6 @@
-//! The llama-family forward pass, owned rather than borrowed from candle-transformers.
+//! The decoder forward pass, owned rather than borrowed from candle-transformers: one
+//! forward for every supported family, the [`Architecture`] saying which optional parts
+//! (biases, query/key norms, post norms, local attention...) a model uses.
 //!
 //! It reads the GGUF tensors itself and runs on candle tensors and ops (so the CUDA
 //! build works), with two differences from candle's `quantized_llama` that the service
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::architecture::{Activation, Architecture, RopeLayout};
 use super::attention::{self, Visibility};
 use super::LlmError;
 use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Weights};
@@ -205,31 +208,46 @@ impl Embeddings {
     }
 }
 
-/// One transformer block's weights.
+/// One transformer block's weights; the optional parts are those its architecture uses.
 struct Layer {
     attention_norm: Tensor,
     /// Query, key and value projections.
     qkv: Stacked,
+    /// Their biases (Qwen2).
+    qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head norms of the queries and keys (Qwen3, Gemma 3).
+    qk_norm: Option<(Tensor, Tensor)>,
     wo: Linear,
+    /// Norm of the attention's output before the residual add (Gemma 3).
+    post_attention_norm: Option<Tensor>,
     ffn_norm: Tensor,
     /// Gate and up projections.
     gate_up: Stacked,
     down: Linear,
+    /// Norm of the feed-forward's output before the residual add (Gemma 3).
+    post_ffn_norm: Option<Tensor>,
+    /// Positions a query sees where the layer attends locally.
+    window: Option<usize>,
+    /// Its rotary tables, by index in [`Transformer::rotary`].
+    rotary: usize,
+}
+
+/// cos and sin of `position x frequency`, one row per position.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// The model's weights and shape; shared, read-only, by every sequence.
-pub struct Llama {
+pub struct Transformer {
+    arch: Architecture,
     embeddings: Embeddings,
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
-    /// Rotary tables, one row per position.
-    cos: Tensor,
-    sin: Tensor,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    rms_eps: f32,
+    /// Rotary tables: the global layers' first, then the local layers' where their
+    /// base differs.
+    rotary: Vec<Rotary>,
     device: Device,
 }
 
@@ -350,7 +368,7 @@ impl KvCache {
     /// for position `p` and then by `shift` is the key for `p + shift`).
     pub(super) fn followed_by(
         &self,
-        model: &Llama,
+        model: &Transformer,
         blocks: &[(&KvCache, usize)],
     ) -> Result<Self, LlmError> {
         let mut layers = Vec::with_capacity(model.layers.len());
@@ -360,7 +378,7 @@ impl KvCache {
                 if let Some(Some(kv)) = block.layers.get(layer) {
                     let target = joined.get_or_insert_with(LayerKv::default);
                     for (k, v) in kv.keys.iter().zip(&kv.values) {
-                        target.push(model.shift_keys(k, *shift)?, v.clone());
+                        target.push(model.shift_keys(layer, k, *shift)?, v.clone());
                     }
                 }
             }
@@ -375,18 +393,26 @@ impl KvCache {
     }
 }
 
-/// One sequence's place in a packed batch and what its attention needs.
-struct Part {
-    /// Its first token's index among the batch's tokens.
-    offset: usize,
-    tokens: usize,
+/// What one kind of layer (global or local) lets each token of a sequence's step see.
+struct Sight {
     /// The mask for candle's attention; `None` for one token or the CPU loop.
     mask: Option<Tensor>,
     /// What each token sees, for the CPU attention loop ([`attention::applies`];
     /// worked out once per pass rather than once per layer).
     visibility: Option<Visibility>,
-    cos: Tensor,
-    sin: Tensor,
+}
+
+/// One sequence's place in a packed batch and what its attention needs.
+struct Part {
+    /// Its first token's index among the batch's tokens.
+    offset: usize,
+    tokens: usize,
+    /// What the global layers see.
+    global: Sight,
+    /// What the local layers see, where the model has them.
+    local: Option<Sight>,
+    /// The rows of each rotary table at the step's positions.
+    rotations: Vec<(Tensor, Tensor)>,
 }
 
 /// The tokens of one forward pass after what the cache holds.
@@ -407,52 +433,25 @@ pub struct Step<'a> {
 /// and rotary pair, allocated at load, so a garbled length must not reach them.
 const MAX_CONTEXT: usize = 1 << 20;
 
-fn metadata_u32(content: &gguf_file::Content, key: &str) -> Result<usize, LlmError> {
-    content
-        .metadata
-        .get(key)
-        .and_then(|v| v.to_u32().ok())
-        .map(|v| v as usize)
-        .ok_or_else(|| LlmError::Metadata(format!("missing or not an integer: {key}")))
-}
-
-impl Llama {
-    /// Builds a llama from a GGUF's metadata and its tensors as `tensor` gives them
-    /// (read as stored, or converted one at a time), with rotary tables up to `context`
-    /// tokens.
+impl Transformer {
+    /// Builds the model a GGUF's metadata describes from its tensors as `tensor` gives
+    /// them (read as stored, or converted one at a time), with rotary tables up to
+    /// `context` tokens.
     ///
     /// # Errors
-    /// When a tensor or metadata field is missing or malformed.
+    /// When the architecture is not supported, or a tensor or metadata field is missing
+    /// or malformed.
     pub fn from_tensors(
         content: &gguf_file::Content,
         device: &Device,
         context: usize,
         mut tensor: impl FnMut(&str) -> Result<QTensor, LlmError>,
     ) -> Result<Self, LlmError> {
-        let heads = metadata_u32(content, "llama.attention.head_count")?;
-        let kv_heads = metadata_u32(content, "llama.attention.head_count_kv")?;
-        let blocks = metadata_u32(content, "llama.block_count")?;
-        let hidden = metadata_u32(content, "llama.embedding_length")?;
-        let rope_dim = metadata_u32(content, "llama.rope.dimension_count")?;
-        let rms_eps = content
-            .metadata
-            .get("llama.attention.layer_norm_rms_epsilon")
-            .and_then(|v| v.to_f32().ok())
-            .ok_or_else(|| LlmError::Metadata("missing layer_norm_rms_epsilon".into()))?;
-        let freq_base = content
-            .metadata
-            .get("llama.rope.freq_base")
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10_000.0);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {
+        let arch = Architecture::from_gguf(content)?;
+        if arch.rope_dim != arch.head_dim {
             return Err(LlmError::Metadata(format!(
-                "{heads} heads, {kv_heads} key/value heads, {hidden} wide: not a llama shape"
-            )));
-        }
-        let head_dim = hidden / heads;
-        if rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > head_dim {
-            return Err(LlmError::Metadata(format!(
-                "rope.dimension_count {rope_dim} must be even and at most the head size {head_dim}"
+                "rope.dimension_count {} must equal the head size {}: partial rotation is not supported",
+                arch.rope_dim, arch.head_dim
             )));
         }
         if context == 0 || context > MAX_CONTEXT {
@@ -470,36 +469,96 @@ impl Llama {
             (Err(_), Embeddings::Int8(table)) => Linear::Int8(Arc::clone(table)),
             (Err(_), Embeddings::Table(_)) => Linear::new(embeddings_q)?,
         };
-        let mut layers = Vec::with_capacity(blocks);
-        for i in 0..blocks {
-            let mut weight = |part: &str| tensor(&format!("blk.{i}.{part}.weight"));
+        // Llama 3.1's long-context frequencies, where the file has them.
+        let frequency_factors = match tensor("rope_freqs.weight") {
+            Ok(factors) => Some(factors.dequantize(&Device::Cpu)?.to_vec1::<f32>()?),
+            Err(_) => None,
+        };
+        let mut rotary = vec![rotary_tables(
+            &arch,
+            arch.freq_base,
+            frequency_factors.as_deref(),
+            context,
+            device,
+        )?];
+        let local_rotary = match arch.sliding {
+            Some(sliding) if sliding.local_freq_base != arch.freq_base => {
+                let mut local = arch.clone();
+                local.rope_scale = 1.0;
+                rotary.push(rotary_tables(
+                    &local,
+                    sliding.local_freq_base,
+                    None,
+                    context,
+                    device,
+                )?);
+                1
+            }
+            _ => 0,
+        };
+        let mut layers = Vec::with_capacity(arch.blocks);
+        for i in 0..arch.blocks {
+            let mut part = |name: &str| tensor(&format!("blk.{i}.{name}"));
+            let mut vector =
+                |name: &str| -> Result<Tensor, LlmError> { Ok(part(name)?.dequantize(device)?) };
+            let attention_norm = vector("attn_norm.weight")?;
+            let qkv_bias = if arch.qkv_bias {
+                Some([
+                    vector("attn_q.bias")?,
+                    vector("attn_k.bias")?,
+                    vector("attn_v.bias")?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if arch.qk_norm {
+                Some((vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?))
+            } else {
+                None
+            };
+            let (post_attention_norm, post_ffn_norm) = if arch.post_norms {
+                (
+                    Some(vector("post_attention_norm.weight")?),
+                    Some(vector("post_ffw_norm.weight")?),
+                )
+            } else {
+                (None, None)
+            };
+            let ffn_norm = vector("ffn_norm.weight")?;
+            let window = arch.window_of(i);
             layers.push(Layer {
-                attention_norm: weight("attn_norm")?.dequantize(device)?,
+                attention_norm,
                 qkv: Stacked::new(vec![
-                    weight("attn_q")?,
-                    weight("attn_k")?,
-                    weight("attn_v")?,
+                    part("attn_q.weight")?,
+                    part("attn_k.weight")?,
+                    part("attn_v.weight")?,
                 ])?,
-                wo: Linear::new(weight("attn_output")?)?,
-                ffn_norm: weight("ffn_norm")?.dequantize(device)?,
-                gate_up: Stacked::new(vec![weight("ffn_gate")?, weight("ffn_up")?])?,
-                down: Linear::new(weight("ffn_down")?)?,
+                qkv_bias,
+                qk_norm,
+                wo: Linear::new(part("attn_output.weight")?)?,
+                post_attention_norm,
+                ffn_norm,
+                gate_up: Stacked::new(vec![part("ffn_gate.weight")?, part("ffn_up.weight")?])?,
+                down: Linear::new(part("ffn_down.weight")?)?,
+                post_ffn_norm,
+                window,
+                rotary: if window.is_some() { local_rotary } else { 0 },
             });
         }
-        let (cos, sin) = rotary_tables(rope_dim, freq_base, context, device)?;
         Ok(Self {
+            arch,
             embeddings,
             layers,
             norm,
             output,
-            cos,
-            sin,
-            heads,
-            kv_heads,
-            head_dim,
-            rms_eps,
+            rotary,
             device: device.clone(),
         })
+    }
+
+    /// The architecture the model was built as.
+    pub fn architecture(&self) -> &Architecture {
+        &self.arch
     }
 
     /// The device the weights live on.
@@ -510,17 +569,22 @@ impl Llama {
     /// Bytes of keys and values one token adds to a sequence (every layer's, in f32,
     /// the forward's one activation type).
     pub(super) fn kv_bytes_per_token(&self) -> usize {
-        2 * self.layers.len() * self.kv_heads * self.head_dim * DType::F32.size_in_bytes()
+        2 * self.layers.len() * self.arch.kv_heads * self.arch.head_dim * DType::F32.size_in_bytes()
     }
 
     /// Positions the rotary tables cover.
     pub fn max_positions(&self) -> usize {
-        self.cos.dim(0).unwrap_or(0)
+        self.rotary.first().map_or(0, |r| r.cos.dim(0).unwrap_or(0))
     }
 
-    /// Keys `[1, heads, tokens, head_dim]` rotated for their positions, rotated `by`
-    /// positions further.
-    pub(super) fn shift_keys(&self, keys: &Tensor, by: usize) -> Result<Tensor, LlmError> {
+    /// Layer `layer`'s keys `[1, heads, tokens, head_dim]` rotated for their positions,
+    /// rotated `by` positions further.
+    pub(super) fn shift_keys(
+        &self,
+        layer: usize,
+        keys: &Tensor,
+        by: usize,
+    ) -> Result<Tensor, LlmError> {
         if by == 0 {
             return Ok(keys.clone());
         }
@@ -530,19 +594,29 @@ impl Llama {
                 self.max_positions()
             )));
         }
+        let table = self
+            .layers
+            .get(layer)
+            .and_then(|l| self.rotary.get(l.rotary))
+            .ok_or_else(|| LlmError::InvalidInput(format!("no layer {layer}")))?;
         let tokens = keys.dim(2)?;
-        let half = self.cos.dim(1)?;
+        let half = table.cos.dim(1)?;
         let row = |table: &Tensor| -> Result<Tensor, LlmError> {
             Ok(table
                 .narrow(0, by, 1)?
                 .broadcast_as((tokens, half))?
                 .contiguous()?)
         };
-        Ok(candle_nn::rotary_emb::rope_i(
-            &keys.contiguous()?,
-            &row(&self.cos)?,
-            &row(&self.sin)?,
-        )?)
+        self.rotate(&keys.contiguous()?, &row(&table.cos)?, &row(&table.sin)?)
+    }
+
+    /// `x` (`[1, heads, tokens, head_dim]`) rotated by the rows `cos` and `sin`, pairs
+    /// laid out as the architecture lays them.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, LlmError> {
+        Ok(match self.arch.rope_layout {
+            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin)?,
+            RopeLayout::Halves => candle_nn::rotary_emb::rope(x, cos, sin)?,
+        })
     }
 
     /// Runs several sequences' steps as one packed pass, appending each step's keys and
@@ -564,19 +638,29 @@ impl Llama {
             parts.push(self.prepare(cache, step, ids.len())?);
             ids.extend_from_slice(step.ids);
         }
+        let eps = self.arch.rms_eps;
         let mut x = self.embeddings.lookup(&ids, &self.device)?;
+        if self.arch.scaled_embeddings {
+            x = (x * (self.arch.hidden as f64).sqrt())?;
+        }
         for (l, layer) in self.layers.iter().enumerate() {
-            let normed = candle_nn::ops::rms_norm(&x, &layer.attention_norm, self.rms_eps)?;
-            let [q, k, v]: [Tensor; 3] = layer
+            let normed = candle_nn::ops::rms_norm(&x, &layer.attention_norm, eps)?;
+            let [mut q, mut k, mut v]: [Tensor; 3] = layer
                 .qkv
                 .forward(&normed)?
                 .try_into()
                 .map_err(|_| LlmError::Metadata("three attention projections".into()))?;
+            if let Some([q_bias, k_bias, v_bias]) = &layer.qkv_bias {
+                q = q.broadcast_add(q_bias)?;
+                k = k.broadcast_add(k_bias)?;
+                v = v.broadcast_add(v_bias)?;
+            }
             let mut attended = Vec::with_capacity(parts.len());
             for (part, (cache, _)) in parts.iter().zip(batch.iter_mut()) {
                 let own = |t: &Tensor| t.narrow(1, part.offset, part.tokens);
                 attended.push(self.attention(
                     part,
+                    layer,
                     (&own(&q)?, &own(&k)?, &own(&v)?),
                     &mut cache.layers[l],
                 )?);
@@ -586,14 +670,25 @@ impl Llama {
             } else {
                 Tensor::cat(&attended, 1)?
             };
-            x = (layer.wo.forward(&attended)? + &x)?;
-            let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.rms_eps)?;
+            let mut out = layer.wo.forward(&attended)?;
+            if let Some(norm) = &layer.post_attention_norm {
+                out = candle_nn::ops::rms_norm(&out, norm, eps)?;
+            }
+            x = (out + &x)?;
+            let normed = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = layer
                 .gate_up
                 .forward(&normed)?
                 .try_into()
                 .map_err(|_| LlmError::Metadata("two feed-forward projections".into()))?;
-            let mixed = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+            let gate = match self.arch.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut mixed = layer.down.forward(&(gate * up)?)?;
+            if let Some(norm) = &layer.post_ffn_norm {
+                mixed = candle_nn::ops::rms_norm(&mixed, norm, eps)?;
+            }
             x = (mixed + &x)?;
         }
         let wanted: Vec<u32> = batch
@@ -602,7 +697,7 @@ impl Llama {
             .flat_map(|((_, step), part)| step.outputs.iter().map(|&i| (part.offset + i) as u32))
             .collect();
         let picked = x.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 1)?;
-        let normed = candle_nn::ops::rms_norm(&picked, &self.norm, self.rms_eps)?;
+        let normed = candle_nn::ops::rms_norm(&picked, &self.norm, eps)?;
         let logits = self.output.forward(&normed)?.squeeze(0)?;
         let mut first = 0;
         batch
@@ -645,86 +740,135 @@ impl Llama {
         Ok(())
     }
 
-    /// Checks one sequence's step and computes what its attention needs: the mask and
+    /// Checks one sequence's step and computes what its attention needs: the masks and
     /// the rotary rows of its positions.
     fn prepare(&self, cache: &mut KvCache, step: &Step, offset: usize) -> Result<Part, LlmError> {
         self.check(step.ids, step.positions, step.outputs)?;
         let n = step.ids.len();
+        let past = cache.len();
         cache.layers.resize(self.layers.len(), None);
-        let (mask, visibility) = if attention::applies(&self.device) {
+        let window = self.arch.sliding.map(|s| s.window);
+        let (global, local) = if attention::applies(&self.device) {
             let visibility = match &step.mask {
                 Some(mask) => {
                     Visibility::from_mask(mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, n)?
                 }
-                None => Visibility::causal(n, cache.len()),
+                None => Visibility::causal(n, past),
             };
-            (None, Some(visibility))
+            let local = window.map(|window| Sight {
+                mask: None,
+                visibility: Some(visibility.within_window(past, step.positions, window)),
+            });
+            let global = Sight {
+                mask: None,
+                visibility: Some(visibility),
+            };
+            (global, local)
         } else {
             let mask = match &step.mask {
                 Some(mask) => Some(mask.clone()),
-                None if n > 1 => Some(causal_mask(n, cache.len(), &self.device)?),
+                None if n > 1 => Some(causal_mask(n, past, &self.device)?),
                 None => None,
             };
-            (mask, None)
+            let local = match window {
+                Some(window) => Some(Sight {
+                    mask: Some(windowed_mask(
+                        mask.as_ref(),
+                        past,
+                        step.positions,
+                        window,
+                        &self.device,
+                    )?),
+                    visibility: None,
+                }),
+                None => None,
+            };
+            let global = Sight {
+                mask,
+                visibility: None,
+            };
+            (global, local)
         };
         let positions = Tensor::new(step.positions, &self.device)?;
+        let rotations = self
+            .rotary
+            .iter()
+            .map(|table| {
+                Ok((
+                    table.cos.index_select(&positions, 0)?,
+                    table.sin.index_select(&positions, 0)?,
+                ))
+            })
+            .collect::<Result<_, LlmError>>()?;
         Ok(Part {
             offset,
             tokens: n,
-            mask,
-            visibility,
-            cos: self.cos.index_select(&positions, 0)?,
-            sin: self.sin.index_select(&positions, 0)?,
+            global,
+            local,
+            rotations,
         })
     }
 
-    /// One sequence's attention: its projected queries, keys and values (`[1, n, ..]`)
-    /// against its cached keys and values, which it extends.
+    /// One sequence's attention in `layer`: its projected queries, keys and values
+    /// (`[1, n, ..]`) against its cached keys and values, which it extends.
     fn attention(
         &self,
         part: &Part,
+        layer: &Layer,
         (q, k, v): (&Tensor, &Tensor, &Tensor),
         kv: &mut Option<LayerKv>,
     ) -> Result<Tensor, LlmError> {
         let n = part.tokens;
-        let hidden = self.heads * self.head_dim;
-        let heads = |t: &Tensor, count: usize| -> Result<Tensor, LlmError> {
-            Ok(t.reshape((1, n, count, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let (heads, kv_heads, head_dim) = (self.arch.heads, self.arch.kv_heads, self.arch.head_dim);
+        let split = |t: &Tensor, count: usize, norm: Option<&Tensor>| -> Result<Tensor, LlmError> {
+            let t = t.reshape((1, n, count, head_dim))?;
+            let t = match norm {
+                Some(norm) => candle_nn::ops::rms_norm(&t.contiguous()?, norm, self.arch.rms_eps)?,
+                None => t,
+            };
+            Ok(t.transpose(1, 2)?.contiguous()?)
         };
-        let q = candle_nn::rotary_emb::rope_i(&heads(q, self.heads)?, &part.cos, &part.sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&heads(k, self.kv_heads)?, &part.cos, &part.sin)?;
-        let v = heads(v, self.kv_heads)?;
-        let layer = kv.get_or_insert_with(LayerKv::default);
-        layer.push(k, v);
-        if let Some(visibility) = &part.visibility {
-            if layer.keys.len() > MAX_BLOCKS {
-                layer.joined()?;
+        let (q_norm, k_norm) = match &layer.qk_norm {
+            Some((q_norm, k_norm)) => (Some(q_norm), Some(k_norm)),
+            None => (None, None),
+        };
+        let (cos, sin) = &part.rotations[layer.rotary];
+        let q = self.rotate(&split(q, heads, q_norm)?, cos, sin)?;
+        let k = self.rotate(&split(k, kv_heads, k_norm)?, cos, sin)?;
+        let v = split(v, kv_heads, None)?;
+        let sight = match (&part.local, layer.window) {
+            (Some(local), Some(_)) => local,
+            _ => &part.global,
+        };
+        let layer_kv = kv.get_or_insert_with(LayerKv::default);
+        layer_kv.push(k, v);
+        if let Some(visibility) = &sight.visibility {
+            if layer_kv.keys.len() > MAX_BLOCKS {
+                layer_kv.joined()?;
             }
-            return attention::attend(&q, &layer.keys, &layer.values, visibility);
+            return attention::attend(&q, &layer_kv.keys, &layer_kv.values, visibility);
         }
-        let (k, v) = layer.joined()?;
+        let (k, v) = layer_kv.joined()?;
 
         // Grouped-query attention without copying the keys and values for every query
         // head: the query heads that share a key/value head are stacked as its rows.
-        let repeats = self.heads / self.kv_heads;
+        let repeats = heads / kv_heads;
         let columns = k.dim(2)?;
-        let q = q.reshape((1, self.kv_heads, repeats * n, self.head_dim))?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = match &part.mask {
+        let q = q.reshape((1, kv_heads, repeats * n, head_dim))?;
+        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+        let scores = match &sight.mask {
             Some(mask) => scores
-                .reshape((1, self.kv_heads, repeats, n, columns))?
+                .reshape((1, kv_heads, repeats, n, columns))?
                 .broadcast_add(mask)?
-                .reshape((1, self.kv_heads, repeats * n, columns))?,
+                .reshape((1, kv_heads, repeats * n, columns))?,
             None => scores,
         };
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         Ok(weights
             .matmul(&v)?
-            .reshape((1, self.heads, n, self.head_dim))?
+            .reshape((1, heads, n, head_dim))?
             .transpose(1, 2)?
-            .reshape((1, n, hidden))?)
+            .reshape((1, n, heads * head_dim))?)
     }
 }
 
@@ -745,23 +889,70 @@ pub fn causal_mask(n: usize, past: usize, device: &Device) -> Result<Tensor, Llm
     Ok(Tensor::from_vec(values, (n, past + n), device)?)
 }
 
-/// cos and sin of `position x frequency`, one row per position: llama's rotary tables.
+/// `mask` (causal where `None`) with the columns further than `window` positions
+/// behind each row's position also hidden. A cached key's position is its column (a
+/// cache is filled in position order), a step's key has the step's position.
+fn windowed_mask(
+    mask: Option<&Tensor>,
+    past: usize,
+    positions: &[u32],
+    window: usize,
+    device: &Device,
+) -> Result<Tensor, LlmError> {
+    let n = positions.len();
+    let mut values: Vec<f32> = match mask {
+        Some(mask) => mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+        None => causal_mask(n, past, &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?,
+    };
+    let columns = past + n;
+    for (row, &query) in positions.iter().enumerate() {
+        for column in 0..columns {
+            if attention::outside_window(
+                attention::key_position(column, past, positions),
+                query,
+                window,
+            ) {
+                values[row * columns + column] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(values, (n, columns), device)?)
+}
+
+/// Each layer's rotary tables for `positions` positions: cos and sin of `position /
+/// rope_scale x frequency`, the frequencies divided by `factors` where given.
 fn rotary_tables(
-    dim: usize,
+    arch: &Architecture,
     freq_base: f32,
+    factors: Option<&[f32]>,
     positions: usize,
     device: &Device,
-) -> Result<(Tensor, Tensor), LlmError> {
-    let inverse_freq: Vec<f32> = (0..dim)
-        .step_by(2)
-        .map(|i| 1.0 / freq_base.powf(i as f32 / dim as f32))
+) -> Result<Rotary, LlmError> {
+    let dim = arch.rope_dim;
+    if let Some(factors) = factors.filter(|f| f.len() != dim / 2) {
+        return Err(LlmError::Metadata(format!(
+            "rope_freqs has {} factors for {} rotary pairs",
+            factors.len(),
+            dim / 2
+        )));
+    }
+    let inverse_freq: Vec<f32> = (0..dim / 2)
+        .map(|i| {
+            let freq = 1.0 / freq_base.powf((2 * i) as f32 / dim as f32);
+            freq / factors.map_or(1.0, |f| f[i]) / arch.rope_scale
+        })
         .collect();
     let inverse_freq = Tensor::new(inverse_freq.as_slice(), device)?;
     let angles = Tensor::arange(0, positions as u32, device)?
         .to_dtype(DType::F32)?
         .reshape((positions, 1))?
         .broadcast_mul(&inverse_freq.reshape((1, dim / 2))?)?;
-    Ok((angles.cos()?, angles.sin()?))
+    Ok(Rotary {
+        cos: angles.cos()?,
+        sin: angles.sin()?,
+    })
 }
 
 #[cfg(test)]
@@ -774,6 +965,28 @@ mod tests {
         let rows: Vec<Vec<f32>> = mask.to_vec2().unwrap();
         let inf = f32::NEG_INFINITY;
         assert_eq!(rows, vec![vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
+    }
+
+    #[test]
+    fn a_local_layer_hides_keys_a_window_or_more_behind_by_position() {
+        let inf = f32::NEG_INFINITY;
+        // Two cached tokens (positions 0 and 1), then a step at positions 2 and 3.
+        let mask = windowed_mask(None, 2, &[2, 3], 2, &Device::Cpu).unwrap();
+        let rows: Vec<Vec<f32>> = mask.to_vec2().unwrap();
+        assert_eq!(
+            rows,
+            vec![vec![inf, 0.0, 0.0, inf], vec![inf, inf, 0.0, 0.0]]
+        );
+        // Two continuations of the same place share positions: the window follows
+        // positions, not columns, so both see the last cached token.
+        let tree =
+            Tensor::new(&[[0f32, 0.0, 0.0, inf], [0.0, 0.0, inf, 0.0]], &Device::Cpu).unwrap();
+        let mask = windowed_mask(Some(&tree), 2, &[2, 2], 2, &Device::Cpu).unwrap();
+        let rows: Vec<Vec<f32>> = mask.to_vec2().unwrap();
+        assert_eq!(
+            rows,
+            vec![vec![inf, 0.0, 0.0, inf], vec![inf, 0.0, inf, 0.0]]
+        );
     }
 
     /// A GGUF's metadata for a llama of 4 heads of 16, with `rope_dim`, and no tensors.
@@ -803,7 +1016,7 @@ mod tests {
 
     fn load_error(content: &gguf_file::Content, context: usize) -> String {
         let no_tensors = |name: &str| Err(LlmError::Metadata(format!("no tensor {name}")));
-        match Llama::from_tensors(content, &Device::Cpu, context, no_tensors) {
+        match Transformer::from_tensors(content, &Device::Cpu, context, no_tensors) {
             Ok(_) => panic!("a model without tensors loaded"),
             Err(error) => error.to_string(),
         }

@@ -9,7 +9,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Device;
 
-use super::model::Llama;
+use super::model::Transformer;
 use super::LlmError;
 use crate::config::WeightFormat;
 
@@ -25,15 +25,15 @@ fn target_dtype(format: WeightFormat) -> Option<GgmlDType> {
 /// one at a time as the model takes them, with rotary tables for `context` positions.
 ///
 /// # Errors
-/// When the GGUF is not a llama or a tensor cannot be read or converted.
+/// When the GGUF's architecture is not supported or a tensor cannot be read or converted.
 pub fn into_model<R: Read + Seek>(
     content: gguf_file::Content,
     reader: &mut R,
     device: &Device,
     format: WeightFormat,
     context: usize,
-) -> Result<Llama, LlmError> {
-    Llama::from_tensors(&content, device, context, |name| {
+) -> Result<Transformer, LlmError> {
+    Transformer::from_tensors(&content, device, context, |name| {
         let target = content
             .tensor_infos
             .get(name)

@@ -68,8 +68,25 @@ pub struct PromptJob<'a> {
 }
 
 /// Writes and tokenizes the prompt for one query with the given demonstrations
-/// (most similar first).
-fn prepare(
+/// (most similar first), starting with the model's BOS token where it wants one.
+fn prepare(job: &PromptJob<'_>, demonstrations: Vec<Demonstration>) -> Result<Prepared, LlmError> {
+    let mut prepared = prepare_text(job, demonstrations)?;
+    if let Some(bos) = job.tokenizer.bos() {
+        // BOS opens the shared prefix, or each sequence where nothing is shared.
+        if prepared.prefix.is_empty() {
+            prepared.query.insert(0, bos);
+            for content_free in &mut prepared.content_free {
+                content_free.insert(0, bos);
+            }
+        } else {
+            prepared.prefix.insert(0, bos);
+        }
+    }
+    Ok(prepared)
+}
+
+/// [`prepare`] without the BOS token.
+fn prepare_text(
     job: &PromptJob<'_>,
     mut demonstrations: Vec<Demonstration>,
 ) -> Result<Prepared, LlmError> {

@@ -30,6 +30,21 @@ pub fn gguf_path() -> PathBuf {
     models_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Gemma 3 270M in Q4_K_M, assembled by `scripts/fetch-models.sh`.
+pub fn gemma_path() -> PathBuf {
+    let path = models_dir().join("gemma3/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        path.is_file(),
+        "Gemma 3 270M is missing: run scripts/fetch-models.sh"
+    );
+    path
+}
+
+/// The repository's own fixtures (tests/fixtures), made by its scripts.
+pub fn fixtures_dir() -> PathBuf {
+    repo_dir().join("tests/fixtures")
+}
+
 /// Reads a JSON-lines fixture into values.
 pub fn read_jsonl(path: PathBuf) -> Vec<serde_json::Value> {
     std::fs::read_to_string(&path)

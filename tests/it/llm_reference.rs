@@ -1,5 +1,9 @@
 //! The LLM against llama.cpp on the same GGUF: identical token ids, the same greedy
-//! continuation and the same top next token.
+//! continuation and the same top next token, for SmolLM2-135M (byte-level BPE, llama)
+//! and Gemma 3 270M (SentencePiece, gemma3, K-quants). Gemma's fixtures were written
+//! by `scripts/llama-cpp-fixtures.py` (llama-cpp-python 0.3.36).
+
+use std::path::PathBuf;
 
 use crate::common;
 
@@ -8,8 +12,32 @@ use candle_core::Device;
 use exemplar::config::WeightFormat;
 use exemplar::llm::{log_softmax, Llm, LlmTokenizer};
 
-fn tokenizer() -> LlmTokenizer {
-    let mut file = std::fs::File::open(common::gguf_path()).expect("gguf opens");
+/// A model file and what llama.cpp made of it.
+struct Reference {
+    gguf: PathBuf,
+    tokens: PathBuf,
+    next_token: PathBuf,
+}
+
+fn smollm2() -> Reference {
+    Reference {
+        gguf: common::gguf_path(),
+        tokens: common::shared_dir().join("fixtures/smollm2-tokens.jsonl"),
+        next_token: common::shared_dir().join("fixtures/smollm2-next-token.jsonl"),
+    }
+}
+
+fn gemma3() -> Reference {
+    let fixtures = common::fixtures_dir().join("gemma3-270m");
+    Reference {
+        gguf: common::gemma_path(),
+        tokens: fixtures.join("tokens.jsonl"),
+        next_token: fixtures.join("next-token.jsonl"),
+    }
+}
+
+fn tokenizer_of(gguf: &std::path::Path) -> LlmTokenizer {
+    let mut file = std::fs::File::open(gguf).expect("gguf opens");
     let content = gguf_file::Content::read(&mut file).expect("gguf header");
     LlmTokenizer::from_gguf(&content).expect("tokenizer from metadata")
 }
@@ -25,8 +53,17 @@ fn ids(value: &serde_json::Value) -> Vec<u32> {
 
 #[test]
 fn token_ids_equal_llama_cpp_and_decode_back() {
-    let tokenizer = tokenizer();
-    let rows = common::read_jsonl(common::shared_dir().join("fixtures/smollm2-tokens.jsonl"));
+    check_token_ids(&smollm2());
+}
+
+#[test]
+fn gemma_token_ids_equal_llama_cpp_and_decode_back() {
+    check_token_ids(&gemma3());
+}
+
+fn check_token_ids(reference: &Reference) {
+    let tokenizer = tokenizer_of(&reference.gguf);
+    let rows = common::read_jsonl(reference.tokens.clone());
     assert!(rows.len() >= 10, "fixture has rows");
     for row in rows {
         let text = row["text"].as_str().expect("text");
@@ -43,13 +80,18 @@ fn token_ids_equal_llama_cpp_and_decode_back() {
 
 #[test]
 fn special_tokens_in_user_text_stay_plain_text() {
-    let tokenizer = tokenizer();
-    let ids = tokenizer.encode("<|im_start|>user").expect("encodes");
-    assert!(
-        ids.len() > 2,
-        "the marker is split into ordinary tokens: {ids:?}"
-    );
-    assert!(ids.iter().all(|&id| !tokenizer.is_special(id)));
+    for (reference, marker) in [
+        (smollm2(), "<|im_start|>user"),
+        (gemma3(), "<start_of_turn>user"),
+    ] {
+        let tokenizer = tokenizer_of(&reference.gguf);
+        let ids = tokenizer.encode(marker).expect("encodes");
+        assert!(
+            ids.len() > 2,
+            "the marker is split into ordinary tokens: {ids:?}"
+        );
+        assert!(ids.iter().all(|&id| !tokenizer.is_special(id)));
+    }
 }
 
 /// Text built from pieces that tokenizers stumble on: special-token spellings, broken
@@ -58,6 +100,9 @@ fn hostile_text() -> impl proptest::strategy::Strategy<Value = String> {
     use proptest::prelude::*;
     let piece = prop_oneof![
         Just("<|im_start|>".to_owned()),
+        Just("<start_of_turn>".to_owned()),
+        Just("<bos>".to_owned()),
+        Just("  \t\t ".to_owned()),
         Just("<|im_end|>".to_owned()),
         Just("<|endoftext|>".to_owned()),
         Just("<|im_".to_owned()),
@@ -78,21 +123,23 @@ proptest::proptest! {
         std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
     ))]
 
-    /// Any text encodes without error into ordinary tokens that decode back to it.
+    /// Any text encodes without error into ordinary tokens that decode back to it,
+    /// with either tokenizer.
     #[test]
     fn any_text_encodes_to_plain_tokens_and_back(text in hostile_text()) {
-        let tokenizer = shared_tokenizer();
-        let ids = tokenizer.encode(&text).expect("encodes");
-        proptest::prop_assert!(ids.iter().all(|&id| !tokenizer.is_special(id)), "{:?} -> {:?}", text, ids);
-        proptest::prop_assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
-        proptest::prop_assert_eq!(tokenizer.decode(&ids).expect("decodes"), text);
+        for tokenizer in shared_tokenizers() {
+            let ids = tokenizer.encode(&text).expect("encodes");
+            proptest::prop_assert!(ids.iter().all(|&id| !tokenizer.is_special(id)), "{:?} -> {:?}", text, ids);
+            proptest::prop_assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
+            proptest::prop_assert_eq!(tokenizer.decode(&ids).expect("decodes"), text.clone());
+        }
     }
 }
 
-/// One tokenizer for every case of the property test.
-fn shared_tokenizer() -> &'static LlmTokenizer {
-    static TOKENIZER: std::sync::OnceLock<LlmTokenizer> = std::sync::OnceLock::new();
-    TOKENIZER.get_or_init(tokenizer)
+/// The two tokenizers, built once for every case of the property test.
+fn shared_tokenizers() -> &'static [LlmTokenizer; 2] {
+    static TOKENIZERS: std::sync::OnceLock<[LlmTokenizer; 2]> = std::sync::OnceLock::new();
+    TOKENIZERS.get_or_init(|| [tokenizer_of(&smollm2().gguf), tokenizer_of(&gemma3().gguf)])
 }
 
 /// Greedy continuation and top-1 for every fixture prompt; returns the largest gap
@@ -103,13 +150,22 @@ fn shared_tokenizer() -> &'static LlmTokenizer {
 /// its first step whose top-2 are that close: other weight formats change the
 /// arithmetic (llama.cpp itself rounds activations to 8 bits for Q4_1), and a near tie
 /// may flip. (Q8_0's fourth token after the first prompt is a 0.009-nat tie.)
-fn check_against_reference(format: WeightFormat, near_ties_may_flip: bool) -> f32 {
-    let llm = Llm::load(&common::gguf_path(), &Device::Cpu, format).expect("model loads");
-    let rows = common::read_jsonl(common::shared_dir().join("fixtures/smollm2-next-token.jsonl"));
+fn check_against_reference(
+    reference: &Reference,
+    format: WeightFormat,
+    near_ties_may_flip: bool,
+) -> f32 {
+    let llm = Llm::load(&reference.gguf, &Device::Cpu, format).expect("model loads");
+    let rows = common::read_jsonl(reference.next_token.clone());
     let mut largest_gap = 0f32;
     for row in rows {
         let prompt = row["prompt"].as_str().expect("prompt");
-        let prompt_ids = llm.tokenizer().encode(prompt).expect("encodes");
+        let tokenizer = llm.tokenizer();
+        let prompt_ids: Vec<u32> = tokenizer
+            .bos()
+            .into_iter()
+            .chain(tokenizer.encode(prompt).expect("encodes"))
+            .collect();
         assert_eq!(
             prompt_ids,
             ids(&row["prompt_ids"]),
@@ -189,18 +245,30 @@ fn argmax(values: &[f32]) -> u32 {
 
 #[test]
 fn shipped_weights_agree_with_llama_cpp() {
-    let gap = check_against_reference(WeightFormat::AsShipped, false);
+    let gap = check_against_reference(&smollm2(), WeightFormat::AsShipped, false);
     assert!(gap < MAX_GAP, "log-probability gap {gap} is too large");
 }
 
 #[test]
 fn f32_weights_agree_with_llama_cpp() {
-    let gap = check_against_reference(WeightFormat::F32, true);
+    let gap = check_against_reference(&smollm2(), WeightFormat::F32, true);
+    assert!(gap < MAX_GAP, "log-probability gap {gap} is too large");
+}
+
+#[test]
+fn gemma_shipped_weights_agree_with_llama_cpp() {
+    let gap = check_against_reference(&gemma3(), WeightFormat::AsShipped, true);
+    assert!(gap < MAX_GAP, "log-probability gap {gap} is too large");
+}
+
+#[test]
+fn gemma_q8_weights_agree_with_llama_cpp() {
+    let gap = check_against_reference(&gemma3(), WeightFormat::Q8_0, true);
     assert!(gap < MAX_GAP, "log-probability gap {gap} is too large");
 }
 
 #[test]
 fn q8_weights_agree_with_llama_cpp() {
-    let gap = check_against_reference(WeightFormat::Q8_0, true);
+    let gap = check_against_reference(&smollm2(), WeightFormat::Q8_0, true);
     assert!(gap < MAX_GAP, "log-probability gap {gap} is too large");
 }
