@@ -78,13 +78,13 @@ def main():
             ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
             llm.reset()
             llm.eval(ids)
-            logprobs = log_softmax(list(llm.scores[len(ids) - 1]))
+            logprobs = log_softmax([float(v) for v in llm.scores[len(ids) - 1]])
             top5 = sorted(range(len(logprobs)), key=lambda i: -logprobs[i])[:5]
             greedy = [top5[0]]
             while len(greedy) < 8:
                 llm.eval([greedy[-1]])
                 row = llm.scores[llm.n_tokens - 1]
-                greedy.append(max(range(len(row)), key=lambda i: row[i]))
+                greedy.append(int(max(range(len(row)), key=lambda i: row[i])))
             f.write(json.dumps({
                 "prompt": prompt,
                 "prompt_ids": ids,

@@ -261,10 +261,18 @@ fn gemma_shipped_weights_agree_with_llama_cpp() {
     assert!(gap < MAX_GAP, "log-probability gap {gap} is too large");
 }
 
+/// Gemma's Q5_0, Q4_K and Q6_K matrices requantized to Q8_0 at load: the second
+/// rounding moves tail log-probabilities a little more than the file's own formats do
+/// (0.73 against 0.51 measured), still far below what a wrong layer would.
+const REQUANTIZED_MAX_GAP: f32 = 0.9;
+
 #[test]
 fn gemma_q8_weights_agree_with_llama_cpp() {
     let gap = check_against_reference(&gemma3(), WeightFormat::Q8_0, true);
-    assert!(gap < MAX_GAP, "log-probability gap {gap} is too large");
+    assert!(
+        gap < REQUANTIZED_MAX_GAP,
+        "log-probability gap {gap} is too large"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod api_models;
 mod api_predict;
 mod api_selections;
 mod api_tasks;
+mod architectures;
 mod auth;
 mod caps;
 mod cli;

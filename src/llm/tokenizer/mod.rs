@@ -16,6 +16,50 @@ use super::LlmError;
 use bpe::BytePairs;
 use spm::SentencePiece;
 
+/// Spellings llama.cpp treats as control tokens whatever type the file gives them (end
+/// of turn or text, fill-in-the-middle markers): Gemma 3's files mark `</s>` as
+/// user-defined, and llama.cpp neither cuts it out of user text nor lets it through.
+const CONTROL_LOOKING: [&str; 38] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "<end_of_utterance>",
+    "<|eom_id|>",
+    "</s>",
+    "<|return|>",
+    "<|call|>",
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<PRE>",
+    "\u{2581}<PRE>",
+    "<|fim\u{2581}begin|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<SUF>",
+    "\u{2581}<SUF>",
+    "<|fim\u{2581}hole|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<MID>",
+    "\u{2581}<MID>",
+    "<|fim\u{2581}end|>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<file_sep>",
+];
+
 /// What a vocabulary entry is, from GGUF's `tokenizer.ggml.token_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TokenKind {
@@ -130,6 +174,17 @@ impl LlmTokenizer {
                 pieces.len()
             )));
         }
+        let kinds = kinds
+            .into_iter()
+            .zip(&pieces)
+            .map(|(kind, piece)| {
+                if kind != TokenKind::Byte && CONTROL_LOOKING.contains(&piece.as_str()) {
+                    TokenKind::Control
+                } else {
+                    kind
+                }
+            })
+            .collect();
         let vocabulary = Vocabulary { pieces, kinds };
         let sentence_piece = model_name == "llama";
         let model = match model_name.as_str() {
