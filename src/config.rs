@@ -60,6 +60,17 @@ pub enum ConfigError {
         /// The flag that names the model instead.
         flag: &'static str,
     },
+    /// Two `--model` entries share a name, or one names no file.
+    #[error(
+        "--model `{entry}`: {problem}; give `NAME=PATH` (or a path, named after its file) \
+         once per model"
+    )]
+    BadModelEntry {
+        /// The entry as given.
+        entry: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// The bootstrap key is too short to be a secret.
     #[error(
         "the bootstrap key (--bootstrap-key, EXEMPLAR_BOOTSTRAP_KEY) has {length} \
@@ -218,9 +229,12 @@ pub struct ModelConfig {
     #[arg(long, env = "EXEMPLAR_MODELS_DIR", default_value = DEFAULT_MODELS_DIR)]
     pub models_dir: PathBuf,
 
-    /// The LLM: a GGUF file, or `owner/name:file.gguf` on the Hugging Face hub.
-    #[arg(long, env = "EXEMPLAR_MODEL")]
-    pub model: Option<String>,
+    /// The LLM: a GGUF file, or `owner/name:file.gguf` on the Hugging Face hub, as
+    /// `NAME=PATH` to serve it as NAME (default: the file's name). Repeat it (or give a
+    /// comma-separated list) to serve several; the first is the default, and a task
+    /// names its own with `model`.
+    #[arg(long, env = "EXEMPLAR_MODEL", value_delimiter = ',')]
+    pub model: Vec<String>,
 
     /// The sentence embedder: a folder with config.json, tokenizer.json and
     /// model.safetensors, or `owner/name` on the Hugging Face hub.
@@ -245,15 +259,84 @@ pub struct ModelConfig {
     pub kv_cache_mb: usize,
 }
 
+/// One LLM to load: the name it is served as and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// The name tasks and requests use (`id` in `GET /v1/models`).
+    pub name: String,
+    /// A GGUF path or hub reference.
+    pub reference: String,
+}
+
+impl ModelEntry {
+    /// Reads `NAME=PATH`, or a bare reference named after its file (without `.gguf`).
+    fn parse(entry: &str) -> Result<Self, ConfigError> {
+        let bad = |problem| ConfigError::BadModelEntry {
+            entry: entry.to_owned(),
+            problem,
+        };
+        let (name, reference) = match entry.split_once('=') {
+            Some((name, reference)) => (name.trim().to_owned(), reference.trim().to_owned()),
+            None => {
+                let file = entry.rsplit(['/', ':']).next().unwrap_or(entry);
+                let name = file.strip_suffix(".gguf").unwrap_or(file);
+                (name.to_owned(), entry.trim().to_owned())
+            }
+        };
+        if reference.is_empty() {
+            return Err(bad("it names no file"));
+        }
+        if crate::tasks::check_name(&name).is_err() {
+            return Err(bad(
+                "the name must be 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        Ok(Self { name, reference })
+    }
+}
+
 impl ModelConfig {
-    /// The LLM reference: the flag's value or the default file under the models folder.
-    pub fn model_ref(&self) -> String {
-        self.model.clone().unwrap_or_else(|| {
-            self.models_dir
+    /// The LLMs to load, the default first: the flags' entries, or the default file
+    /// under the models folder.
+    ///
+    /// # Errors
+    /// When an entry is malformed or two share a name.
+    pub fn model_entries(&self) -> Result<Vec<ModelEntry>, ConfigError> {
+        if self.model.is_empty() {
+            let reference = self
+                .models_dir
                 .join(DEFAULT_MODEL_FILE)
                 .to_string_lossy()
-                .into_owned()
-        })
+                .into_owned();
+            return ModelEntry::parse(&reference).map(|entry| vec![entry]);
+        }
+        let entries = self
+            .model
+            .iter()
+            .map(|entry| ModelEntry::parse(entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, entry) in entries.iter().enumerate() {
+            if entries[..i].iter().any(|e| e.name == entry.name) {
+                return Err(ConfigError::BadModelEntry {
+                    entry: self.model[i].clone(),
+                    problem: "another model already has this name",
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The default LLM's reference (what the benches and experiments run).
+    ///
+    /// # Errors
+    /// When an entry is malformed or two share a name.
+    pub fn model_ref(&self) -> Result<String, ConfigError> {
+        // Never empty: without flags it holds the default file.
+        Ok(self
+            .model_entries()?
+            .into_iter()
+            .next()
+            .map_or_else(String::new, |entry| entry.reference))
     }
 
     /// The embedder reference: the flag's value or the default folder under the models folder.
@@ -283,7 +366,8 @@ impl ModelConfig {
                 flag,
             }
         };
-        if self.model.is_none() && !self.models_dir.join(DEFAULT_MODEL_FILE).is_file() {
+        self.model_entries()?;
+        if self.model.is_empty() && !self.models_dir.join(DEFAULT_MODEL_FILE).is_file() {
             return Err(missing(DEFAULT_MODEL_FILE, "default LLM", "--model"));
         }
         if self.embedder.is_none() && !self.models_dir.join(DEFAULT_EMBEDDER_DIR).is_dir() {

@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError, DeviceKind, ModelConfig};
 use crate::embed::{EmbedError, Embedder, EmbedderHandle};
 use crate::evaluation::{Evaluations, Evaluator};
 use crate::jobs::JobRunner;
-use crate::llm::{Llm, LlmError, LlmHandle};
+use crate::llm::{Llm, LlmError, LlmHandle, LlmRegistry};
 use crate::model_source::{self, SourceError};
 use crate::predict::Predictor;
 use crate::select::selections::{Selector, StageTwoRun};
@@ -84,27 +84,36 @@ pub fn open_device(kind: DeviceKind) -> Result<candle_core::Device, ServerError>
     }
 }
 
-/// Loads both models and starts their worker threads.
+/// Loads the LLMs and the embedder and starts their worker threads; the LLMs share
+/// the KV budget equally.
 ///
 /// # Errors
 /// When a model cannot be found, read, or placed on the device.
 pub fn load_models(
     config: &ModelConfig,
     queue_capacity: usize,
-) -> Result<(LlmHandle, EmbedderHandle), ServerError> {
+) -> Result<(LlmRegistry, EmbedderHandle), ServerError> {
     config.check()?;
     let device = open_device(config.device)?;
 
-    let started = Instant::now();
-    let model_path = model_source::resolve_gguf(&config.model_ref())?;
-    let llm = Llm::load(&model_path, &device, config.weights)?;
-    tracing::info!(
-        model = llm.name(),
-        path = %model_path.display(),
-        weights = ?config.weights,
-        seconds = started.elapsed().as_secs_f32(),
-        "LLM loaded"
-    );
+    let entries = config.model_entries()?;
+    let kv_bytes = (config.kv_cache_mb << 20) / entries.len().max(1);
+    let mut llms = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let started = Instant::now();
+        let model_path = model_source::resolve_gguf(&entry.reference)?;
+        let llm = Llm::load(&model_path, &device, config.weights)?;
+        tracing::info!(
+            model = %entry.name,
+            name = llm.name(),
+            architecture = llm.architecture(),
+            path = %model_path.display(),
+            weights = ?config.weights,
+            seconds = started.elapsed().as_secs_f32(),
+            "LLM loaded"
+        );
+        llms.push((entry.name, LlmHandle::spawn(llm, queue_capacity, kv_bytes)?));
+    }
 
     let started = Instant::now();
     let embedder_ref = config.embedder_ref();
@@ -121,7 +130,7 @@ pub fn load_models(
     );
 
     Ok((
-        LlmHandle::spawn(llm, queue_capacity, config.kv_cache_mb << 20)?,
+        LlmRegistry::new(llms),
         EmbedderHandle::spawn(embedder, &embedder_name, queue_capacity)?,
     ))
 }
@@ -145,7 +154,7 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     }
     let models = config.models.clone();
     let capacity = config.queue_capacity;
-    let (llm, embedder) = tokio::task::spawn_blocking(move || load_models(&models, capacity))
+    let (llms, embedder) = tokio::task::spawn_blocking(move || load_models(&models, capacity))
         .await
         .map_err(|e| ServerError::Aborted(e.to_string()))??;
     let runner = Arc::new(JobRunner::new(
@@ -153,7 +162,7 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
         Duration::from_secs(config.job_lease_seconds),
     ));
     let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
-    let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
+    let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llms.clone()));
     Ok(Services {
         keyring: Arc::new(keyring),
         selector: Arc::new(Selector::new(
@@ -174,7 +183,7 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
         )),
         runner,
         predictor,
-        llm,
+        llms,
         embedder,
         catalog,
     })

@@ -33,9 +33,11 @@ enum StopStrings {
     Many(Vec<String>),
 }
 
-/// Other OpenAI fields (`model`, `user`, ...) are ignored: the service has one LLM.
+/// Other OpenAI fields (`user`, ...) are ignored.
 #[derive(Deserialize)]
 struct CompletionRequest {
+    /// The model to run; the default if absent.
+    model: Option<String>,
     prompt: String,
     max_tokens: Option<usize>,
     temperature: Option<f64>,
@@ -199,7 +201,8 @@ async fn completions(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let llm = state.services()?.llm.clone();
+    let (model, llm) = state.services()?.llms.named(request.model.as_deref())?;
+    let (model, llm) = (model.to_owned(), llm.clone());
     let cap = state.settings().max_tokens_cap;
     let checker = llm.clone();
     let valid = tokio::task::spawn_blocking(move || validate(request, &checker, cap)).await??;
@@ -214,13 +217,12 @@ async fn completions(
             text: generation.text.clone(),
             finish_reason: Some(generation.finish_reason),
         };
-        let body = CompletionResponse::new(&id, llm.name(), choice, Some(usage(&generation)));
+        let body = CompletionResponse::new(&id, &model, choice, Some(usage(&generation)));
         return Ok(Json(body).into_response());
     }
 
     let (delta_tx, delta_rx) = mpsc::unbounded_channel();
     let answer = llm.start_generate(valid.prompt_ids, valid.params, Some(delta_tx))?;
-    let model = llm.name().to_owned();
     let mut offset = 0usize;
     let chunk = move |choice: Choice, usage: Option<Usage>| -> Result<Event, Infallible> {
         let body = CompletionResponse::new(&id, &model, choice, usage);

@@ -13,7 +13,7 @@ use crate::auth::AuthError;
 use crate::embed::EmbedError;
 use crate::evaluation::EvaluationError;
 use crate::jobs::{JobError, RunError};
-use crate::llm::LlmError;
+use crate::llm::{LlmError, UnknownModel};
 use crate::predict::PredictError;
 use crate::select::selections::SelectionError;
 use crate::select::SelectError;
@@ -85,6 +85,9 @@ pub enum ApiError {
         "a key cannot revoke itself: revoke it with another admin key or `exemplar keys revoke`"
     )]
     SelfRevocation,
+    /// A request or task names a model the server has not loaded.
+    #[error(transparent)]
+    UnknownModel(#[from] UnknownModel),
     /// A task operation failed.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -146,6 +149,7 @@ impl ApiError {
             Self::Auth(AuthError::Store(store)) => store_status_and_code(store),
             Self::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
             Self::SelfRevocation => (StatusCode::CONFLICT, "conflict"),
+            Self::UnknownModel(_) => (StatusCode::NOT_FOUND, "model_not_found"),
             Self::Task(error) => task_status_and_code(error),
             Self::Predict(error) => predict_status_and_code(error),
             Self::Selection(error) => match error {
@@ -225,6 +229,7 @@ fn predict_status_and_code(error: &PredictError) -> (StatusCode, &'static str) {
         PredictError::InvalidParameter { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
         }
+        PredictError::UnknownModel(_) => (StatusCode::NOT_FOUND, "model_not_found"),
         PredictError::InputTooLong { .. } => {
             (StatusCode::UNPROCESSABLE_ENTITY, "context_length_exceeded")
         }

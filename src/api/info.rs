@@ -1,4 +1,5 @@
-//! `GET /v1/info`: which models run where.
+//! `GET /v1/info`: which models run where (the default LLM; `GET /v1/models` lists
+//! them all).
 
 use axum::extract::State;
 use axum::Json;
@@ -15,14 +16,16 @@ pub fn routes() -> Vec<Route> {
 async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let services = state.services()?;
     let settings = state.settings();
+    let (model, llm) = services.llms.named(None)?;
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "device": format!("{:?}", settings.device).to_lowercase(),
         "model": {
-            "name": services.llm.name(),
-            "architecture": services.llm.architecture(),
-            "context_length": services.llm.context_length(),
-            "vocab_size": services.llm.tokenizer().vocab_size(),
+            "id": model,
+            "name": llm.name(),
+            "architecture": llm.architecture(),
+            "context_length": llm.context_length(),
+            "vocab_size": llm.tokenizer().vocab_size(),
             "weights": format!("{:?}", settings.weights).to_lowercase(),
         },
         "embedder": {
@@ -30,7 +33,7 @@ async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
             "dimension": services.embedder.dimension(),
         },
         "queued": {
-            "llm": services.llm.waiting(),
+            "llm": services.llms.iter().map(|(_, llm)| llm.waiting()).sum::<usize>(),
             "embedder": services.embedder.waiting(),
         },
         "limits": {

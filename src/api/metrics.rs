@@ -129,8 +129,10 @@ async fn render(State(state): State<AppState>) -> Response {
     let services = state.services().ok();
     ::metrics::gauge!("exemplar_ready").set(if services.is_some() { 1.0 } else { 0.0 });
     if let Some(services) = services {
-        ::metrics::gauge!("exemplar_queue_waiting", "queue" => "llm")
-            .set(services.llm.waiting() as f64);
+        for (name, llm) in services.llms.iter() {
+            ::metrics::gauge!("exemplar_queue_waiting", "queue" => "llm", "model" => name.to_owned())
+                .set(llm.waiting() as f64);
+        }
         ::metrics::gauge!("exemplar_queue_waiting", "queue" => "embedder")
             .set(services.embedder.waiting() as f64);
     }

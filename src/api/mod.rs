@@ -16,6 +16,7 @@ mod json;
 mod keys;
 mod limits;
 mod metrics;
+mod models;
 mod predict;
 mod retrieve;
 mod selections;
@@ -49,7 +50,7 @@ use crate::config::{Config, DeviceKind, WeightFormat};
 use crate::embed::EmbedderHandle;
 use crate::evaluation::Evaluations;
 use crate::jobs::JobRunner;
-use crate::llm::LlmHandle;
+use crate::llm::LlmRegistry;
 use crate::predict::Predictor;
 use crate::select::selections::Selector;
 use crate::tasks::Catalog;
@@ -58,8 +59,8 @@ use crate::tuning::Tunings;
 /// What start-up loads before the service is ready: the models and every task's data.
 #[derive(Clone)]
 pub struct Services {
-    /// The LLM worker.
-    pub llm: LlmHandle,
+    /// The LLM workers, by name.
+    pub llms: LlmRegistry,
     /// The sentence embedder worker.
     pub embedder: EmbedderHandle,
     /// Tasks, examples, pool items and their indexes.
@@ -227,6 +228,7 @@ fn routes() -> Vec<Route> {
         health::routes(),
         metrics::routes(),
         info::routes(),
+        models::routes(),
         keys::routes(),
         tokenize::routes(),
         embeddings::routes(),

@@ -57,7 +57,14 @@ async fn put(
     Path(task): Path<String>,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<(StatusCode, Json<TaskBody>), ApiError> {
-    let (view, created) = state.services()?.catalog.put_task(&task, spec).await?;
+    let services = state.services()?;
+    if let Some(model) = &spec.model {
+        services
+            .llms
+            .get(Some(model))
+            .map_err(|e| ApiError::invalid("model", e.to_string()))?;
+    }
+    let (view, created) = services.catalog.put_task(&task, spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -17,6 +17,8 @@ pub fn routes() -> Vec<Route> {
 #[serde(deny_unknown_fields)]
 struct TokenizeRequest {
     text: String,
+    /// The model whose tokenizer to use; the default if absent.
+    model: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -30,7 +32,11 @@ async fn tokenize(
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     limits::texts_at_most("text", [request.text.as_str()], limits::MAX_QUERY_BYTES)?;
-    let llm = state.services()?.llm.clone();
+    let llm = state
+        .services()?
+        .llms
+        .get(request.model.as_deref())?
+        .clone();
     let (ids, tokens) =
         tokio::task::spawn_blocking(move || llm.tokenizer().encode_with_pieces(&request.text))
             .await??;

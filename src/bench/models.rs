@@ -83,7 +83,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.prompt_tokens
     );
     println!("|---|---|---|---|");
-    let model_path = model_source::resolve_gguf(&args.models.model_ref())?;
+    let model_path = model_source::resolve_gguf(&args.models.model_ref()?)?;
     let mut ours = Vec::new();
     for format in formats {
         let started = Instant::now();

@@ -169,7 +169,7 @@ async fn start_peers(
     binary: &std::path::Path,
     args: &BenchArgs,
 ) -> anyhow::Result<Vec<(&'static str, LlamaServer)>> {
-    let model = model_source::resolve_gguf(&args.models.model_ref())?;
+    let model = model_source::resolve_gguf(&args.models.model_ref()?)?;
     let threads = candle_core::utils::get_num_threads();
     let mut peers = vec![(
         "the shipped GGUF",
@@ -438,7 +438,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // Shared-prefix scoring of TREC's six labels against one pass per label.
     let device = open_device(args.models.device)?;
     let llm = Llm::load(
-        &model_source::resolve_gguf(&args.models.model_ref())?,
+        &model_source::resolve_gguf(&args.models.model_ref()?)?,
         &device,
         args.models.weights,
     )?;

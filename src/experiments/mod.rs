@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::config::ModelConfig;
 use crate::embed::EmbedderHandle;
-use crate::llm::LlmHandle;
+use crate::llm::LlmRegistry;
 use crate::predict::metrics::{self, Evaluation};
 use crate::predict::QueryInput;
 use crate::server::load_models;
@@ -42,11 +42,11 @@ pub struct ExperimentArgs {
 }
 
 impl ExperimentArgs {
-    /// Loads the LLM and the embedder, off the async workers.
+    /// Loads the LLMs and the embedder, off the async workers.
     ///
     /// # Errors
     /// When a model cannot be found or loaded.
-    pub async fn load_models(&self) -> anyhow::Result<(LlmHandle, EmbedderHandle)> {
+    pub async fn load_models(&self) -> anyhow::Result<(LlmRegistry, EmbedderHandle)> {
         let models = self.models.clone();
         Ok(
             tokio::task::spawn_blocking(move || load_models(&models, 64))

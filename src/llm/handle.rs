@@ -50,6 +50,11 @@ impl LlmHandle {
         self.llm.name()
     }
 
+    /// When the model was loaded, in Unix seconds.
+    pub fn loaded_at(&self) -> u64 {
+        self.llm.loaded_at()
+    }
+
     /// The model's architecture (`general.architecture`: llama, qwen2, qwen3, gemma3).
     pub fn architecture(&self) -> &str {
         self.llm.architecture()

@@ -13,6 +13,7 @@ mod handle;
 mod kv_budget;
 mod model;
 mod prefix_cache;
+mod registry;
 mod scheduler;
 mod score;
 mod tokenizer;
@@ -28,6 +29,7 @@ use candle_core::Device;
 pub use generate::{Delta, FinishReason, Generation, GenerationParams, TokenLogprob};
 pub use handle::LlmHandle;
 pub use prefix_cache::PrefixCache;
+pub use registry::{LlmRegistry, UnknownModel};
 pub use score::ScoreRequest;
 pub use tokenizer::LlmTokenizer;
 pub use weights::write_converted;
@@ -71,6 +73,8 @@ pub struct Llm {
     tokenizer: Arc<LlmTokenizer>,
     context_length: usize,
     name: String,
+    /// When the file was loaded, in Unix seconds.
+    loaded_at: u64,
 }
 
 impl Llm {
@@ -101,6 +105,9 @@ impl Llm {
             tokenizer: Arc::new(tokenizer),
             context_length: trained_context,
             name,
+            loaded_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         })
     }
 
@@ -112,6 +119,11 @@ impl Llm {
     /// The most tokens (prompt and generated together) one sequence may hold.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// When the model was loaded, in Unix seconds.
+    pub fn loaded_at(&self) -> u64 {
+        self.loaded_at
     }
 
     /// The model's architecture (`general.architecture`).

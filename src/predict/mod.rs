@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::FuturesOrdered;
 
-use crate::llm::{LlmError, LlmHandle, ScoreRequest};
+use crate::llm::{LlmError, LlmHandle, LlmRegistry, ScoreRequest, UnknownModel};
 use crate::prompt::fit::Prepared;
 use crate::prompt::PromptBuilder;
 use crate::tasks::{Catalog, Collection, Demonstration, TaskError};
@@ -41,6 +41,9 @@ pub enum PredictError {
     /// The LLM failed or is overloaded.
     #[error(transparent)]
     Llm(#[from] LlmError),
+    /// The task names a model this server has not loaded.
+    #[error(transparent)]
+    UnknownModel(#[from] UnknownModel),
     /// A prediction parameter is invalid.
     #[error("`{field}`: {message}")]
     InvalidParameter {
@@ -76,7 +79,7 @@ impl PredictError {
 /// Runs predictions for every task.
 pub struct Predictor {
     catalog: Arc<Catalog>,
-    llm: LlmHandle,
+    llms: LlmRegistry,
     content_free: Mutex<HashMap<u64, Vec<f64>>>,
 }
 
@@ -88,11 +91,11 @@ fn invalid(field: &'static str, message: impl Into<String>) -> PredictError {
 }
 
 impl Predictor {
-    /// A predictor over the catalog's tasks with the given LLM.
-    pub fn new(catalog: Arc<Catalog>, llm: LlmHandle) -> Self {
+    /// A predictor over the catalog's tasks, each run on the LLM it names.
+    pub fn new(catalog: Arc<Catalog>, llms: LlmRegistry) -> Self {
         Self {
             catalog,
-            llm,
+            llms,
             content_free: Mutex::new(HashMap::new()),
         }
     }
@@ -153,7 +156,8 @@ impl Predictor {
             &definition.templates,
             &definition.spec.separator,
         ));
-        let tokenizer = Arc::clone(self.llm.tokenizer());
+        let llm = self.llms.get(definition.spec.model.as_deref())?.clone();
+        let tokenizer = Arc::clone(llm.tokenizer());
         let labels = definition.spec.labels.clone();
         let continuations: Vec<Vec<u32>> = labels
             .iter()
@@ -164,7 +168,7 @@ impl Predictor {
         } else {
             options.generation.max_new_tokens
         };
-        let context = self.llm.context_length();
+        let context = llm.context_length();
         let budget = options
             .max_prompt_tokens
             .unwrap_or(context)
@@ -182,6 +186,7 @@ impl Predictor {
             continuations,
             budget,
             context,
+            llm,
             inputs: inputs.into(),
             vectors: VecDeque::new(),
             index: 0,
@@ -193,12 +198,14 @@ impl Predictor {
     /// calibrated when asked (else the same again).
     async fn classify(
         &self,
+        llm: &LlmHandle,
         prepared: &Prepared,
         continuations: Vec<Vec<u32>>,
         calibrate: bool,
     ) -> Result<(Vec<f64>, Vec<f64>), PredictError> {
         let key = {
             let mut hasher = DefaultHasher::new();
+            llm.name().hash(&mut hasher);
             prepared.prefix.hash(&mut hasher);
             prepared.blocks.hash(&mut hasher);
             prepared.content_free.hash(&mut hasher);
@@ -214,8 +221,7 @@ impl Predictor {
         if calibrate && cached.is_none() {
             queries.extend(prepared.content_free.iter().cloned());
         }
-        let scores = self
-            .llm
+        let scores = llm
             .score(ScoreRequest {
                 prefix: prepared.prefix.clone(),
                 queries,

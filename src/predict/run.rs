@@ -11,7 +11,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 
 use super::{calibration, vote, PredictError, PredictOptions, Predictor, Selection};
-use crate::llm::{GenerationParams, LlmTokenizer};
+use crate::llm::{GenerationParams, LlmHandle, LlmTokenizer};
 use crate::prompt::fit::{self, FitError, Prepared, PromptJob};
 use crate::prompt::PromptBuilder;
 use crate::tasks::{self, Collection, Demonstration};
@@ -74,6 +74,8 @@ pub struct PredictionRun {
     pub(super) continuations: Vec<Vec<u32>>,
     pub(super) budget: usize,
     pub(super) context: usize,
+    /// The model the task runs on.
+    pub(super) llm: LlmHandle,
     pub(super) inputs: VecDeque<QueryInput>,
     /// Embeddings of the next inputs, computed a chunk at a time.
     pub(super) vectors: VecDeque<Vec<f32>>,
@@ -191,6 +193,7 @@ impl PredictionRun {
         };
         let answering = Answering {
             predictor: Arc::clone(&self.predictor),
+            llm: self.llm.clone(),
             options: self.options.clone(),
             builder: Arc::clone(&self.builder),
             labels: self.labels.clone(),
@@ -204,6 +207,7 @@ impl PredictionRun {
 /// the model at once.
 struct Answering {
     predictor: Arc<Predictor>,
+    llm: LlmHandle,
     options: PredictOptions,
     builder: Arc<PromptBuilder>,
     labels: Vec<String>,
@@ -245,12 +249,17 @@ impl Answering {
                 stop,
                 logprobs: None,
             };
-            let generation = self.predictor.llm.generate(prompt, params, None).await?;
+            let generation = self.llm.generate(prompt, params, None).await?;
             prediction.output = Some(generation.text.trim().to_owned());
         } else {
             let (uncalibrated, mut probabilities) = self
                 .predictor
-                .classify(&prepared, self.continuations.clone(), options.calibrate)
+                .classify(
+                    &self.llm,
+                    &prepared,
+                    self.continuations.clone(),
+                    options.calibrate,
+                )
                 .await?;
             if let Some(prior) = &options.label_prior {
                 probabilities = calibration::calibrate(&uncalibrated, prior);

@@ -36,6 +36,9 @@ pub struct TaskSpec {
     /// Prediction options for requests that leave them out (written by the tune job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<PredictDefaults>,
+    /// The LLM the task runs on, by its served name; the server's default if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// A task definition that passed every check.

@@ -382,3 +382,112 @@ async fn ready_is_503_until_the_models_load() {
     let (status, _) = server.get("/ready").await;
     assert_eq!(status, 200);
 }
+
+/// `--model` twice: both listed in the OpenAI shape, each task runs on the model it
+/// names (its prompt counted by that model's tokenizer, Gemma's with its BOS), requests
+/// choose theirs, and an unknown name is refused with the loaded ones named.
+#[tokio::test]
+async fn several_models_serve_their_own_tasks() {
+    let smollm = format!("smollm={}", crate::common::gguf_path().display());
+    let gemma = format!("gemma={}", crate::common::gemma_path().display());
+    let server = TestServer::start(&["--model", &smollm, "--model", &gemma]).await;
+
+    let (status, models) = server.get("/v1/models").await;
+    assert_eq!(status, 200, "{models}");
+    assert_eq!(models["object"], "list");
+    let listed: Vec<(&str, &str, bool)> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| {
+            assert_eq!(m["object"], "model");
+            (
+                m["id"].as_str().expect("id"),
+                m["architecture"].as_str().expect("architecture"),
+                m["default"].as_bool().expect("default"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("smollm", "llama", true), ("gemma", "gemma3", false)]
+    );
+
+    let examples = json!([
+        {"text": "a warm, funny film", "label": "positive"},
+        {"text": "dull and far too long", "label": "negative"}
+    ]);
+    server.sentiment_task("on_default", examples.clone()).await;
+    let task = json!({
+        "labels": ["negative", "positive"],
+        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"},
+        "model": "gemma"
+    });
+    let (status, body) = server
+        .call(
+            reqwest::Method::PUT,
+            "/v1/tasks/on_gemma",
+            Some(task.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, body["model"].as_str()),
+        (201, Some("gemma")),
+        "{body}"
+    );
+
+    for (name, model, bos) in [("on_default", None, 0), ("on_gemma", Some("gemma"), 1)] {
+        let (status, body) = server
+            .post(
+                &format!("/v1/tasks/{name}/predict"),
+                json!({"inputs": [{"text": "I loved it"}], "k": 0, "return_prompt": true}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let prediction = &body["predictions"][0];
+        let prompt = prediction["prompt"].as_str().expect("prompt");
+        let mut request = json!({"text": prompt});
+        if let Some(model) = model {
+            request["model"] = json!(model);
+        }
+        let (status, tokens) = server.post("/v1/tokenize", request).await;
+        assert_eq!(status, 200, "{tokens}");
+        let counted = tokens["ids"].as_array().expect("ids").len() + bos;
+        assert_eq!(prediction["prompt_tokens"], counted, "{name}: {body}");
+    }
+
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"model": "gemma", "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["model"].as_str()),
+        (200, Some("gemma")),
+        "{body}"
+    );
+
+    let mut unknown = task;
+    unknown["model"] = json!("llama-70b");
+    let (status, body) = server
+        .call(reqwest::Method::PUT, "/v1/tasks/on_nothing", Some(unknown))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("smollm, gemma"), "{message}");
+    let (status, body) = server
+        .post("/v1/tokenize", json!({"text": "hi", "model": "llama-70b"}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, "model_not_found"),
+        "{body}"
+    );
+
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"model="gemma""#),
+        "the queue gauge names each model"
+    );
+}
