@@ -191,7 +191,7 @@ impl Architecture {
     /// The window of layer `layer` if it attends locally.
     pub fn window_of(&self, layer: usize) -> Option<usize> {
         self.sliding
-            .filter(|s| (layer + 1) % s.period != 0)
+            .filter(|s| !(layer + 1).is_multiple_of(s.period))
             .map(|s| s.window)
     }
 }

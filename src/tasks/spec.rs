@@ -160,6 +160,7 @@ mod tests {
             },
             separator: "\n\n".into(),
             defaults: None,
+            model: None,
         }
     }
 

@@ -100,7 +100,7 @@ struct Vocabulary {
 /// The subword model.
 #[derive(Debug, Clone)]
 enum Model {
-    BytePairs(BytePairs),
+    BytePairs(Box<BytePairs>),
     SentencePiece(SentencePiece),
 }
 
@@ -195,7 +195,7 @@ impl LlmTokenizer {
                     .and_then(|v| v.to_string().ok())
                     .map_or("default", String::as_str);
                 let merges = string_array(content, "tokenizer.ggml.merges")?;
-                Model::BytePairs(BytePairs::new(&vocabulary, merges, pre)?)
+                Model::BytePairs(Box::new(BytePairs::new(&vocabulary, merges, pre)?))
             }
             "llama" => {
                 let scores = match content.metadata.get("tokenizer.ggml.scores") {

@@ -20,7 +20,8 @@ const SPACE: &str = "\u{2581}";
 pub(super) struct SentencePiece {
     ids: HashMap<String, u32>,
     scores: Vec<f32>,
-    bytes: [Option<u32>; 256],
+    /// The `<0xXX>` token of each byte.
+    bytes: Vec<Option<u32>>,
     unknown: Option<u32>,
     add_space_prefix: bool,
 }
@@ -87,10 +88,9 @@ impl SentencePiece {
         for (id, piece) in vocabulary.pieces.iter().enumerate() {
             ids.insert(piece.clone(), id as u32);
         }
-        let mut bytes = [None; 256];
-        for (byte, slot) in bytes.iter_mut().enumerate() {
-            *slot = ids.get(&format!("<0x{byte:02X}>")).copied();
-        }
+        let bytes = (0..=255u8)
+            .map(|byte| ids.get(&format!("<0x{byte:02X}>")).copied())
+            .collect();
         Ok(Self {
             ids,
             scores,
