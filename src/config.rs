@@ -60,7 +60,7 @@ pub enum ConfigError {
         /// The flag that names the model instead.
         flag: &'static str,
     },
-    /// Two `--model` entries share a name, or one names no file.
+    /// A `--model` entry names no file, has a name that is not one, or repeats a name.
     #[error(
         "--model `{entry}`: {problem}; give `NAME=PATH` (or a path, named after its file) \
          once per model"
@@ -389,6 +389,64 @@ impl ModelConfig {
             // Safe to set here: called from main before any other thread exists.
             std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
             std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(models: &[&str]) -> ModelConfig {
+        ModelConfig {
+            models_dir: PathBuf::from("models"),
+            model: models.iter().map(|m| (*m).to_owned()).collect(),
+            embedder: None,
+            device: DeviceKind::Cpu,
+            weights: WeightFormat::Q8_0,
+            threads: None,
+            kv_cache_mb: DEFAULT_KV_CACHE_MB,
+        }
+    }
+
+    fn names(models: &[&str]) -> Vec<(String, String)> {
+        config(models)
+            .model_entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.reference))
+            .collect()
+    }
+
+    #[test]
+    fn model_entries_are_named_by_their_flag_or_their_file() {
+        let pair = |n: &str, r: &str| (n.to_owned(), r.to_owned());
+        assert_eq!(
+            names(&[
+                "gemma=/m/gemma.gguf",
+                "/m/SmolLM2.Q4_1.gguf",
+                "org/repo:qwen.gguf"
+            ]),
+            vec![
+                pair("gemma", "/m/gemma.gguf"),
+                pair("SmolLM2.Q4_1", "/m/SmolLM2.Q4_1.gguf"),
+                pair("qwen", "org/repo:qwen.gguf"),
+            ]
+        );
+        assert_eq!(
+            names(&[]),
+            vec![pair(
+                "SmolLM2-135M-Instruct.Q4_1",
+                "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+            )]
+        );
+    }
+
+    #[test]
+    fn repeated_empty_or_unusable_model_names_are_refused() {
+        for bad in [&["a=/x.gguf", "a=/y.gguf"][..], &["a="], &["a b=/x.gguf"]] {
+            let error = config(bad).model_entries().unwrap_err().to_string();
+            assert!(error.starts_with("--model `"), "{error}");
         }
     }
 }
