@@ -96,12 +96,7 @@ fn validate(
             format!("{n} is out of range: give 0 to {}", limits::MAX_LOGPROBS),
         ));
     }
-    let tokenizer = llm.tokenizer();
-    let prompt_ids: Vec<u32> = tokenizer
-        .bos()
-        .into_iter()
-        .chain(tokenizer.encode(&request.prompt)?)
-        .collect();
+    let prompt_ids = llm.tokenizer().encode_prompt(&request.prompt)?;
     let context = llm.context_length();
     if prompt_ids.len() + max_tokens > context {
         return Err(ApiError::ContextLengthExceeded(format!(

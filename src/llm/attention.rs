@@ -66,17 +66,12 @@ impl Visibility {
         let runs = mask
             .chunks_exact(columns.max(1))
             .map(|row| {
-                let mut runs: Vec<Range<usize>> = Vec::new();
-                for (column, &value) in row.iter().enumerate() {
-                    if value == f32::NEG_INFINITY {
-                        continue;
-                    }
-                    match runs.last_mut() {
-                        Some(run) if run.end == column => run.end += 1,
-                        _ => runs.push(column..column + 1),
-                    }
-                }
-                runs
+                runs_of(
+                    row.iter()
+                        .enumerate()
+                        .filter(|(_, &value)| value != f32::NEG_INFINITY)
+                        .map(|(column, _)| column),
+                )
             })
             .collect();
         let adds = mask.iter().any(|&v| v != 0.0 && v != f32::NEG_INFINITY);
@@ -95,17 +90,9 @@ impl Visibility {
             .iter()
             .zip(positions)
             .map(|(runs, &query)| {
-                let mut kept: Vec<Range<usize>> = Vec::new();
-                for column in runs.iter().flat_map(Clone::clone) {
-                    if outside_window(key_position(column, past, positions), query, window) {
-                        continue;
-                    }
-                    match kept.last_mut() {
-                        Some(run) if run.end == column => run.end += 1,
-                        _ => kept.push(column..column + 1),
-                    }
-                }
-                kept
+                runs_of(runs.iter().flat_map(Clone::clone).filter(|&column| {
+                    !outside_window(key_position(column, past, positions), query, window)
+                }))
             })
             .collect();
         Self {
@@ -114,6 +101,18 @@ impl Visibility {
             added: self.added.clone(),
         }
     }
+}
+
+/// Increasing `columns` joined into runs of adjacent ones.
+fn runs_of(columns: impl Iterator<Item = usize>) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for column in columns {
+        match runs.last_mut() {
+            Some(run) if run.end == column => run.end += 1,
+            _ => runs.push(column..column + 1),
+        }
+    }
+    runs
 }
 
 /// Whether a query at `query` is blind to a key at `key` in a layer of `window`

@@ -36,15 +36,6 @@ fn tiny(arch: &str) -> (PathBuf, Vec<serde_json::Value>) {
     )
 }
 
-fn ids(value: &serde_json::Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("id array")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
-}
-
 fn largest_difference(ours: &[f32], theirs: &[f32]) -> f32 {
     assert_eq!(ours.len(), theirs.len(), "vocabulary sizes");
     ours.iter()
@@ -62,24 +53,19 @@ fn agrees_with_llama_cpp(arch: &str) {
         if let Some(text) = row["text"].as_str() {
             assert_eq!(
                 tokenizer.encode(text).expect("encodes"),
-                ids(&row["ids"]),
+                common::ids(&row["ids"]),
                 "{arch}: ids of {text:?}"
             );
             continue;
         }
         let prompt = row["prompt"].as_str().expect("prompt");
-        let prompt_ids: Vec<u32> = tokenizer
-            .bos()
-            .into_iter()
-            .chain(tokenizer.encode(prompt).expect("encodes"))
-            .collect();
-        assert_eq!(prompt_ids, ids(&row["prompt_ids"]), "{arch}: prompt ids");
-        let reference: Vec<f32> = row["logits"]
-            .as_array()
-            .expect("logits")
-            .iter()
-            .map(|v| v.as_f64().expect("logit") as f32)
-            .collect();
+        let prompt_ids = tokenizer.encode_prompt(prompt).expect("encodes");
+        assert_eq!(
+            prompt_ids,
+            common::ids(&row["prompt_ids"]),
+            "{arch}: prompt ids"
+        );
+        let reference = common::floats(&row["logits"]);
 
         let whole = llm.session().feed(&prompt_ids).expect("forward");
         let gap = largest_difference(&whole, &reference);

@@ -45,6 +45,26 @@ pub fn fixtures_dir() -> PathBuf {
     repo_dir().join("tests/fixtures")
 }
 
+/// A fixture's array of token ids.
+pub fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("id array")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
+
+/// A fixture's array of numbers, as f32.
+pub fn floats(value: &serde_json::Value) -> Vec<f32> {
+    value
+        .as_array()
+        .expect("number array")
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
+}
+
 /// Reads a JSON-lines fixture into values.
 pub fn read_jsonl(path: PathBuf) -> Vec<serde_json::Value> {
     std::fs::read_to_string(&path)

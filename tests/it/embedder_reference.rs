@@ -27,12 +27,7 @@ fn embeddings_match_sentence_transformers() {
     let ours = embedder.embed(&texts).expect("embeds");
     let mut worst = 1f32;
     for (row, embedding) in rows.iter().zip(&ours) {
-        let reference: Vec<f32> = row["embedding"]
-            .as_array()
-            .expect("embedding")
-            .iter()
-            .map(|v| v.as_f64().expect("number") as f32)
-            .collect();
+        let reference = common::floats(&row["embedding"]);
         assert_eq!(embedding.len(), reference.len());
         let similarity = cosine(embedding, &reference);
         worst = worst.min(similarity);

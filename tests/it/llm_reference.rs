@@ -42,15 +42,6 @@ fn tokenizer_of(gguf: &std::path::Path) -> LlmTokenizer {
     LlmTokenizer::from_gguf(&content).expect("tokenizer from metadata")
 }
 
-fn ids(value: &serde_json::Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("id array")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
-}
-
 #[test]
 fn token_ids_equal_llama_cpp_and_decode_back() {
     check_token_ids(&smollm2());
@@ -67,7 +58,7 @@ fn check_token_ids(reference: &Reference) {
     assert!(rows.len() >= 10, "fixture has rows");
     for row in rows {
         let text = row["text"].as_str().expect("text");
-        let expected = ids(&row["ids"]);
+        let expected = common::ids(&row["ids"]);
         let got = tokenizer.encode(text).expect("encodes");
         assert_eq!(got, expected, "ids differ for {text:?}");
         assert_eq!(
@@ -161,14 +152,10 @@ fn check_against_reference(
     for row in rows {
         let prompt = row["prompt"].as_str().expect("prompt");
         let tokenizer = llm.tokenizer();
-        let prompt_ids: Vec<u32> = tokenizer
-            .bos()
-            .into_iter()
-            .chain(tokenizer.encode(prompt).expect("encodes"))
-            .collect();
+        let prompt_ids = tokenizer.encode_prompt(prompt).expect("encodes");
         assert_eq!(
             prompt_ids,
-            ids(&row["prompt_ids"]),
+            common::ids(&row["prompt_ids"]),
             "prompt ids for {prompt:?}"
         );
 
@@ -192,7 +179,7 @@ fn check_against_reference(
 
         // The greedy continuation's first four tokens equal llama.cpp's, up to the first
         // step where (with `near_ties_may_flip`) our own top two are a near tie.
-        let expected = ids(&row["greedy_ids"]);
+        let expected = common::ids(&row["greedy_ids"]);
         let mut next = our_top;
         let mut greedy = vec![next];
         while greedy.len() < 4 {

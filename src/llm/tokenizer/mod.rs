@@ -245,6 +245,17 @@ impl LlmTokenizer {
         self.bos
     }
 
+    /// Token ids of `text` as a whole prompt: BOS where the model wants one, then the
+    /// text's.
+    ///
+    /// # Errors
+    /// When the tokenizer fails on the text.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
     /// Token ids of `text`, with no BOS and no control token parsed.
     ///
     /// # Errors
