@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 binary="${1:-target/debug/exemplar}"
 version=4.32.5
 fail() { echo "schemathesis: $*" >&2; exit 1; }
-[ -x "$binary" ] || fail "no binary at $binary: build it first"
 
 venv=target/schemathesis
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
@@ -17,21 +16,8 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
     || fail "installing schemathesis $version failed"
 fi
 
-work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-base="http://127.0.0.1:$port"
-key="exm_$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
-EXEMPLAR_BOOTSTRAP_KEY="$key" EXEMPLAR_MODELS_DIR="${EXEMPLAR_MODELS_DIR:-$PWD/models}" \
-  "$binary" serve --addr "127.0.0.1:$port" --require-auth \
-  --database-url "sqlite://$work/exemplar.db" --queue-capacity 256 >"$work/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 120); do
-  curl -fsS "$base/ready" >/dev/null 2>&1 && break
-  kill -0 $server 2>/dev/null || { cat "$work/server.log" >&2; fail "the server exited"; }
-  sleep 1
-done
-auth="authorization: Bearer $key"
+. scripts/lib/live-server.sh
+start_live_server "$binary" --queue-capacity 256
 json=(-fsS -H 'content-type: application/json' -H "$auth")
 curl "${json[@]}" -X PUT "$base/v1/tasks/films" -d '{"labels":["negative","positive"],
   "template":{"input":"Review: {text}","output":"Sentiment: {label}"}}' >/dev/null
@@ -49,7 +35,7 @@ status=0
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,fuzzing,stateful --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
   --request-timeout 300 --no-color || status=$?
-grep -q "${key#exm_}" "$work/server.log" && { echo "schemathesis: the key is in the server log" >&2; status=1; }
+check_key_not_logged || status=1
 if grep -q '"level":"ERROR"\|ERROR' "$work/server.log"; then
   grep 'ERROR' "$work/server.log" | tail -n 20 >&2
 fi

@@ -3,7 +3,8 @@
 # PostgreSQL tests (when EXEMPLAR_TEST_POSTGRES_URL is not already set), installs
 # headless Chromium for the browser test, runs cargo test including those tests and the
 # Docker deployment test, then fuzzes a live server
-# against openapi.yaml with schemathesis.
+# against openapi.yaml with schemathesis, and runs the Python tests (the `openai` SDK and
+# clients/python) against another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
@@ -13,4 +14,7 @@ if [ -z "${EXEMPLAR_TEST_POSTGRES_URL:-}" ]; then
   export EXEMPLAR_TEST_POSTGRES_URL
 fi
 cargo test --locked --no-fail-fast "$@" -- --include-ignored
-scripts/schemathesis.sh target/debug/exemplar
+status=0
+scripts/schemathesis.sh target/debug/exemplar || status=$?
+scripts/python-tests.sh target/debug/exemplar || status=$?
+exit $status

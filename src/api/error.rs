@@ -1,7 +1,9 @@
 //! The one place where errors become HTTP answers.
 //!
 //! Every failure a request can meet is an [`ApiError`]; each variant has a status and a
-//! stable snake_case code, written as `{"error":{"code":...,"message":...}}`.
+//! stable snake_case code, written in OpenAI's error shape,
+//! `{"error":{"code":...,"message":...,"type":...,"param":...}}`, so that OpenAI's
+//! clients raise their own error types from it.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -41,6 +43,17 @@ pub enum ApiError {
         field: &'static str,
         /// What is wrong and what is allowed.
         message: String,
+    },
+    /// A field the request may carry in OpenAI's API that is not served here.
+    #[error("`{0}` is not supported")]
+    UnsupportedField(String),
+    /// A chat was sent to a model that has no chat template.
+    #[error("the model `{model}` cannot chat: {reason}; send a prompt to /v1/completions instead")]
+    NoChatTemplate {
+        /// The model's name.
+        model: String,
+        /// Why it has no template.
+        reason: String,
     },
     /// Prompt and requested tokens do not fit the model's context window.
     #[error("{0}")]
@@ -123,6 +136,8 @@ impl ApiError {
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Self::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
             Self::InvalidValue { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
+            Self::UnsupportedField(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_field"),
+            Self::NoChatTemplate { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "no_chat_template"),
             Self::ContextLengthExceeded(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "context_length_exceeded")
             }
@@ -193,8 +208,19 @@ impl ApiError {
         }
     }
 
-    /// The answer's body, `{"error":{"code":...,"message":...}}`; causes of server
-    /// faults go to the log instead.
+    /// The field of the request that is at fault, where one is.
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidValue { field, .. } => Some(field),
+            Self::UnsupportedField(field) => Some(field),
+            Self::NoChatTemplate { .. } => Some("model"),
+            Self::UnknownModel(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The answer's body, `{"error":{"code":...,"message":...,"type":...,"param":...}}`;
+    /// causes of server faults go to the log instead.
     pub fn body(&self) -> serde_json::Value {
         let (status, code) = self.status_and_code();
         let message = if code == "database_unavailable" {
@@ -207,13 +233,30 @@ impl ApiError {
         } else {
             self.to_string()
         };
-        let mut error = json!({"code": code, "message": message});
+        let mut error = json!({
+            "code": code,
+            "message": message,
+            "type": error_type(status),
+            "param": self.param(),
+        });
         // Batch writes name the failing row as a number too, for clients that map rows
         // back to their source (`exemplar import` reports line numbers).
         if let Self::Task(TaskError::InvalidRow { row, .. }) = self {
             error["row"] = json!(row);
         }
         json!({ "error": error })
+    }
+}
+
+/// OpenAI's class of an error, from its status.
+fn error_type(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::FORBIDDEN => "permission_error",
+        StatusCode::NOT_FOUND => "not_found_error",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+        status if status.is_server_error() => "server_error",
+        _ => "invalid_request_error",
     }
 }
 

@@ -10,6 +10,8 @@ pub const MAX_K: usize = crate::tasks::MAX_K;
 /// The longest query text (`text`, `text_pair`, a completion's `prompt`, a text to
 /// tokenize), in bytes: far past the model's context, short of costly tokenizing.
 pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// The most messages of one chat.
+pub const MAX_MESSAGES: usize = 256;
 /// The most stop strings of a generation.
 pub const MAX_STOP_STRINGS: usize = 4;
 /// The longest stop string, in bytes.

@@ -4,7 +4,6 @@
 //! answer. Every failure is an [`ApiError`], turned into HTTP in `error.rs`.
 
 mod auth;
-mod completions;
 mod embeddings;
 mod error;
 mod evaluations;
@@ -16,7 +15,7 @@ mod json;
 mod keys;
 mod limits;
 mod metrics;
-mod models;
+mod openai;
 mod predict;
 mod retrieve;
 mod selections;
@@ -228,11 +227,10 @@ fn routes() -> Vec<Route> {
         health::routes(),
         metrics::routes(),
         info::routes(),
-        models::routes(),
+        openai::routes(),
         keys::routes(),
         tokenize::routes(),
         embeddings::routes(),
-        completions::routes(),
         tasks::routes(),
         items::routes(),
         retrieve::routes(),

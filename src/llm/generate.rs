@@ -15,6 +15,9 @@ pub struct GenerationParams {
     pub max_tokens: usize,
     /// Sampling temperature; 0 means greedy decoding.
     pub temperature: f64,
+    /// Nucleus sampling: draw from the fewest tokens whose probabilities reach this
+    /// mass (1 keeps them all).
+    pub top_p: f64,
     /// Seed of the sampler, so that a sampled answer can be repeated.
     pub seed: u64,
     /// Generation ends before the first of these strings; it is not returned.
@@ -124,7 +127,8 @@ impl Decoder {
         context_length: usize,
     ) -> Self {
         let temperature = (params.temperature > 0.0).then_some(params.temperature);
-        let sampler = LogitsProcessor::new(params.seed, temperature, None);
+        let top_p = (params.top_p < 1.0).then_some(params.top_p);
+        let sampler = LogitsProcessor::new(params.seed, temperature, top_p);
         let budget = params
             .max_tokens
             .min(context_length.saturating_sub(prompt_tokens));

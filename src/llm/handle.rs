@@ -7,7 +7,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::scheduler::{self, Generating, Scoring, Task};
 use super::{
-    Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer, PrefixCache, ScoreRequest,
+    ChatTemplate, Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer, NoChatTemplate,
+    PrefixCache, ScoreRequest,
 };
 use crate::worker::{QueueError, Worker};
 
@@ -58,6 +59,11 @@ impl LlmHandle {
     /// The model's architecture (`general.architecture`: llama, qwen2, qwen3, gemma3).
     pub fn architecture(&self) -> &str {
         self.llm.architecture()
+    }
+
+    /// The model's chat template, or why it has none.
+    pub fn chat_template(&self) -> Result<&ChatTemplate, &NoChatTemplate> {
+        self.llm.chat_template()
     }
 
     /// Jobs waiting for the model.

@@ -7,6 +7,7 @@
 
 mod architecture;
 mod attention;
+mod chat;
 mod demonstration_cache;
 mod generate;
 mod handle;
@@ -26,12 +27,13 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 
+pub use chat::{ChatMessage, ChatRenderError, ChatTemplate, NoChatTemplate, Role};
 pub use generate::{Delta, FinishReason, Generation, GenerationParams, TokenLogprob};
 pub use handle::LlmHandle;
 pub use prefix_cache::PrefixCache;
 pub use registry::{LlmRegistry, UnknownModel};
 pub use score::ScoreRequest;
-pub use tokenizer::LlmTokenizer;
+pub use tokenizer::{LlmTokenizer, Segment};
 pub use weights::write_converted;
 
 use crate::config::WeightFormat;
@@ -75,6 +77,8 @@ pub struct Llm {
     name: String,
     /// When the file was loaded, in Unix seconds.
     loaded_at: u64,
+    /// How a conversation becomes a prompt, or why it cannot.
+    chat_template: Result<ChatTemplate, NoChatTemplate>,
 }
 
 impl Llm {
@@ -88,6 +92,10 @@ impl Llm {
         let mut file = File::open(path)?;
         let content = gguf_file::Content::read(&mut file)?;
         let tokenizer = LlmTokenizer::from_gguf(&content)?;
+        let chat_template = ChatTemplate::from_gguf(&content);
+        if let Err(reason) = &chat_template {
+            tracing::info!(path = %path.display(), "no chat completions: {reason}");
+        }
         let trained_context = Architecture::from_gguf(&content)?
             .context_length
             .unwrap_or(DEFAULT_CONTEXT);
@@ -108,7 +116,13 @@ impl Llm {
             loaded_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            chat_template,
         })
+    }
+
+    /// The model's chat template, or why it has none.
+    pub fn chat_template(&self) -> Result<&ChatTemplate, &NoChatTemplate> {
+        self.chat_template.as_ref()
     }
 
     /// The tokenizer, shareable with request validation.

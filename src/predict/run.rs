@@ -245,6 +245,7 @@ impl Answering {
             let params = GenerationParams {
                 max_tokens: options.generation.max_new_tokens,
                 temperature: options.generation.temperature,
+                top_p: 1.0,
                 seed: options.seed,
                 stop,
                 logprobs: None,

@@ -2,7 +2,6 @@
 //! tokenize, embeddings, completions and metrics, and how each treats bad input.
 
 use crate::common::{metric_sample, TestServer};
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 fn error_code(body: &Value) -> &str {
@@ -110,28 +109,13 @@ async fn model_endpoints_answer_and_reject_bad_input() {
     assert_eq!(first["choices"][0]["text"], second["choices"][0]["text"]);
 
     // Streaming: server-sent events whose text adds up to the whole completion.
-    let response = server
-        .client
-        .post(server.url("/v1/completions"))
-        .json(&json!({"prompt": "The capital of France is", "max_tokens": 4, "stream": true}))
-        .send()
-        .await
-        .expect("stream opens");
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .expect("ascii")
-        .starts_with("text/event-stream"));
-    let mut raw = String::new();
-    let mut chunks = response.bytes_stream();
-    while let Some(chunk) = chunks.next().await {
-        raw.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-    }
-    let events: Vec<&str> = raw
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"));
+    let events = server
+        .post_sse(
+            "/v1/completions",
+            json!({"prompt": "The capital of France is", "max_tokens": 4, "stream": true}),
+        )
+        .await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let mut streamed = String::new();
     let mut finish = Value::Null;
     for event in &events[..events.len() - 1] {
@@ -467,6 +451,21 @@ async fn several_models_serve_their_own_tasks() {
         (200, Some("gemma")),
         "{body}"
     );
+
+    // The Gemma 3 270M base model ships no chat template: a chat is refused, naming why.
+    let (status, body) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gemma", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "no_chat_template"),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no chat template"), "{message}");
 
     let mut unknown = task;
     unknown["model"] = json!("llama-70b");

@@ -344,6 +344,32 @@ impl TestServer {
         response.text().await.expect("text")
     }
 
+    /// POSTs `body` to a streaming route, checks that it answers server-sent events, and
+    /// returns each event's `data`, in order.
+    pub async fn post_sse(&self, path: &str, body: serde_json::Value) -> Vec<String> {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("stream opens");
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        let raw = response.text().await.expect("the stream ends");
+        raw.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// GETs `path` and returns status and parsed answer.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::GET, path, None).await

@@ -14,6 +14,7 @@ mod api_tasks;
 mod architectures;
 mod auth;
 mod caps;
+mod chat;
 mod cli;
 mod cli_client;
 mod deploy;

@@ -234,6 +234,22 @@ async fn live_answers_match_the_spec() {
             Some(json!({"prompt": "x", "temperature": 9})),
         )
         .await;
+    let chat = json!({
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_completion_tokens": 3, "logprobs": true, "top_logprobs": 2
+    });
+    let (status, _) = probe
+        .send(Method::POST, "/v1/chat/completions", Some(chat))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = probe
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(json!({"messages": [{"role": "user", "content": "Hi"}], "tools": []})),
+        )
+        .await;
+    assert_eq!(status, 422);
 
     let task = json!({
         "labels": ["negative", "positive"],

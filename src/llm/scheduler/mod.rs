@@ -245,6 +245,7 @@ mod tests {
             let params = GenerationParams {
                 max_tokens: 6,
                 temperature,
+                top_p: 1.0,
                 seed: 7,
                 stop: Vec::new(),
                 logprobs: Some(2),
@@ -386,6 +387,7 @@ mod tests {
         let params = GenerationParams {
             max_tokens: 2,
             temperature: 0.0,
+            top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
             logprobs: None,

@@ -5,7 +5,8 @@
 //! Llama 3, Qwen, [`bpe`]) and SentencePiece (`llama`: Gemma, Llama 2, Mistral, [`spm`]).
 //! Before either runs, the vocabulary's user-defined tokens (Gemma's runs of newlines
 //! and spaces, say) are cut out of the text, longest first, as llama.cpp does; control
-//! tokens are never parsed out of user text, which stays plain text whatever it spells.
+//! tokens are never parsed out of user text, which stays plain text whatever it spells;
+//! they are parsed only out of markup a chat template wrote ([`Segment::Markup`]).
 
 mod bpe;
 mod spm;
@@ -104,7 +105,17 @@ enum Model {
     SentencePiece(SentencePiece),
 }
 
-/// A piece of user text: plain text for the model, or a user-defined token found in it.
+/// A piece of a prompt and whose words it is: markup (a chat template's text, in which
+/// control tokens such as `<|im_start|>` are parsed) or text from a user (always plain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment<'a> {
+    /// Text written by the model's chat template.
+    Markup(&'a str),
+    /// Text a user sent.
+    Plain(&'a str),
+}
+
+/// A piece of text: plain text for the model, or a token found in it.
 enum Fragment<'a> {
     Text(&'a str),
     Token(u32),
@@ -117,6 +128,8 @@ pub struct LlmTokenizer {
     model: Model,
     /// User-defined tokens, longest first: cut out of the text before the model runs.
     user_defined: Vec<u32>,
+    /// User-defined and control tokens, longest first: cut out of markup.
+    markup_tokens: Vec<u32>,
     /// The token a prompt starts with, where the model wants one.
     bos: Option<u32>,
 }
@@ -232,10 +245,20 @@ impl LlmTokenizer {
             })
             .collect();
         user_defined.sort_by_key(|&id| std::cmp::Reverse(vocabulary.pieces[id as usize].len()));
+        let mut markup_tokens: Vec<u32> = (0..vocabulary.pieces.len() as u32)
+            .filter(|&id| {
+                matches!(
+                    vocabulary.kinds[id as usize],
+                    TokenKind::UserDefined | TokenKind::Control
+                ) && !vocabulary.pieces[id as usize].is_empty()
+            })
+            .collect();
+        markup_tokens.sort_by_key(|&id| std::cmp::Reverse(vocabulary.pieces[id as usize].len()));
         Ok(Self {
             vocabulary,
             model,
             user_defined,
+            markup_tokens,
             bos,
         })
     }
@@ -261,32 +284,67 @@ impl LlmTokenizer {
     /// # Errors
     /// When the tokenizer fails on the text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
-        let mut ids = Vec::new();
-        // SentencePiece adds its space prefix to text that follows a token or starts.
-        let mut after_token = true;
-        for fragment in self.partition(text) {
-            match fragment {
-                Fragment::Token(id) => {
-                    ids.push(id);
-                    after_token = true;
-                }
-                Fragment::Text(text) => {
-                    match &self.model {
-                        Model::BytePairs(model) => model.encode(text, &mut ids)?,
-                        Model::SentencePiece(model) => model.encode(text, after_token, &mut ids)?,
-                    }
-                    after_token = false;
-                }
-            }
+        self.encode_segments(&[Segment::Plain(text)])
+    }
+
+    /// Token ids of a chat prompt: control tokens parsed out of its markup only, then
+    /// BOS in front where the model wants one and the markup did not write it.
+    ///
+    /// # Errors
+    /// When the tokenizer fails on the text.
+    pub fn encode_chat(&self, segments: &[Segment<'_>]) -> Result<Vec<u32>, LlmError> {
+        let mut ids = self.encode_segments(segments)?;
+        if let Some(bos) = self.bos.filter(|&bos| ids.first() != Some(&bos)) {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }
 
-    /// `text` cut at the user-defined tokens it holds: each token, longest first, is
-    /// found in the text left between those already cut out (llama.cpp's order).
-    fn partition<'a>(&self, text: &'a str) -> Vec<Fragment<'a>> {
+    /// Token ids of `segments` as one text: the model runs over each stretch of text
+    /// between the tokens cut out, whichever segments it spans.
+    fn encode_segments(&self, segments: &[Segment<'_>]) -> Result<Vec<u32>, LlmError> {
+        let mut fragments = Vec::new();
+        for segment in segments {
+            let (text, tokens) = match *segment {
+                Segment::Markup(text) => (text, &self.markup_tokens),
+                Segment::Plain(text) => (text, &self.user_defined),
+            };
+            fragments.extend(self.partition(text, tokens));
+        }
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        for fragment in fragments {
+            match fragment {
+                Fragment::Text(piece) => text.push_str(piece),
+                Fragment::Token(id) => {
+                    self.encode_text(&text, &mut ids)?;
+                    text.clear();
+                    ids.push(id);
+                }
+            }
+        }
+        self.encode_text(&text, &mut ids)?;
+        Ok(ids)
+    }
+
+    /// Appends the ids of a stretch of text with no token cut out of it.
+    fn encode_text(&self, text: &str, ids: &mut Vec<u32>) -> Result<(), LlmError> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        match &self.model {
+            Model::BytePairs(model) => model.encode(text, ids),
+            // Every stretch starts the text or follows a token: where llama.cpp adds
+            // SentencePiece's space prefix.
+            Model::SentencePiece(model) => model.encode(text, true, ids),
+        }
+    }
+
+    /// `text` cut at the `tokens` it holds: each token, longest first, is found in the
+    /// text left between those already cut out (llama.cpp's order).
+    fn partition<'a>(&self, text: &'a str, tokens: &[u32]) -> Vec<Fragment<'a>> {
         let mut fragments = vec![Fragment::Text(text)];
-        for &id in &self.user_defined {
+        for &id in tokens {
             let token = self.vocabulary.pieces[id as usize].as_str();
             if !text.contains(token) {
                 continue;

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState, Route};
+use crate::api::{ApiError, AppState, Route};
 use crate::auth::Scope;
 
 /// Routes of this resource.
