@@ -4,7 +4,9 @@
 //!
 //! Message contents never pass through the template: it renders a placeholder for
 //! each, and the prompt is then cut into the template's markup (whose control tokens
-//! are parsed) and the messages' text (which stays plain, whatever it spells).
+//! are parsed) and the messages' text (which stays plain, whatever it spells). The
+//! price: a template that edits a content is refused, and one that trims contents
+//! (Gemma's) sees the placeholder trimmed, so a message keeps its outer whitespace.
 
 use candle_core::quantized::gguf_file;
 use minijinja::{context, Environment, Error, ErrorKind};
@@ -301,6 +303,60 @@ mod tests {
             rendered.segments().expect("segments"),
             vec![Segment::Markup("USER:"), Segment::Plain("x")]
         );
+    }
+
+    /// The text of a rendering: markup and contents put back together.
+    fn joined(rendered: &RenderedChat) -> String {
+        rendered
+            .segments()
+            .expect("segments")
+            .iter()
+            .map(|segment| match segment {
+                Segment::Markup(text) | Segment::Plain(text) => *text,
+            })
+            .collect()
+    }
+
+    /// Real models' templates (Llama 3.x, Qwen 2.5 and 3, Gemma 2, Mistral Nemo,
+    /// SmolLM3, Phi 3.5) render what Hugging Face's jinja2 renders, refusals included
+    /// (`scripts/chat-template-fixtures.py` wrote the reference).
+    #[test]
+    fn real_templates_render_as_hugging_face_renders_them() {
+        let folder =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat-templates");
+        let lines = std::fs::read_to_string(folder.join("rendered.jsonl")).expect("fixture");
+        let mut checked = 0;
+        for line in lines.lines() {
+            let case: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            let name = case["template"].as_str().expect("template");
+            let source = std::fs::read_to_string(folder.join(name)).expect("template file");
+            let text = |key: &str| case[key].as_str().expect(key).to_owned();
+            let template = ChatTemplate::new(source, text("bos_token"), text("eos_token"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let messages: Vec<ChatMessage> = case["messages"]
+                .as_array()
+                .expect("messages")
+                .iter()
+                .map(|m| ChatMessage {
+                    role: serde_json::from_value(m["role"].clone()).expect("role"),
+                    content: m["content"].as_str().expect("content").to_owned(),
+                })
+                .collect();
+            let rendered = template.render(&messages);
+            match case["error"].as_str() {
+                Some(refusal) => {
+                    let error = rendered.expect_err(name).to_string();
+                    assert!(error.contains(refusal), "{name}: {error}");
+                }
+                None => assert_eq!(
+                    joined(&rendered.unwrap_or_else(|e| panic!("{name}: {e}"))),
+                    text("text"),
+                    "{name}"
+                ),
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 32);
     }
 
     #[test]
