@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::jobs::JobLimits;
+
 /// Address the server listens on when none is given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Database used when none is given: an embedded SQLite file.
@@ -36,6 +38,14 @@ pub const DEFAULT_DRAIN_SECS: u64 = 0;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Seconds a replica's claim on a background job holds unless renewed.
 pub const DEFAULT_JOB_LEASE_SECS: u64 = 30;
+/// Background jobs one requester may have running.
+pub const DEFAULT_JOBS_PER_REQUESTER: usize = 4;
+/// Background jobs one task may have running.
+pub const DEFAULT_JOBS_PER_TASK: usize = 8;
+/// Background jobs one replica runs at once.
+pub const DEFAULT_JOBS_PER_REPLICA: usize = 16;
+/// Seconds an ended background job is kept: a week.
+pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Default milliseconds between replica syncs.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
 
@@ -158,6 +168,25 @@ pub struct Config {
     #[arg(long, env = "EXEMPLAR_JOB_LEASE_SECONDS", default_value_t = DEFAULT_JOB_LEASE_SECS)]
     pub job_lease_seconds: u64,
 
+    /// Background jobs (evaluations, tunings) one client (an API key, else an address)
+    /// may have running before 429 (0: no limit).
+    #[arg(long, env = "EXEMPLAR_MAX_JOBS_PER_CLIENT", default_value_t = DEFAULT_JOBS_PER_REQUESTER)]
+    pub max_jobs_per_client: usize,
+
+    /// Background jobs one task may have running before 429 (0: no limit).
+    #[arg(long, env = "EXEMPLAR_MAX_JOBS_PER_TASK", default_value_t = DEFAULT_JOBS_PER_TASK)]
+    pub max_jobs_per_task: usize,
+
+    /// Background jobs this replica runs at once (vote-k's stage 2 included); past it
+    /// new jobs are 429 and lapsed ones are left to other replicas (0: no limit).
+    #[arg(long, env = "EXEMPLAR_MAX_JOBS_PER_REPLICA", default_value_t = DEFAULT_JOBS_PER_REPLICA)]
+    pub max_jobs_per_replica: usize,
+
+    /// Seconds an ended background job (complete, failed, cancelled) is kept before
+    /// it is deleted (0: kept for ever).
+    #[arg(long, env = "EXEMPLAR_JOB_RETENTION_SECONDS", default_value_t = DEFAULT_JOB_RETENTION_SECS)]
+    pub job_retention_seconds: u64,
+
     /// Requests one client may have in flight on /v1 routes before 429 (0: no limit).
     #[arg(long, env = "EXEMPLAR_CLIENT_MAX_IN_FLIGHT", default_value_t = DEFAULT_CLIENT_MAX_IN_FLIGHT)]
     pub client_max_in_flight: usize,
@@ -185,6 +214,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The limits on background jobs.
+    pub fn job_limits(&self) -> JobLimits {
+        JobLimits {
+            per_requester: self.max_jobs_per_client,
+            per_task: self.max_jobs_per_task,
+            per_replica: self.max_jobs_per_replica,
+            retention_seconds: self.job_retention_seconds,
+        }
+    }
+
     /// Checks what can be checked without the database or the models' contents, so
     /// that a bad setting stops the process before it listens.
     ///

@@ -160,6 +160,7 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
     let runner = Arc::new(JobRunner::new(
         store.clone(),
         Duration::from_secs(config.job_lease_seconds),
+        config.job_limits(),
     ));
     let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llms.clone()));
@@ -291,21 +292,25 @@ pub async fn serve(
         },
     ));
     // Jobs whose lease lapsed because their replica died or stopped.
-    let (selector, evaluations, tunings) = (
+    // Ended jobs past their retention go at the same pace.
+    let (selector, evaluations, tunings, runner) = (
         Arc::clone(&services.selector),
         Arc::clone(&services.evaluations),
         Arc::clone(&services.tunings),
+        Arc::clone(&services.runner),
     );
     let resumer = tokio::spawn(every(
         services.runner.resume_interval(),
         "resuming lapsed jobs",
         move || {
-            let (selector, evaluations, tunings) = (
+            let (selector, evaluations, tunings, runner) = (
                 Arc::clone(&selector),
                 Arc::clone(&evaluations),
                 Arc::clone(&tunings),
+                Arc::clone(&runner),
             );
             async move {
+                runner.forget_ended().await.map_err(|e| e.to_string())?;
                 selector.resume_lapsed().await.map_err(|e| e.to_string())?;
                 evaluations
                     .resume_lapsed()

@@ -301,6 +301,7 @@ fn job_status_and_code(error: &JobError) -> (StatusCode, &'static str) {
         JobError::NotFound { kind, .. } => (StatusCode::NOT_FOUND, job_not_found_code(kind)),
         JobError::ShuttingDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         JobError::Cancelled(_) | JobError::LeaseLost(_) => (StatusCode::CONFLICT, "conflict"),
+        JobError::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_jobs"),
     }
 }
 

@@ -5,11 +5,13 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::fairness::Requester;
 use super::limits;
 use super::limits::{MAX_EVALUATION_EXAMPLES, MAX_INPUTS};
 use super::predict::{check_texts, OptionsBody};
@@ -68,6 +70,7 @@ struct RowLine<'a> {
 async fn evaluate(
     State(state): State<AppState>,
     Path(task): Path<String>,
+    Extension(requester): Extension<Requester>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<EvaluateRequest>,
 ) -> Result<Response, ApiError> {
@@ -130,7 +133,7 @@ async fn evaluate(
         }
         let job = services
             .evaluations
-            .start(&task, EvaluationRequest { rows, options })
+            .start(&task, &requester.0, EvaluationRequest { rows, options })
             .await?;
         let location = format!("/v1/tasks/{task}/evaluations/{}", job.id);
         return Ok(accepted(job, &location));

@@ -34,6 +34,21 @@ enum Client {
     Address(IpAddr),
 }
 
+/// Who sent a request, as the fair-share limits tell clients apart (`key:ID` or
+/// `address:IP`): left in the request for the routes that start background jobs,
+/// whose running count is capped per requester too.
+#[derive(Debug, Clone)]
+pub struct Requester(pub String);
+
+impl Client {
+    fn requester(&self) -> Requester {
+        Requester(match self {
+            Self::Key(id) => format!("key:{id}"),
+            Self::Address(address) => format!("address:{address}"),
+        })
+    }
+}
+
 /// The per-client limits and what each client uses of them.
 pub struct ClientLimits {
     max_in_flight: usize,
@@ -141,10 +156,11 @@ impl Drop for Slot {
 pub async fn limit(
     State(limits): State<Arc<ClientLimits>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let client = limits.client(&request, peer.ip());
+    request.extensions_mut().insert(client.requester());
     match limits.admit(client) {
         Ok(slot) => {
             // The slot goes with the body, so that a streamed answer (predictions as

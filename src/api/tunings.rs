@@ -4,10 +4,12 @@
 
 use axum::extract::{Path, State};
 use axum::response::Response;
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::evaluations::accepted;
+use super::fairness::Requester;
 use super::limits::MAX_EVALUATION_EXAMPLES;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
@@ -66,6 +68,7 @@ impl TuneBody {
 async fn tune(
     State(state): State<AppState>,
     Path(task): Path<String>,
+    Extension(requester): Extension<Requester>,
     ApiJson(mut body): ApiJson<TuneBody>,
 ) -> Result<Response, ApiError> {
     let services = state.services()?;
@@ -86,7 +89,7 @@ async fn tune(
         .await?;
     let job = services
         .tunings
-        .start(&task, TuneRequest { rows, grid })
+        .start(&task, &requester.0, TuneRequest { rows, grid })
         .await?;
     let location = format!("/v1/tasks/{task}/tunings/{}", job.id);
     Ok(accepted(job, &location))

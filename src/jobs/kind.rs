@@ -46,6 +46,14 @@ pub enum JobError {
     /// Another replica took the job over (this one's lease lapsed).
     #[error("another replica took over this {0}")]
     LeaseLost(&'static str),
+    /// A requester, the task or the replica runs as many jobs as it may.
+    #[error("{holder} already runs {limit} background jobs, as many as it may; retry when one has ended")]
+    TooMany {
+        /// Who is at the limit (`this client`, `task \`films\``, `this replica`).
+        holder: String,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl JobError {
@@ -294,17 +302,30 @@ impl<K: JobKind> Jobs<K> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores a job for `request`, starts it, and answers it as it is then.
+    /// Stores a job for `request`, asked by `requester` (an API key's id or a client
+    /// address), starts it, and answers it as it is then.
     ///
     /// # Errors
-    /// When the task is unknown, the kind refuses the request, or the database fails.
+    /// When the task is unknown, the kind refuses the request, the requester, the task
+    /// or this replica runs as many jobs as it may ([`JobError::TooMany`]), or the
+    /// database fails.
     pub async fn start(
         self: &Arc<Self>,
         task: &str,
+        requester: &str,
         request: K::Request,
     ) -> Result<K::View, K::Error> {
         self.catalog.definition(task).await?;
         self.kind.check(task, &request).await?;
+        let limits = self.runner.limits();
+        if self.runner.at_capacity() {
+            let holder = "this replica".to_owned();
+            return Err(JobError::TooMany {
+                holder,
+                limit: limits.per_replica,
+            }
+            .into());
+        }
         let row = JobRow {
             id: format!("{}-{:016x}", K::ID_PREFIX, rand::random::<u64>()),
             kind: K::KIND.to_owned(),
@@ -316,11 +337,27 @@ impl<K: JobKind> Jobs<K> {
             created_at: 0,
             updated_at: 0,
         };
-        self.catalog
-            .store()
-            .insert_job(task, &row, self.runner.owner(), self.runner.lease_until())
+        let store = self.catalog.store();
+        let caps = self.runner.caps();
+        let (owner, until) = (self.runner.owner(), self.runner.lease_until());
+        let inserted = store
+            .insert_job(task, &row, requester, caps, owner, until)
             .await
             .map_err(JobError::from)?;
+        if !inserted {
+            let task_full = caps.per_task > 0
+                && store
+                    .running_jobs_of_task(task)
+                    .await
+                    .map_err(JobError::from)?
+                    >= i64::try_from(caps.per_task).unwrap_or(i64::MAX);
+            let (holder, limit) = if task_full {
+                (format!("task `{task}`"), caps.per_task)
+            } else {
+                ("this client".to_owned(), caps.per_requester)
+            };
+            return Err(JobError::TooMany { holder, limit }.into());
+        }
         self.spawn_run(task, &row.id);
         self.get(task, &row.id).await
     }
@@ -380,7 +417,8 @@ impl<K: JobKind> Jobs<K> {
             .await
             .map_err(JobError::from)?;
         for lapsed in lapsed {
-            if self.runner.stopping() {
+            // A replica at its limit leaves lapsed jobs to the others.
+            if self.runner.stopping() || self.runner.at_capacity() {
                 break;
             }
             let ours = store

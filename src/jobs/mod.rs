@@ -6,7 +6,9 @@
 //! the lease; the runner takes the lease, renews it every third of its length while the
 //! work runs, lets it go when the work stops short (expired at once when another run
 //! should take the work up, cleared when nobody should), and at shutdown tells every
-//! run to stop after the input it is on and waits for them.
+//! run to stop after the input it is on and waits for them. It bounds long work as the
+//! fair-share limits bound requests ([`JobLimits`]): running jobs per requester, per
+//! task and per replica, and how long ended jobs are kept.
 
 mod kind;
 mod state;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{Leased, Store, StoreError};
+use crate::store::{Leased, RunningJobCaps, Store, StoreError};
 
 pub use kind::{JobError, JobKind, Jobs, Progress, RunError, StoredJob};
 pub use state::JobState;
@@ -91,9 +93,35 @@ macro_rules! job_error {
 }
 pub(crate) use job_error;
 
+/// How much background work may run at once, and how long ended jobs are kept; a
+/// limit of 0 is no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Running jobs one requester (an API key, or a client address) may have.
+    pub per_requester: usize,
+    /// Running jobs one task may have.
+    pub per_task: usize,
+    /// Jobs this replica runs at once (vote-k's stage 2 included); lapsed jobs past
+    /// it are left to other replicas.
+    pub per_replica: usize,
+    /// Seconds an ended job is kept before it is deleted (0: kept for ever).
+    pub retention_seconds: u64,
+}
+
+impl JobLimits {
+    /// No limit at all: for a command that runs its one job itself.
+    pub const NONE: Self = Self {
+        per_requester: 0,
+        per_task: 0,
+        per_replica: 0,
+        retention_seconds: 0,
+    };
+}
+
 /// Runs leased background work for this process.
 pub struct JobRunner {
     store: Store,
+    limits: JobLimits,
     /// This process's name on the leases it takes.
     owner: String,
     /// How long a lease holds unless renewed.
@@ -105,10 +133,12 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    /// A runner whose leases on `store`'s rows hold for `lease` unless renewed.
-    pub fn new(store: Store, lease: Duration) -> Self {
+    /// A runner whose leases on `store`'s rows hold for `lease` unless renewed, within
+    /// `limits`.
+    pub fn new(store: Store, lease: Duration, limits: JobLimits) -> Self {
         Self {
             store,
+            limits,
             owner: format!("replica-{:016x}", rand::random::<u64>()),
             lease: lease.max(Duration::from_secs(1)),
             runs: TaskTracker::new(),
@@ -130,6 +160,38 @@ impl JobRunner {
     /// How often lapsed leases are worth looking for: half a lease.
     pub fn resume_interval(&self) -> Duration {
         (self.lease / 2).max(Duration::from_secs(1))
+    }
+
+    /// The caps a new job's insert is held to.
+    pub fn caps(&self) -> RunningJobCaps {
+        RunningJobCaps {
+            per_task: self.limits.per_task,
+            per_requester: self.limits.per_requester,
+        }
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> JobLimits {
+        self.limits
+    }
+
+    /// Whether this replica runs as many jobs as it may.
+    pub fn at_capacity(&self) -> bool {
+        self.limits.per_replica > 0 && self.runs.len() >= self.limits.per_replica
+    }
+
+    /// Deletes the jobs that ended longer ago than the retention; answers how many.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn forget_ended(&self) -> Result<u64, StoreError> {
+        if self.limits.retention_seconds == 0 {
+            return Ok(0);
+        }
+        let kept = i64::try_from(self.limits.retention_seconds).unwrap_or(i64::MAX);
+        self.store
+            .delete_ended_jobs(crate::store::now().saturating_sub(kept))
+            .await
     }
 
     /// Whether the process is shutting down, so that work stops where it is.

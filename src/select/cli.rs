@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::selections::{Progress, SelectionRequest, Selector, StageTwoRun};
 use super::{Method, ParamOverrides};
 use crate::config::{ModelConfig, DEFAULT_DATABASE_URL, DEFAULT_JOB_LEASE_SECS};
-use crate::jobs::JobRunner;
+use crate::jobs::{JobLimits, JobRunner};
 use crate::predict::Predictor;
 use crate::server::load_models;
 use crate::store::Store;
@@ -59,6 +59,7 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
     let runner = Arc::new(JobRunner::new(
         store.clone(),
         Duration::from_secs(DEFAULT_JOB_LEASE_SECS),
+        JobLimits::NONE,
     ));
     let catalog = Arc::new(Catalog::open(store, embedder).await?);
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm));

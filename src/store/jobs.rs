@@ -53,9 +53,28 @@ fn job_row(row: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
     })
 }
 
+/// The most running jobs a new one may join, counted in the database.
+#[derive(Debug, Clone, Copy)]
+pub struct RunningJobCaps {
+    /// Running jobs of the task.
+    pub per_task: usize,
+    /// Running jobs of the requester.
+    pub per_requester: usize,
+}
+
+/// A cap as SQL compares it: no cap (0) is the largest count.
+fn cap(limit: usize) -> i64 {
+    match limit {
+        0 => i64::MAX,
+        limit => i64::try_from(limit).unwrap_or(i64::MAX),
+    }
+}
+
 impl Store {
-    /// Stores a new job under `owner`'s lease until `until`, so that no other replica
-    /// resumes it before its first save.
+    /// Stores a new job asked for by `requester` under `owner`'s lease until `until`
+    /// (so that no other replica resumes it before its first save), unless the task
+    /// or the requester already has as many running jobs as `caps` allow; answers
+    /// whether it was stored. The count and the insert are one statement.
     ///
     /// # Errors
     /// When the database fails.
@@ -63,13 +82,17 @@ impl Store {
         &self,
         task: &str,
         row: &JobRow,
+        requester: &str,
+        caps: RunningJobCaps,
         owner: &str,
         until: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
             "INSERT INTO jobs (task, id, kind, state, request, result, error, lease_owner, \
-             lease_expires, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $9)",
+             lease_expires, created_at, updated_at, requester) \
+             SELECT $1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $9, $10 \
+             WHERE (SELECT COUNT(*) FROM jobs WHERE task = $1 AND state = 'running') < $11 \
+             AND (SELECT COUNT(*) FROM jobs WHERE requester = $10 AND state = 'running') < $12",
         )
         .bind(task)
         .bind(&row.id)
@@ -80,9 +103,41 @@ impl Store {
         .bind(owner)
         .bind(until)
         .bind(now())
+        .bind(requester)
+        .bind(cap(caps.per_task))
+        .bind(cap(caps.per_requester))
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// How many jobs of the task run now.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn running_jobs_of_task(&self, task: &str) -> Result<i64, StoreError> {
+        let count =
+            sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE task = $1 AND state = 'running'")
+                .bind(task)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+        Ok(count)
+    }
+
+    /// Deletes the jobs that ended (complete, failed, cancelled) before `before`, in
+    /// seconds since the epoch; answers how many.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn delete_ended_jobs(&self, before: i64) -> Result<u64, StoreError> {
+        let deleted = sqlx::query("DELETE FROM jobs WHERE state <> 'running' AND updated_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted)
     }
 
     /// One job by id.

@@ -20,7 +20,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub use items::{ExampleChange, ItemKind, NewItem, StoredItem};
-pub use jobs::{JobRow, MAX_LISTED_JOBS};
+pub use jobs::{JobRow, RunningJobCaps, MAX_LISTED_JOBS};
 pub use keys::KeyRow;
 pub use leases::{LapsedLease, Lease, Leased};
 pub use selections::SelectionRow;

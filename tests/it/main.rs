@@ -22,6 +22,7 @@ mod durability;
 mod embedder_reference;
 mod fairness;
 mod index_recall;
+mod job_limits;
 mod llm_reference;
 mod llm_scoring;
 mod long_requests;

@@ -7,7 +7,7 @@
 //! resumes it.
 
 use crate::common::TestDatabase;
-use exemplar::store::{JobRow, Leased, SelectionRow, Store};
+use exemplar::store::{JobRow, Leased, RunningJobCaps, SelectionRow, Store};
 
 /// Writers racing on each row.
 const WRITERS: usize = 8;
@@ -157,10 +157,23 @@ async fn cancelled_job(url: &str) {
         created_at: 0,
         updated_at: 0,
     };
-    store
-        .insert_job("task0", &job, "runner", now + 60)
+    let caps = RunningJobCaps {
+        per_task: 1,
+        per_requester: 0,
+    };
+    assert!(store
+        .insert_job("task0", &job, "a client", caps, "runner", now + 60)
         .await
-        .expect("inserted");
+        .expect("inserted"));
+    // The task's one running job is as many as it may have.
+    let second = JobRow {
+        id: "second".into(),
+        ..job.clone()
+    };
+    assert!(!store
+        .insert_job("task0", &second, "a client", caps, "runner", now + 60)
+        .await
+        .expect("refused"));
     let saved = JobRow {
         result: "{\"done\":16}".into(),
         ..job.clone()

@@ -1,0 +1,214 @@
+//! Long work is bounded like short work: running background jobs are capped per client
+//! (its key), per task and per replica, past which a new one is 429 `too_many_jobs`
+//! with `Retry-After` while other clients are still served; ended jobs are forgotten
+//! after the retention.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::{read_jsonl, shared_dir, TestServer};
+
+const ADMIN: &str = "job-limits-test-admin-key-0123456789abcdef";
+
+/// An evaluation long enough to be running throughout the test: 400 SST-2 rows.
+fn long_evaluation() -> Value {
+    let rows: Vec<Value> = read_jsonl(shared_dir().join("data/sst2/test.jsonl"))
+        .into_iter()
+        .take(400)
+        .collect();
+    json!({"examples": rows, "background": true, "k": 2})
+}
+
+async fn task(server: &TestServer, name: &str) {
+    let spec = json!({
+        "labels": ["negative", "positive"],
+        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
+    });
+    let path = format!("/v1/tasks/{name}");
+    let (status, body) = server
+        .call_as(Some(ADMIN), Method::PUT, &path, Some(spec))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let examples = json!({"examples": [
+        {"text": "a warm, funny film", "label": "positive"},
+        {"text": "dull and far too long", "label": "negative"}
+    ]});
+    let path = format!("{path}/examples");
+    let (status, body) = server
+        .call_as(Some(ADMIN), Method::POST, &path, Some(examples))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn read_key(server: &TestServer) -> String {
+    let (status, key) = server
+        .call_as(
+            Some(ADMIN),
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"scope": "read"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    key["key"].as_str().expect("key").to_owned()
+}
+
+/// Starts an evaluation of `task` as `key`: the status, the job's id or the error.
+async fn evaluate(server: &TestServer, key: &str, task: &str, body: &Value) -> (u16, Value) {
+    let response = server
+        .client
+        .post(server.url(&format!("/v1/tasks/{task}/evaluate")))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    if status == 429 {
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    (status, response.json().await.expect("JSON"))
+}
+
+fn refusal(body: &Value) -> (&str, &str) {
+    (
+        body["error"]["code"].as_str().unwrap_or_default(),
+        body["error"]["message"].as_str().unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn running_jobs_are_capped_per_client_task_and_replica() {
+    let server = TestServer::start_with_env(
+        &[
+            "--max-jobs-per-client",
+            "2",
+            "--max-jobs-per-task",
+            "3",
+            "--max-jobs-per-replica",
+            "4",
+        ],
+        &[("EXEMPLAR_BOOTSTRAP_KEY", ADMIN)],
+    )
+    .await;
+    task(&server, "first").await;
+    task(&server, "second").await;
+    let (a, b, c) = (
+        read_key(&server).await,
+        read_key(&server).await,
+        read_key(&server).await,
+    );
+    let long = long_evaluation();
+    let mut started = Vec::new();
+
+    // One client asking again and again: two jobs, then 429 for the rest.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (status, body) = evaluate(&server, &a, "first", &long).await;
+        statuses.push(status);
+        match status {
+            202 => started.push(("first", body["id"].as_str().expect("id").to_owned())),
+            _ => {
+                let (code, message) = refusal(&body);
+                assert_eq!(code, "too_many_jobs", "{body}");
+                assert!(message.contains("this client already runs 2"), "{message}");
+            }
+        }
+    }
+    assert_eq!(statuses, [202, 202, 429, 429, 429, 429, 429, 429, 429, 429]);
+
+    // Another client: the task's third job, then the task is full.
+    let (status, body) = evaluate(&server, &b, "first", &long).await;
+    assert_eq!(status, 202, "{body}");
+    started.push(("first", body["id"].as_str().expect("id").to_owned()));
+    let (status, body) = evaluate(&server, &b, "first", &long).await;
+    assert_eq!((status, refusal(&body).0), (429, "too_many_jobs"), "{body}");
+    assert!(refusal(&body).1.contains("task `first`"), "{body}");
+
+    // Another task: the replica's fourth job, then the replica is full.
+    let (status, body) = evaluate(&server, &b, "second", &long).await;
+    assert_eq!(status, 202, "{body}");
+    started.push(("second", body["id"].as_str().expect("id").to_owned()));
+    let (status, body) = evaluate(&server, &c, "second", &long).await;
+    assert_eq!((status, refusal(&body).0), (429, "too_many_jobs"), "{body}");
+    assert!(refusal(&body).1.contains("this replica"), "{body}");
+
+    // A third client's prediction is served meanwhile.
+    let (status, body) = server
+        .call_as(
+            Some(&c),
+            Method::POST,
+            "/v1/tasks/first/predict",
+            Some(json!({"inputs": [{"text": "a lovely film"}], "k": 2})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A cancelled job no longer counts: its client may start another.
+    for (task, id) in &started {
+        let path = format!("/v1/tasks/{task}/evaluations/{id}");
+        let (status, body) = server
+            .call_as(Some(ADMIN), Method::DELETE, &path, None)
+            .await;
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (200, Some("cancelled")),
+            "{body}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let short = json!({"examples": [{"text": "fine", "label": "positive"}], "background": true});
+    loop {
+        // The cancelled runs stop after the row they are on.
+        let (status, body) = evaluate(&server, &a, "first", &short).await;
+        if status == 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn ended_jobs_are_forgotten_after_the_retention() {
+    let server = TestServer::start_with_env(
+        &["--job-retention-seconds", "1", "--job-lease-seconds", "2"],
+        &[("EXEMPLAR_BOOTSTRAP_KEY", ADMIN)],
+    )
+    .await;
+    task(&server, "films").await;
+    let body = json!({"examples": [{"text": "fine", "label": "positive"}], "background": true});
+    let (status, job) = evaluate(&server, ADMIN, "films", &body).await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!(
+        "/v1/tasks/films/evaluations/{}",
+        job["id"].as_str().expect("id")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_complete = false;
+    loop {
+        let (status, job) = server.call_as(Some(ADMIN), Method::GET, &path, None).await;
+        match (status, job["state"].as_str()) {
+            (200, Some("complete")) => seen_complete = true,
+            (200, Some("running")) => {}
+            (404, _) => {
+                assert_eq!(refusal(&job).0, "evaluation_not_found");
+                break;
+            }
+            other => panic!("unexpected {other:?}: {job}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ended job is still kept: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen_complete,
+        "the job was forgotten before it was seen complete"
+    );
+}
