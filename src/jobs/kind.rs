@@ -121,6 +121,15 @@ pub trait JobKind: Send + Sync + Sized + 'static {
         progress: &'a mut Progress<Self>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'a;
 
+    /// What the job changes outside its own row once it is complete (a tuning's task
+    /// defaults): run only after the final save, which the lease guards, so that a job
+    /// cancelled or taken over meanwhile changes nothing.
+    fn completed<'a>(
+        &'a self,
+        task: &'a str,
+        saved: &'a Self::Saved,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'a;
+
     /// The job as answered to clients.
     fn view(job: &StoredJob<Self>) -> Self::View;
 }
@@ -502,6 +511,7 @@ impl<K: JobKind> Jobs<K> {
             cancel,
         };
         let result = self.kind.work(task, &job.request, &mut progress).await;
+        let complete = result.is_ok();
         let ended = match result {
             Ok(()) => JobRow {
                 state: JobState::Complete.as_str().to_owned(),
@@ -517,17 +527,19 @@ impl<K: JobKind> Jobs<K> {
         };
         // Only while the lease is this process's: a run that lapsed and was taken over,
         // or was cancelled, never overwrites what is stored.
-        if self
+        if !self
             .catalog
             .store()
             .save_leased_job(task, &ended, self.runner.owner(), None)
             .await
             .map_err(JobError::from)?
         {
-            Ok(())
-        } else {
-            Err(JobError::LeaseLost(K::KIND).into())
+            return Err(JobError::LeaseLost(K::KIND).into());
         }
+        if complete {
+            self.kind.completed(task, &progress.saved).await?;
+        }
+        Ok(())
     }
 }
 

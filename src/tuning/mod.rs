@@ -345,7 +345,6 @@ impl JobKind for Tuner {
             });
         };
         let defaults = best.configuration.defaults(prior);
-        self.store_defaults(task, &defaults).await?;
         progress.saved.result = Some(TuneResult {
             examples: request.rows.len(),
             table: measured.into_iter().map(|(row, _)| row).collect(),
@@ -353,6 +352,14 @@ impl JobKind for Tuner {
             defaults,
         });
         Ok(())
+    }
+
+    /// Writes the winner as the task's defaults.
+    async fn completed(&self, task: &str, saved: &SavedScores) -> Result<(), TuningError> {
+        match &saved.result {
+            Some(result) => self.store_defaults(task, &result.defaults).await,
+            None => Ok(()),
+        }
     }
 
     fn view(job: &StoredJob<Self>) -> TuningJob {
