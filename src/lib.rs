@@ -7,7 +7,8 @@
 //! - [`model_source`]: turns `--model` / `--embedder` into local files (path or hub repo).
 //! - [`llm`]: our llama forward on candle, its GGUF tokenizer, scoring, generation, the prefix cache.
 //! - [`embed`]: the sentence embedder: our packed BERT encoder, mean pooling, L2 norm.
-//! - [`worker`]: a model owned by one OS thread behind a bounded queue.
+//! - [`worker`]: a model owned by one OS thread behind a bounded queue; a panic breaks it and restarts the process.
+//! - [`fault_injection`]: the test-only hook that makes a model panic (debug builds).
 //! - [`cores`]: the CPU's cores, taken in turns by the models' steps.
 //! - [`store`]: the database (SQLite or PostgreSQL through sqlx), the source of truth.
 //! - [`index`]: one HNSW index per task over the examples' embeddings.
@@ -38,6 +39,7 @@ pub mod cores;
 pub mod embed;
 pub mod evaluation;
 pub mod experiments;
+pub mod fault_injection;
 pub mod index;
 pub mod jobs;
 pub mod llm;

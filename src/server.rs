@@ -58,6 +58,9 @@ pub enum ServerError {
     /// Tasks could not be loaded into memory.
     #[error("loading tasks: {0}")]
     Tasks(#[from] TaskError),
+    /// A model's work panicked; the process stopped so that a fresh one takes over.
+    #[error("the {0} worker panicked: stopped so that the supervisor starts a fresh process")]
+    ModelBroken(&'static str),
     /// Listening or a worker thread failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -222,8 +225,12 @@ async fn sync_replicas(catalog: Arc<Catalog>) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// Serves the API on `listener` until `shutdown` completes; then answers `/ready` with
-/// 503 while serving on for the configured drain period, closes the listener, gives the
+/// How often the server looks for a broken model.
+const BROKEN_POLL: Duration = Duration::from_millis(200);
+
+/// Serves the API on `listener` until `shutdown` completes or a model breaks (a panic
+/// in its work: then it returns [`ServerError::ModelBroken`] at the end); then answers
+/// `/ready` with 503 while serving on for the configured drain period, closes the listener, gives the
 /// requests in flight the configured grace before cancelling them, and lets background
 /// jobs save their progress.
 ///
@@ -246,8 +253,17 @@ pub async fn serve(
     let draining = state.clone();
     let drain = Duration::from_secs(config.drain_seconds);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let watched = state.clone();
+    let broken = async move {
+        while watched.broken_model().is_none() {
+            tokio::time::sleep(BROKEN_POLL).await;
+        }
+    };
     let stop_accepting = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = broken => tracing::error!("a model is broken: shutting down so that the supervisor starts a fresh process"),
+        }
         draining.begin_drain();
         tracing::info!(
             drain_seconds = drain.as_secs(),
@@ -331,5 +347,8 @@ pub async fn serve(
         sync.abort();
     }
     services.catalog.close().await;
-    Ok(())
+    match state.broken_model() {
+        Some(worker) => Err(ServerError::ModelBroken(worker)),
+        None => Ok(()),
+    }
 }

@@ -3,10 +3,15 @@
 //! Inference is CPU-bound and must never run on the async runtime's workers. Each model
 //! gets a dedicated thread that takes jobs from a bounded channel; a full channel is
 //! refused at once so that overload becomes a quick 429, not an unbounded wait.
+//!
+//! A panic in a model's work leaves it broken: its state (the kernel pool's locks,
+//! caches half written) cannot be trusted. The worker records why, takes no more jobs
+//! (they are refused with [`QueueError::Broken`]), `/ready` answers 503, and the server
+//! exits non-zero so that its supervisor starts a fresh process.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Why a job was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -17,12 +22,17 @@ pub enum QueueError {
     /// The worker thread has ended.
     #[error("the model worker has stopped")]
     Stopped,
+    /// A job panicked: the model takes no more work and the process restarts.
+    #[error("the model is broken ({0}); the server is restarting")]
+    Broken(&'static str),
 }
 
 /// A cloneable handle that submits jobs to one worker thread.
 pub struct Worker<J> {
     sender: SyncSender<J>,
     waiting: Arc<AtomicUsize>,
+    /// Set, with the worker's name, once a job panicked.
+    broken: Arc<OnceLock<&'static str>>,
 }
 
 impl<J> Clone for Worker<J> {
@@ -30,6 +40,7 @@ impl<J> Clone for Worker<J> {
         Self {
             sender: self.sender.clone(),
             waiting: Arc::clone(&self.waiting),
+            broken: Arc::clone(&self.broken),
         }
     }
 }
@@ -51,15 +62,15 @@ impl<J: Send + 'static> Worker<J> {
         S: Send + 'static,
         F: FnMut(&mut S, J) + Send + 'static,
     {
-        let worker = name.to_owned();
         Self::spawn_with(name, capacity, move |queue| {
             while let Some(job) = queue.recv() {
                 // A panic fails its own job (the caller's reply channel is dropped,
-                // so its request gets an error) and the worker takes the next one,
-                // rather than ending for good while `/ready` still answers 200.
+                // so its request gets an error) and breaks the worker: the jobs
+                // still queued are refused and no new one is taken.
                 let run = std::panic::AssertUnwindSafe(|| handle(&mut state, job));
                 if std::panic::catch_unwind(run).is_err() {
-                    record_panic(&worker);
+                    queue.break_down();
+                    return;
                 }
             }
         })
@@ -76,22 +87,39 @@ impl<J: Send + 'static> Worker<J> {
     {
         let (sender, receiver) = sync_channel::<J>(capacity.max(1));
         let waiting = Arc::new(AtomicUsize::new(0));
+        let broken = Arc::new(OnceLock::new());
+        // Named once per worker thread, for the process's life.
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
         let queue = Queue {
             receiver,
             waiting: Arc::clone(&waiting),
+            broken: Arc::clone(&broken),
+            name,
         };
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || body(queue))?;
-        Ok(Self { sender, waiting })
+        Ok(Self {
+            sender,
+            waiting,
+            broken,
+        })
+    }
+
+    /// The worker's name if a job of it panicked: it takes no more work.
+    pub fn broken(&self) -> Option<&'static str> {
+        self.broken.get().copied()
     }
 
     /// Queues `job`, or refuses it at once when the queue is full.
     ///
     /// # Errors
     /// [`QueueError::Full`] under overload, [`QueueError::Stopped`] once the worker has
-    /// ended.
+    /// ended, [`QueueError::Broken`] once a job of it panicked.
     pub fn submit(&self, job: J) -> Result<(), QueueError> {
+        if let Some(name) = self.broken() {
+            return Err(QueueError::Broken(name));
+        }
         self.waiting.fetch_add(1, Ordering::Relaxed);
         self.sender.try_send(job).map_err(|e| {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -112,9 +140,21 @@ impl<J: Send + 'static> Worker<J> {
 pub struct Queue<J> {
     receiver: Receiver<J>,
     waiting: Arc<AtomicUsize>,
+    broken: Arc<OnceLock<&'static str>>,
+    name: &'static str,
 }
 
 impl<J> Queue<J> {
+    /// Records that a job panicked: the worker is broken from now on, its handles
+    /// refuse new jobs, and the jobs still queued are dropped (their callers get an
+    /// error). The thread should return after this.
+    pub fn break_down(&self) {
+        tracing::error!(worker = %self.name, "a model job panicked; the model takes no more work and the server restarts");
+        ::metrics::counter!("exemplar_worker_panics_total", "worker" => self.name).increment(1);
+        let _ = self.broken.set(self.name);
+        while self.try_recv().is_some() {}
+    }
+
     /// The next job, waiting for one; `None` once every handle is gone.
     pub fn recv(&self) -> Option<J> {
         let job = self.receiver.recv().ok()?;
@@ -128,12 +168,6 @@ impl<J> Queue<J> {
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         Some(job)
     }
-}
-
-/// Logs and counts a panic that a worker survived.
-pub fn record_panic(worker: &str) {
-    tracing::error!(worker = %worker, "a model job panicked; the worker goes on");
-    ::metrics::counter!("exemplar_worker_panics_total", "worker" => worker.to_owned()).increment(1);
 }
 
 #[cfg(test)]
@@ -165,21 +199,21 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_job_fails_alone_and_the_worker_goes_on() {
+    fn a_panicking_job_breaks_the_worker_for_good() {
         let (done_tx, done_rx) = channel::<u32>();
-        let worker = Worker::spawn("test", 4, 0u32, move |jobs_run, job: u32| {
-            *jobs_run += 1;
+        let worker = Worker::spawn("test", 4, (), move |_, job: u32| {
             assert_ne!(job, 1, "job 1 panics");
-            done_tx.send(*jobs_run).ok();
+            done_tx.send(job).ok();
         })
         .expect("thread");
+        assert_eq!(worker.broken(), None);
         for job in 0..3 {
-            worker.submit(job).expect("the worker takes every job");
+            worker.submit(job).expect("queued before the panic");
         }
-        assert_eq!(done_rx.recv().ok(), Some(1));
-        // Job 1 panicked; job 2 still runs on the same state.
-        assert_eq!(done_rx.recv().ok(), Some(3));
-        worker.submit(3).expect("the worker is alive");
-        assert_eq!(done_rx.recv().ok(), Some(4));
+        assert_eq!(done_rx.recv().ok(), Some(0));
+        // Job 1 panicked: job 2, queued behind it, never runs, and nothing new is taken.
+        assert_eq!(done_rx.recv().ok(), None);
+        assert_eq!(worker.broken(), Some("test"));
+        assert_eq!(worker.submit(3), Err(QueueError::Broken("test")));
     }
 }

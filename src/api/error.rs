@@ -84,6 +84,9 @@ pub enum ApiError {
     /// The models are still loading.
     #[error("the models are still loading; poll GET /ready")]
     NotReady,
+    /// A panic broke a model: the server takes no more model work and restarts.
+    #[error("the model is broken ({0}); the server is restarting, retry on another replica")]
+    ModelBroken(&'static str),
     /// The server is stopping; the load balancer should send elsewhere.
     #[error("the server is shutting down")]
     Draining,
@@ -152,6 +155,7 @@ impl ApiError {
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::ModelBroken(_) => (StatusCode::SERVICE_UNAVAILABLE, "model_broken"),
             Self::Auth(AuthError::Missing | AuthError::Invalid) => {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }
@@ -266,6 +270,9 @@ fn predict_status_and_code(error: &PredictError) -> (StatusCode, &'static str) {
         PredictError::Llm(LlmError::Queue(QueueError::Full)) => {
             (StatusCode::TOO_MANY_REQUESTS, "overloaded")
         }
+        PredictError::Llm(LlmError::Queue(QueueError::Broken(_))) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "model_broken")
+        }
         PredictError::Llm(_) | PredictError::Aborted(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
         }
@@ -326,6 +333,9 @@ fn task_status_and_code(error: &TaskError) -> (StatusCode, &'static str) {
         TaskError::Embed(EmbedError::Queue(QueueError::Full)) => {
             (StatusCode::TOO_MANY_REQUESTS, "overloaded")
         }
+        TaskError::Embed(EmbedError::Queue(QueueError::Broken(_))) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "model_broken")
+        }
         TaskError::Store(store) => store_status_and_code(store),
         TaskError::Embed(_) | TaskError::Index(_) | TaskError::Aborted(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -384,6 +394,7 @@ impl From<QueueError> for ApiError {
     fn from(error: QueueError) -> Self {
         match error {
             QueueError::Full => Self::Overloaded,
+            QueueError::Broken(worker) => Self::ModelBroken(worker),
             QueueError::Stopped => Self::Internal(error.to_string()),
         }
     }

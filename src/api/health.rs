@@ -23,5 +23,8 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         return Err(ApiError::Draining);
     }
     state.services()?;
+    if let Some(worker) = state.broken_model() {
+        return Err(ApiError::ModelBroken(worker));
+    }
     Ok(Json(json!({"status": "ready"})))
 }

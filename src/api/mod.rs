@@ -126,6 +126,16 @@ impl AppState {
         self.services.get().ok_or(ApiError::NotReady)
     }
 
+    /// The worker of a model broken by a panic, if any: the server stops taking work.
+    pub fn broken_model(&self) -> Option<&'static str> {
+        let services = self.services.get()?;
+        services
+            .llms
+            .iter()
+            .find_map(|(_, llm)| llm.broken())
+            .or_else(|| services.embedder.broken())
+    }
+
     /// Marks the server as stopping: `/ready` answers 503 from now on, other routes
     /// go on serving.
     pub fn begin_drain(&self) {

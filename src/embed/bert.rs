@@ -311,6 +311,7 @@ fn packed_attention_cpu(
         start += n;
     }
     candle_core::utils::barrier_pool().execute_chunked(texts.len(), |items| {
+        crate::fault_injection::panic_if_asked("embedder");
         let mut scores = Vec::new();
         for (start, text) in &texts[items] {
             let Ok(mut text) = text.lock() else { continue };

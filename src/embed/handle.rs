@@ -54,6 +54,11 @@ impl EmbedderHandle {
         &self.name
     }
 
+    /// The worker's name if a panic broke it.
+    pub fn broken(&self) -> Option<&'static str> {
+        self.worker.broken()
+    }
+
     /// Jobs waiting for the model.
     pub fn waiting(&self) -> usize {
         self.worker.waiting()

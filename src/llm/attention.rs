@@ -193,6 +193,7 @@ pub(super) fn attend(
     let shared = SharedRows::new(&mut out, repeats * head_dim);
     let scale = 1.0 / (head_dim as f32).sqrt();
     candle_core::utils::barrier_pool().execute_chunked(kv_heads * n, |items| {
+        crate::fault_injection::panic_if_asked("llm");
         // Scratch for every item of the chunk, allocated once: a token's scores are
         // written and read only where it sees, so nothing needs zeroing between items.
         let mut scores = vec![0f32; repeats * columns];

@@ -66,6 +66,11 @@ impl LlmHandle {
         self.llm.chat_template()
     }
 
+    /// The worker's name if a panic broke it.
+    pub fn broken(&self) -> Option<&'static str> {
+        self.worker.broken()
+    }
+
     /// Jobs waiting for the model.
     pub fn waiting(&self) -> usize {
         self.worker.waiting()

@@ -26,6 +26,7 @@ mod job_limits;
 mod llm_reference;
 mod llm_scoring;
 mod long_requests;
+mod model_faults;
 mod openapi;
 mod prompt_injection;
 mod replicas;

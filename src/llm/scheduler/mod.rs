@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::{run_together, KvBudget, Llm, LlmError, Piece, PrefixCache, Session};
 use crate::cores;
-use crate::worker::{record_panic, Queue};
+use crate::worker::Queue;
 
 /// Tokens one step takes from the running jobs (at least one piece runs, whatever
 /// its length).
@@ -93,9 +93,10 @@ pub(super) fn run(llm: &Llm, mut cache: PrefixCache, queue: Queue<Box<dyn Task>>
         ::metrics::gauge!("exemplar_llm_running_jobs").set(running.len() as f64);
         let step = std::panic::AssertUnwindSafe(|| step(llm, &mut cache, &mut running));
         if std::panic::catch_unwind(step).is_err() {
-            // The jobs of the failed step cannot be trusted; their callers get an error.
-            record_panic("exemplar-llm");
-            running.clear();
+            // Nothing the step touched can be trusted: the running jobs' callers get an
+            // error, and the model takes no more work.
+            queue.break_down();
+            return;
         }
     }
 }
