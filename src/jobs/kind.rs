@@ -200,7 +200,7 @@ impl<K: JobKind> Progress<K> {
                 &self.task,
                 &row,
                 self.runner.owner(),
-                Some(self.runner.lease_until()),
+                Some(self.runner.lease_seconds()),
             )
             .await?
         {
@@ -348,9 +348,9 @@ impl<K: JobKind> Jobs<K> {
         };
         let store = self.catalog.store();
         let caps = self.runner.caps();
-        let (owner, until) = (self.runner.owner(), self.runner.lease_until());
+        let (owner, seconds) = (self.runner.owner(), self.runner.lease_seconds());
         let inserted = store
-            .insert_job(task, &row, requester, caps, owner, until)
+            .insert_job(task, &row, requester, caps, owner, seconds)
             .await
             .map_err(JobError::from)?;
         if !inserted {
@@ -422,7 +422,7 @@ impl<K: JobKind> Jobs<K> {
         let store = self.catalog.store();
         let mut resumed = 0;
         let lapsed = store
-            .lapsed_leases(Leased::Jobs, crate::store::now())
+            .lapsed_leases(Leased::Jobs)
             .await
             .map_err(JobError::from)?;
         for lapsed in lapsed {

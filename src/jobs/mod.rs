@@ -151,10 +151,9 @@ impl JobRunner {
         &self.owner
     }
 
-    /// When a lease taken or renewed now lapses, in seconds since the epoch.
-    pub fn lease_until(&self) -> i64 {
-        let seconds = i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX);
-        crate::store::now().saturating_add(seconds)
+    /// How long a lease taken or renewed now holds, in seconds of the database's clock.
+    pub fn lease_seconds(&self) -> i64 {
+        i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX)
     }
 
     /// How often lapsed leases are worth looking for: half a lease.
@@ -211,14 +210,7 @@ impl JobRunner {
     /// When the database fails.
     pub async fn take(&self, leased: Leased, task: &str, id: &str) -> Result<bool, StoreError> {
         self.store
-            .take_lease(
-                leased,
-                task,
-                id,
-                &self.owner,
-                crate::store::now(),
-                self.lease_until(),
-            )
+            .take_lease(leased, task, id, &self.owner, self.lease_seconds())
             .await
     }
 
@@ -268,7 +260,7 @@ impl JobRunner {
             tokio::time::sleep(self.lease / 3).await;
             match self
                 .store
-                .renew_lease(leased, task, id, &self.owner, self.lease_until())
+                .renew_lease(leased, task, id, &self.owner, self.lease_seconds())
                 .await
             {
                 Ok(true) => {}

@@ -71,7 +71,7 @@ fn cap(limit: usize) -> i64 {
 }
 
 impl Store {
-    /// Stores a new job asked for by `requester` under `owner`'s lease until `until`
+    /// Stores a new job asked for by `requester` under `owner`'s lease for `seconds`
     /// (so that no other replica resumes it before its first save), unless the task
     /// or the requester already has as many running jobs as `caps` allow; answers
     /// whether it was stored. The count and the insert are one statement.
@@ -85,15 +85,16 @@ impl Store {
         requester: &str,
         caps: RunningJobCaps,
         owner: &str,
-        until: i64,
+        seconds: i64,
     ) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
+        let inserted = sqlx::query(&format!(
             "INSERT INTO jobs (task, id, kind, state, request, result, error, lease_owner, \
              lease_expires, created_at, updated_at, requester) \
-             SELECT $1, $2, $3, $4, $5, $6, NULL, $7, $8, $9, $9, $10 \
+             SELECT $1, $2, $3, $4, $5, $6, NULL, $7, {clock} + $8, $9, $9, $10 \
              WHERE (SELECT COUNT(*) FROM jobs WHERE task = $1 AND state = 'running') < $11 \
              AND (SELECT COUNT(*) FROM jobs WHERE requester = $10 AND state = 'running') < $12",
-        )
+            clock = self.clock(),
+        ))
         .bind(task)
         .bind(&row.id)
         .bind(&row.kind)
@@ -101,7 +102,7 @@ impl Store {
         .bind(&row.request)
         .bind(&row.result)
         .bind(owner)
-        .bind(until)
+        .bind(seconds)
         .bind(now())
         .bind(requester)
         .bind(cap(caps.per_task))
@@ -170,8 +171,9 @@ impl Store {
     }
 
     /// Saves the state, result and error of a job whose lease `owner` holds, extending
-    /// the lease to `until`, or ending it when `until` is `None`; answers false (and
-    /// saves nothing) when `owner` no longer holds it.
+    /// the lease to `lease` seconds from now on the database's clock, or ending it when
+    /// `lease` is `None`; answers false (and saves nothing) when `owner` no longer
+    /// holds it.
     ///
     /// # Errors
     /// When the database fails.
@@ -180,19 +182,21 @@ impl Store {
         task: &str,
         row: &JobRow,
         owner: &str,
-        until: Option<i64>,
+        lease: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let saved = sqlx::query(
+        // NULL seconds leave NULL: the lease ends.
+        let saved = sqlx::query(&format!(
             "UPDATE jobs SET state = $1, result = $2, error = $3, updated_at = $4, \
-             lease_owner = $5, lease_expires = $6 \
+             lease_owner = $5, lease_expires = {clock} + $6 \
              WHERE task = $7 AND id = $8 AND lease_owner = $9",
-        )
+            clock = self.clock(),
+        ))
         .bind(&row.state)
         .bind(&row.result)
         .bind(&row.error)
         .bind(now())
-        .bind(until.map(|_| owner))
-        .bind(until)
+        .bind(lease.map(|_| owner))
+        .bind(lease)
         .bind(task)
         .bind(&row.id)
         .bind(owner)

@@ -4,7 +4,9 @@
 //! one replica at a time: the one whose lease has not expired. The runner extends it
 //! while it works; a lease left to expire (its replica died) is taken over by another
 //! replica, or by the same one restarted. Every statement here is a single `UPDATE` or
-//! `SELECT`, so that replicas racing for a lease never both win.
+//! `SELECT`, so that replicas racing for a lease never both win, and reads the time
+//! from the database's clock, never a replica's, so that replicas whose clocks
+//! disagree (or one whose clock steps) still agree on who holds a lease.
 
 use sqlx::Row;
 
@@ -50,8 +52,8 @@ pub struct LapsedLease {
 }
 
 impl Store {
-    /// Takes the lease of a row for `owner` until `until`, unless another owner's lease
-    /// is live at `now`; answers whether `owner` holds it now.
+    /// Takes the lease of a row for `owner` for `seconds` of the database's clock,
+    /// unless another owner's lease is live; answers whether `owner` holds it now.
     ///
     /// # Errors
     /// When the database fails.
@@ -61,29 +63,29 @@ impl Store {
         task: &str,
         id: &str,
         owner: &str,
-        now: i64,
-        until: i64,
+        seconds: i64,
     ) -> Result<bool, StoreError> {
         // One statement: of replicas racing for an expired lease, one update wins and
         // the others find it live.
         let taken = sqlx::query(&format!(
-            "UPDATE {} SET lease_owner = $1, lease_expires = $2 \
+            "UPDATE {table} SET lease_owner = $1, lease_expires = {clock} + $2 \
              WHERE task = $3 AND id = $4 \
-             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires < $5)",
-            leased.table()
+             AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires < {clock})",
+            table = leased.table(),
+            clock = self.clock(),
         ))
         .bind(owner)
-        .bind(until)
+        .bind(seconds)
         .bind(task)
         .bind(id)
-        .bind(now)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(taken == 1)
     }
 
-    /// Extends `owner`'s lease to `until`; answers false when `owner` no longer holds it.
+    /// Extends `owner`'s lease to `seconds` from now on the database's clock; answers
+    /// false when `owner` no longer holds it.
     ///
     /// # Errors
     /// When the database fails.
@@ -93,14 +95,15 @@ impl Store {
         task: &str,
         id: &str,
         owner: &str,
-        until: i64,
+        seconds: i64,
     ) -> Result<bool, StoreError> {
         let renewed = sqlx::query(&format!(
-            "UPDATE {} SET lease_expires = $1 \
+            "UPDATE {table} SET lease_expires = {clock} + $1 \
              WHERE task = $2 AND id = $3 AND lease_owner = $4",
-            leased.table()
+            table = leased.table(),
+            clock = self.clock(),
         ))
-        .bind(until)
+        .bind(seconds)
         .bind(task)
         .bind(id)
         .bind(owner)
@@ -140,22 +143,18 @@ impl Store {
         Ok(())
     }
 
-    /// Every row whose lease lapsed before `now`: work whose replica died or stopped,
-    /// with the task, id and the lapsed owner.
+    /// Every row whose lease lapsed on the database's clock: work whose replica died
+    /// or stopped, with the task, id and the lapsed owner.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn lapsed_leases(
-        &self,
-        leased: Leased,
-        now: i64,
-    ) -> Result<Vec<LapsedLease>, StoreError> {
+    pub async fn lapsed_leases(&self, leased: Leased) -> Result<Vec<LapsedLease>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT task, id, lease_owner FROM {} \
-             WHERE lease_owner IS NOT NULL AND lease_expires < $1 ORDER BY updated_at",
-            leased.table()
+            "SELECT task, id, lease_owner FROM {table} \
+             WHERE lease_owner IS NOT NULL AND lease_expires < {clock} ORDER BY updated_at",
+            table = leased.table(),
+            clock = self.clock(),
         ))
-        .bind(now)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

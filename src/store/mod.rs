@@ -95,6 +95,19 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// The database's own clock in seconds since the Unix epoch, as SQL: leases are
+    /// taken, renewed and found lapsed on it, so that replicas whose clocks disagree
+    /// still agree on who holds a job.
+    fn clock(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "CAST(strftime('%s', 'now') AS INTEGER)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)",
+        }
+    }
 }
 
 /// Seconds since the Unix epoch, for `created_at` columns.
@@ -168,7 +181,7 @@ impl Store {
             }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self { pool })
+        Ok(Self { pool, backend })
     }
 
     /// Closes every connection.

@@ -105,8 +105,9 @@ impl Store {
     }
 
     /// Saves the state and result of a selection whose lease `owner` holds, extending
-    /// the lease to `until`, or ending it when `until` is `None`; answers false (and
-    /// saves nothing) when `owner` no longer holds it.
+    /// the lease to `lease` seconds from now on the database's clock, or ending it when
+    /// `lease` is `None`; answers false (and saves nothing) when `owner` no longer
+    /// holds it.
     ///
     /// # Errors
     /// When the database fails.
@@ -115,18 +116,20 @@ impl Store {
         task: &str,
         row: &SelectionRow,
         owner: &str,
-        until: Option<i64>,
+        lease: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let saved = sqlx::query(
+        // NULL seconds leave NULL: the lease ends.
+        let saved = sqlx::query(&format!(
             "UPDATE selections SET state = $1, result = $2, updated_at = $3, \
-             lease_owner = $4, lease_expires = $5 \
+             lease_owner = $4, lease_expires = {clock} + $5 \
              WHERE task = $6 AND id = $7 AND lease_owner = $8",
-        )
+            clock = self.clock(),
+        ))
         .bind(&row.state)
         .bind(&row.result)
         .bind(now())
-        .bind(until.map(|_| owner))
-        .bind(until)
+        .bind(lease.map(|_| owner))
+        .bind(lease)
         .bind(task)
         .bind(&row.id)
         .bind(owner)

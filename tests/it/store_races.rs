@@ -64,13 +64,12 @@ async fn lease(url: &str) {
         .put_selection("task0", &row("{}"))
         .await
         .expect("saved");
-    let now = exemplar::store::now();
     let takers = (0..WRITERS).map(|w| {
         let store = store.clone();
         tokio::spawn(async move {
             let owner = format!("replica{w}");
             let taken = store
-                .take_lease(Leased::Selections, "task0", "sel", &owner, now, now + 60)
+                .take_lease(Leased::Selections, "task0", "sel", &owner, 60)
                 .await
                 .expect("no taker fails");
             (owner, taken)
@@ -95,24 +94,37 @@ async fn lease(url: &str) {
         .0
         .clone();
     assert!(!store
-        .save_leased("task0", &row("{\"by\":\"loser\"}"), &loser, Some(now + 60))
+        .save_leased("task0", &row("{\"by\":\"loser\"}"), &loser, Some(60))
         .await
         .unwrap());
     assert!(store
-        .renew_lease(Leased::Selections, "task0", "sel", &winner, now + 60)
+        .renew_lease(Leased::Selections, "task0", "sel", &winner, 60)
         .await
         .unwrap());
+    // Live on the database's clock: nobody else takes it.
+    assert!(!store
+        .take_lease(Leased::Selections, "task0", "sel", &loser, 60)
+        .await
+        .unwrap());
+    assert!(store
+        .lapsed_leases(Leased::Selections)
+        .await
+        .unwrap()
+        .is_empty());
 
-    // The winner stalls past its lease; the loser takes over and completes.
+    // The winner stalls past its lease (renewed into the past on the database's
+    // clock); the lease shows as lapsed, and the loser takes over and completes.
     assert!(store
-        .take_lease(
-            Leased::Selections,
-            "task0",
-            "sel",
-            &loser,
-            now + 61,
-            now + 120
-        )
+        .renew_lease(Leased::Selections, "task0", "sel", &winner, -1)
+        .await
+        .unwrap());
+    let lapsed = store.lapsed_leases(Leased::Selections).await.unwrap();
+    assert_eq!(
+        lapsed.iter().map(|l| l.owner.as_str()).collect::<Vec<_>>(),
+        [winner.as_str()]
+    );
+    assert!(store
+        .take_lease(Leased::Selections, "task0", "sel", &loser, 60)
         .await
         .unwrap());
     let complete = SelectionRow {
@@ -135,7 +147,7 @@ async fn lease(url: &str) {
     );
     assert_eq!(stored.lease, None, "a finished run ends its lease");
     assert!(store
-        .lapsed_leases(Leased::Selections, now + 1000)
+        .lapsed_leases(Leased::Selections)
         .await
         .unwrap()
         .is_empty());
@@ -145,7 +157,6 @@ async fn lease(url: &str) {
 async fn cancelled_job(url: &str) {
     let store = Store::connect(url).await.expect("store");
     store.put_task("task0", "{}").await.expect("task");
-    let now = exemplar::store::now();
     let job = JobRow {
         id: "job".into(),
         kind: "evaluation".into(),
@@ -162,7 +173,7 @@ async fn cancelled_job(url: &str) {
         per_requester: 0,
     };
     assert!(store
-        .insert_job("task0", &job, "a client", caps, "runner", now + 60)
+        .insert_job("task0", &job, "a client", caps, "runner", 60)
         .await
         .expect("inserted"));
     // The task's one running job is as many as it may have.
@@ -171,7 +182,7 @@ async fn cancelled_job(url: &str) {
         ..job.clone()
     };
     assert!(!store
-        .insert_job("task0", &second, "a client", caps, "runner", now + 60)
+        .insert_job("task0", &second, "a client", caps, "runner", 60)
         .await
         .expect("refused"));
     let saved = JobRow {
@@ -179,7 +190,7 @@ async fn cancelled_job(url: &str) {
         ..job.clone()
     };
     assert!(store
-        .save_leased_job("task0", &saved, "runner", Some(now + 60))
+        .save_leased_job("task0", &saved, "runner", Some(60))
         .await
         .unwrap());
     assert!(store.end_job("task0", "job", "cancelled").await.unwrap());
@@ -192,7 +203,7 @@ async fn cancelled_job(url: &str) {
         ..job.clone()
     };
     assert!(!store
-        .save_leased_job("task0", &late, "runner", Some(now + 60))
+        .save_leased_job("task0", &late, "runner", Some(60))
         .await
         .unwrap());
     let stored = store.job("task0", "job").await.unwrap().expect("row");
@@ -200,13 +211,9 @@ async fn cancelled_job(url: &str) {
         (stored.state.as_str(), stored.result.as_str(), stored.lease),
         ("cancelled", "{\"done\":16}", None)
     );
-    assert!(store
-        .lapsed_leases(Leased::Jobs, now + 1000)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.lapsed_leases(Leased::Jobs).await.unwrap().is_empty());
     assert!(!store
-        .take_lease(Leased::Jobs, "task0", "missing", "runner", now, now + 60)
+        .take_lease(Leased::Jobs, "task0", "missing", "runner", 60)
         .await
         .unwrap());
     assert_eq!(store.jobs("task0", "evaluation").await.unwrap().len(), 1);

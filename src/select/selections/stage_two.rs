@@ -148,7 +148,7 @@ impl Selector {
         let lapsed = self
             .catalog
             .store()
-            .lapsed_leases(Leased::Selections, crate::store::now())
+            .lapsed_leases(Leased::Selections)
             .await?;
         let mut resumed = 0;
         for LapsedLease { task, id, owner } in lapsed {
@@ -276,7 +276,7 @@ impl Selector {
                 ..row.clone()
             };
             if !store
-                .save_leased(task, &saved, owner, Some(self.runner.lease_until()))
+                .save_leased(task, &saved, owner, Some(self.runner.lease_seconds()))
                 .await?
             {
                 return Err(SelectionError::LeaseLost);
