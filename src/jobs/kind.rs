@@ -392,7 +392,17 @@ impl<K: JobKind> Jobs<K> {
             .jobs(task, K::KIND)
             .await
             .map_err(JobError::from)?;
-        rows.iter().map(|row| Ok(K::view(&stored(row)?))).collect()
+        // A row this version cannot read is left out of the listing, not fatal to it.
+        Ok(rows
+            .iter()
+            .filter_map(|row| match stored(row) {
+                Ok(job) => Some(K::view(&job)),
+                Err(e) => {
+                    tracing::warn!(task, job = row.id, error = %e, "a job cannot be read");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Cancels a running job: it stops between inputs, wherever it runs, and nobody
@@ -457,6 +467,13 @@ impl<K: JobKind> Jobs<K> {
     }
 
     async fn load(&self, task: &str, id: &str) -> Result<(JobRow, StoredJob<K>), K::Error> {
+        let row = self.row(task, id).await?;
+        let job = stored(&row)?;
+        Ok((row, job))
+    }
+
+    /// A job's stored row, before it is read.
+    async fn row(&self, task: &str, id: &str) -> Result<JobRow, K::Error> {
         self.catalog.definition(task).await?;
         let row = self
             .catalog
@@ -470,8 +487,7 @@ impl<K: JobKind> Jobs<K> {
                 task: task.to_owned(),
                 id: id.to_owned(),
             })?;
-        let job = stored(&row)?;
-        Ok((row, job))
+        Ok(row)
     }
 
     /// Runs the job `id`, whose lease this process holds, in the background.
@@ -497,7 +513,25 @@ impl<K: JobKind> Jobs<K> {
     /// Works the job from its saved state, then stores its end: complete with the
     /// answer, or failed with an error that another run would meet again.
     async fn run(&self, task: &str, id: &str, cancel: CancellationToken) -> Result<(), K::Error> {
-        let (row, job) = self.load(task, id).await?;
+        let row = self.row(task, id).await?;
+        let job = match stored::<K>(&row) {
+            Ok(job) => job,
+            Err(unreadable) => {
+                // Every run would meet it again (a row of another version, say): it is
+                // failed with why, not resumed and not left running for ever.
+                let failed = JobRow {
+                    state: JobState::Failed.as_str().to_owned(),
+                    error: Some(unreadable.to_string()),
+                    ..row
+                };
+                self.catalog
+                    .store()
+                    .save_leased_job(task, &failed, self.runner.owner(), None)
+                    .await
+                    .map_err(JobError::from)?;
+                return Err(unreadable.into());
+            }
+        };
         if job.state != JobState::Running {
             return Err(JobError::Cancelled(K::KIND).into());
         }

@@ -199,3 +199,75 @@ async fn restarts_reuse_embeddings_and_a_new_embedder_re_embeds() {
         restarted.log()
     );
 }
+
+/// A job whose stored row this version cannot read (written by another version, say)
+/// is failed with why when a replica takes it up: never resumed again and again, never
+/// left `running`, and the task's listing still answers.
+#[tokio::test]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn a_job_that_cannot_be_read_is_failed_not_resumed() {
+    let server = TestServer::start(&["--job-lease-seconds", "2"]).await;
+    server
+        .sentiment_task(
+            "films",
+            json!([
+                {"text": "a warm, funny film", "label": "positive"},
+                {"text": "dull and far too long", "label": "negative"}
+            ]),
+        )
+        .await;
+    let rows: Vec<Value> = common::read_jsonl(common::shared_dir().join("data/sst2/test.jsonl"))
+        .into_iter()
+        .take(400)
+        .collect();
+    let (status, job) = server
+        .post(
+            "/v1/tasks/films/evaluate",
+            json!({"examples": rows, "background": true, "k": 2}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().expect("id").to_owned();
+
+    // Killed while running; its stored request becomes one this version cannot read.
+    let mut server = server;
+    server.kill();
+    let database = sqlx::SqlitePool::connect(&server.database_url)
+        .await
+        .expect("the test database opens");
+    sqlx::query("UPDATE jobs SET request = '{\"rows\": \"from another version\"}' WHERE id = ?")
+        .bind(&id)
+        .execute(&database)
+        .await
+        .expect("rewritten");
+    let server = server.restart().await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (state, error, owner): (String, Option<String>, Option<String>) =
+            sqlx::query_as("SELECT state, error, lease_owner FROM jobs WHERE id = ?")
+                .bind(&id)
+                .fetch_one(&database)
+                .await
+                .expect("the row");
+        if state == "failed" {
+            let error = error.unwrap_or_default();
+            assert!(error.contains("job:"), "{error}");
+            assert_eq!(owner, None, "a failed job holds no lease");
+            break;
+        }
+        assert_eq!(state, "running");
+        assert!(
+            Instant::now() < deadline,
+            "the unreadable job was not failed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = server.get("/v1/tasks/films/evaluations").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["evaluations"],
+        json!([]),
+        "the unreadable job is left out"
+    );
+}
