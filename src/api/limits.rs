@@ -34,6 +34,20 @@ pub const MAX_GRAPH_K: usize = 1_000;
 /// command line meets too.
 pub const MAX_RUNS: usize = crate::select::MAX_RUNS;
 
+/// A sampling temperature, 0 (greedy) when absent; a 422 past 0 to
+/// [`MAX_TEMPERATURE`].
+pub fn temperature(value: Option<f64>) -> Result<f64, ApiError> {
+    let temperature = value.unwrap_or(0.0);
+    if (0.0..=MAX_TEMPERATURE).contains(&temperature) {
+        Ok(temperature)
+    } else {
+        Err(ApiError::invalid(
+            "temperature",
+            format!("{temperature} is out of range: give 0 (greedy) to {MAX_TEMPERATURE}"),
+        ))
+    }
+}
+
 /// A 422 unless `value` lies in `min..=max`.
 pub fn in_range(field: &'static str, value: usize, min: usize, max: usize) -> Result<(), ApiError> {
     if (min..=max).contains(&value) {

@@ -127,13 +127,7 @@ impl OptionsBody {
                 format!("{max_new_tokens} is out of range: give 1 to {max_tokens_cap}"),
             ));
         }
-        let temperature = self.temperature.unwrap_or(0.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid(
-                "temperature",
-                format!("{temperature} is out of range: give 0 (greedy) to 2"),
-            ));
-        }
+        let temperature = limits::temperature(self.temperature)?;
         let vote_weight = self.vote_weight.or(defaults.vote_weight);
         if let Some(weight) = vote_weight {
             if !(0.0..=1.0).contains(&weight) {

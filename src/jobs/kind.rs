@@ -347,7 +347,7 @@ impl<K: JobKind> Jobs<K> {
             updated_at: 0,
         };
         let store = self.catalog.store();
-        let caps = self.runner.caps();
+        let caps = limits.caps();
         let (owner, seconds) = (self.runner.owner(), self.runner.lease_seconds());
         let inserted = store
             .insert_job(task, &row, requester, caps, owner, seconds)

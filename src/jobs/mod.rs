@@ -109,6 +109,14 @@ pub struct JobLimits {
 }
 
 impl JobLimits {
+    /// The caps a new job's insert is held to, counted in the database.
+    pub fn caps(&self) -> RunningJobCaps {
+        RunningJobCaps {
+            per_task: self.per_task,
+            per_requester: self.per_requester,
+        }
+    }
+
     /// No limit at all: for a command that runs its one job itself.
     pub const NONE: Self = Self {
         per_requester: 0,
@@ -159,14 +167,6 @@ impl JobRunner {
     /// How often lapsed leases are worth looking for: half a lease.
     pub fn resume_interval(&self) -> Duration {
         (self.lease / 2).max(Duration::from_secs(1))
-    }
-
-    /// The caps a new job's insert is held to.
-    pub fn caps(&self) -> RunningJobCaps {
-        RunningJobCaps {
-            per_task: self.limits.per_task,
-            per_requester: self.limits.per_requester,
-        }
     }
 
     /// The configured limits.

@@ -75,6 +75,16 @@ pub fn read_jsonl(path: PathBuf) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A background evaluation long enough to be running throughout a test: 400 SST-2
+/// test rows, k = 2.
+pub fn long_background_evaluation() -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = read_jsonl(shared_dir().join("data/sst2/test.jsonl"))
+        .into_iter()
+        .take(400)
+        .collect();
+    serde_json::json!({"examples": rows, "background": true, "k": 2})
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -315,15 +325,34 @@ impl TestServer {
     /// Creates the sentiment task `name` (labels negative and positive, "Review:" and
     /// "Sentiment:" templates) holding `examples`; fails the test if either write fails.
     pub async fn sentiment_task(&self, name: &str, examples: serde_json::Value) {
+        self.sentiment_task_as(None, name, examples).await;
+    }
+
+    /// Like [`TestServer::sentiment_task`], sending `key` if given.
+    pub async fn sentiment_task_as(
+        &self,
+        key: Option<&str>,
+        name: &str,
+        examples: serde_json::Value,
+    ) {
         let task = serde_json::json!({
             "labels": ["negative", "positive"],
             "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
         });
         let path = format!("/v1/tasks/{name}");
-        let (status, body) = self.call(reqwest::Method::PUT, &path, Some(task)).await;
+        let (status, body) = self
+            .call_as(key, reqwest::Method::PUT, &path, Some(task))
+            .await;
         assert_eq!(status, 201, "{body}");
         let examples = serde_json::json!({ "examples": examples });
-        let (status, body) = self.post(&format!("{path}/examples"), examples).await;
+        let (status, body) = self
+            .call_as(
+                key,
+                reqwest::Method::POST,
+                &format!("{path}/examples"),
+                Some(examples),
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
     }
 

@@ -216,14 +216,10 @@ async fn a_job_that_cannot_be_read_is_failed_not_resumed() {
             ]),
         )
         .await;
-    let rows: Vec<Value> = common::read_jsonl(common::shared_dir().join("data/sst2/test.jsonl"))
-        .into_iter()
-        .take(400)
-        .collect();
     let (status, job) = server
         .post(
             "/v1/tasks/films/evaluate",
-            json!({"examples": rows, "background": true, "k": 2}),
+            common::long_background_evaluation(),
         )
         .await;
     assert_eq!(status, 202, "{job}");

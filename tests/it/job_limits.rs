@@ -8,38 +8,17 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{read_jsonl, shared_dir, TestServer};
+use crate::common::{long_background_evaluation, TestServer};
 
 const ADMIN: &str = "job-limits-test-admin-key-0123456789abcdef";
 
-/// An evaluation long enough to be running throughout the test: 400 SST-2 rows.
-fn long_evaluation() -> Value {
-    let rows: Vec<Value> = read_jsonl(shared_dir().join("data/sst2/test.jsonl"))
-        .into_iter()
-        .take(400)
-        .collect();
-    json!({"examples": rows, "background": true, "k": 2})
-}
-
+/// A task `name` with two examples, made with the admin key.
 async fn task(server: &TestServer, name: &str) {
-    let spec = json!({
-        "labels": ["negative", "positive"],
-        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
-    });
-    let path = format!("/v1/tasks/{name}");
-    let (status, body) = server
-        .call_as(Some(ADMIN), Method::PUT, &path, Some(spec))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let examples = json!({"examples": [
+    let examples = json!([
         {"text": "a warm, funny film", "label": "positive"},
         {"text": "dull and far too long", "label": "negative"}
-    ]});
-    let path = format!("{path}/examples");
-    let (status, body) = server
-        .call_as(Some(ADMIN), Method::POST, &path, Some(examples))
-        .await;
-    assert_eq!(status, 201, "{body}");
+    ]);
+    server.sentiment_task_as(Some(ADMIN), name, examples).await;
 }
 
 async fn read_key(server: &TestServer) -> String {
@@ -101,7 +80,7 @@ async fn running_jobs_are_capped_per_client_task_and_replica() {
         read_key(&server).await,
         read_key(&server).await,
     );
-    let long = long_evaluation();
+    let long = long_background_evaluation();
     let mut started = Vec::new();
 
     // One client asking again and again: two jobs, then 429 for the rest.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 from urllib.parse import quote
 
 import httpx
@@ -15,6 +15,7 @@ from .errors import ExemplarError, JobFailedError, from_response
 from .models import (
     Evaluation,
     EvaluationJob,
+    Job,
     Key,
     Model,
     Prediction,
@@ -31,6 +32,9 @@ MAX_BATCH_ROWS = 1000
 MAX_PREDICT_INPUTS = 64
 #: Answers that mean the server stored nothing and asks to be retried later.
 RETRIED_STATUSES = (429, 503)
+
+#: A kind of background job.
+J = TypeVar("J", bound=Job)
 
 #: Rows as a user has them: dicts, strings (pool texts), or a pandas DataFrame.
 Rows = Union[Iterable[Mapping[str, Any]], Iterable[str], Any]
@@ -313,6 +317,15 @@ class Client:
             raise JobFailedError(f"{what} {job['id']} ended {job['state']}: {reason}", code=f"job_{job['state']}", body=job)
         return job
 
+    def _job_outcome(self, kind: Type[J], jobs: str, job: Dict[str, Any], what: str, wait: bool) -> Any:
+        """A started job as answered, or with ``wait`` its result once it has ended
+        (``jobs`` is the path of the task's jobs of its kind)."""
+        if not wait:
+            return kind.from_json(job)
+        ended = kind.from_json(self._wait(f"{jobs}/{job['id']}", job, what))
+        assert ended.result is not None
+        return ended.result
+
     def evaluate(
         self,
         task: str,
@@ -329,12 +342,7 @@ class Client:
         if examples is not None:
             body["examples"] = list(_records(examples, ("text", "text_pair", "label")))
         job = self._json("POST", f"{self._task(task)}/evaluate", body)
-        if not wait:
-            return EvaluationJob.from_json(job)
-        path = f"{self._task(task)}/evaluations/{job['id']}"
-        ended = EvaluationJob.from_json(self._wait(path, job, "evaluation"))
-        assert ended.result is not None
-        return ended.result
+        return self._job_outcome(EvaluationJob, f"{self._task(task)}/evaluations", job, "evaluation", wait)
 
     def evaluation(self, task: str, id: str) -> EvaluationJob:
         """An evaluation job as it stands."""
@@ -349,12 +357,7 @@ class Client:
         by leave-one-out and stores the best as the task's defaults; with ``wait``
         answers the table."""
         job = self._json("POST", f"{self._task(task)}/tune", grid)
-        if not wait:
-            return TuningJob.from_json(job)
-        path = f"{self._task(task)}/tunings/{job['id']}"
-        ended = TuningJob.from_json(self._wait(path, job, "tuning"))
-        assert ended.result is not None
-        return ended.result
+        return self._job_outcome(TuningJob, f"{self._task(task)}/tunings", job, "tuning", wait)
 
     # -- selective annotation --------------------------------------------------
 

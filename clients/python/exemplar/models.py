@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Type, TypeVar
+from typing import Any, ClassVar, Dict, Generic, List, Optional, Type, TypeVar
 
 T = TypeVar("T", bound="ApiObject")
+#: What a background job answers once complete.
+R = TypeVar("R", bound="ApiObject")
 
 
 class ApiObject:
@@ -135,18 +137,25 @@ class Evaluation(ApiObject):
 
 
 @dataclass
-class EvaluationJob(ApiObject):
-    """A background evaluation, its progress and, once complete, its table."""
+class Job(ApiObject, Generic[R]):
+    """A background job (evaluation, tuning): its state, progress and, once complete,
+    its result."""
 
-    schema: ClassVar[str] = "#/components/schemas/EvaluationJob"
-    nested: ClassVar[Dict[str, Type[ApiObject]]] = {"result": Evaluation}
     id: str
     state: str
     progress: Dict[str, Any]
     created_at: int
     updated_at: int
-    result: Optional[Evaluation] = None
+    result: Optional[R] = None
     error: Optional[str] = None
+
+
+@dataclass
+class EvaluationJob(Job[Evaluation]):
+    """A background evaluation, its progress and, once complete, its table."""
+
+    schema: ClassVar[str] = "#/components/schemas/EvaluationJob"
+    nested: ClassVar[Dict[str, Type[ApiObject]]] = {"result": Evaluation}
 
 
 @dataclass
@@ -183,18 +192,11 @@ class Tuning(ApiObject):
 
 
 @dataclass
-class TuningJob(ApiObject):
+class TuningJob(Job[Tuning]):
     """A background tuning, its progress and, once complete, its table."""
 
     schema: ClassVar[str] = "#/components/schemas/TuningJob"
     nested: ClassVar[Dict[str, Type[ApiObject]]] = {"result": Tuning}
-    id: str
-    state: str
-    progress: Dict[str, Any]
-    created_at: int
-    updated_at: int
-    result: Optional[Tuning] = None
-    error: Optional[str] = None
 
 
 @dataclass

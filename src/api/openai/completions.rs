@@ -43,11 +43,8 @@ fn validate(
         return Err(ApiError::invalid("prompt", "must not be empty"));
     }
     limits::texts_at_most("prompt", [request.prompt.as_str()], limits::MAX_QUERY_BYTES)?;
-    if let Some(n) = request.logprobs.filter(|&n| n > limits::MAX_LOGPROBS) {
-        return Err(ApiError::invalid(
-            "logprobs",
-            format!("{n} is out of range: give 0 to {}", limits::MAX_LOGPROBS),
-        ));
+    if let Some(n) = request.logprobs {
+        limits::in_range("logprobs", n, 0, limits::MAX_LOGPROBS)?;
     }
     let prompt_ids = llm.tokenizer().encode_prompt(&request.prompt)?;
     let max_tokens = token_budget(

@@ -120,16 +120,7 @@ impl SharedFields {
                 "only a streamed answer takes stream options: set `stream` to true",
             ));
         }
-        let temperature = self.temperature.unwrap_or(0.0);
-        if !(0.0..=limits::MAX_TEMPERATURE).contains(&temperature) {
-            return Err(ApiError::invalid(
-                "temperature",
-                format!(
-                    "{temperature} is out of range: give 0 (greedy) to {}",
-                    limits::MAX_TEMPERATURE
-                ),
-            ));
-        }
+        let temperature = limits::temperature(self.temperature)?;
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(ApiError::invalid(

@@ -98,6 +98,20 @@ struct Vocabulary {
     kinds: Vec<TokenKind>,
 }
 
+impl Vocabulary {
+    /// The non-empty entries of `kinds`, longest first: the order they are cut out of
+    /// text in.
+    fn longest_first(&self, kinds: &[TokenKind]) -> Vec<u32> {
+        let mut ids: Vec<u32> = (0..self.pieces.len() as u32)
+            .filter(|&id| {
+                kinds.contains(&self.kinds[id as usize]) && !self.pieces[id as usize].is_empty()
+            })
+            .collect();
+        ids.sort_by_key(|&id| std::cmp::Reverse(self.pieces[id as usize].len()));
+        ids
+    }
+}
+
 /// The subword model.
 #[derive(Debug, Clone)]
 enum Model {
@@ -238,22 +252,8 @@ impl LlmTokenizer {
             optional_bool(content, "tokenizer.ggml.add_bos_token").unwrap_or(sentence_piece);
         let bos = optional_id(content, "tokenizer.ggml.bos_token_id")
             .filter(|&id| add_bos && (id as usize) < vocabulary.pieces.len());
-        let mut user_defined: Vec<u32> = (0..vocabulary.pieces.len() as u32)
-            .filter(|&id| {
-                vocabulary.kinds[id as usize] == TokenKind::UserDefined
-                    && !vocabulary.pieces[id as usize].is_empty()
-            })
-            .collect();
-        user_defined.sort_by_key(|&id| std::cmp::Reverse(vocabulary.pieces[id as usize].len()));
-        let mut markup_tokens: Vec<u32> = (0..vocabulary.pieces.len() as u32)
-            .filter(|&id| {
-                matches!(
-                    vocabulary.kinds[id as usize],
-                    TokenKind::UserDefined | TokenKind::Control
-                ) && !vocabulary.pieces[id as usize].is_empty()
-            })
-            .collect();
-        markup_tokens.sort_by_key(|&id| std::cmp::Reverse(vocabulary.pieces[id as usize].len()));
+        let user_defined = vocabulary.longest_first(&[TokenKind::UserDefined]);
+        let markup_tokens = vocabulary.longest_first(&[TokenKind::UserDefined, TokenKind::Control]);
         Ok(Self {
             vocabulary,
             model,
