@@ -36,7 +36,16 @@ async fn a_panic_in_either_models_kernel_pool_breaks_it_and_the_process_restarts
             status >= 500,
             "{model}: the panicking request answered {status} {answer}"
         );
-        let (status, ready) = server.get("/ready").await;
+        // The failed request is answered as its job unwinds, a moment before the
+        // worker records the break: /ready turns within that moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (status, ready) = loop {
+            let (status, ready) = server.get("/ready").await;
+            if status != 200 || std::time::Instant::now() > deadline {
+                break (status, ready);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(
             (status, ready["error"]["code"].as_str()),
             (503, Some("model_broken")),
