@@ -186,6 +186,7 @@ impl OptionsBody {
                 stop,
                 temperature,
             },
+            model: None,
         })
     }
 }

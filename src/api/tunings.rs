@@ -43,11 +43,21 @@ struct TuneBody {
     calibration: Option<Vec<Calibration>>,
     vote_weight: Option<Vec<f64>>,
     cached_demonstrations: Option<Vec<bool>>,
+    model: Option<Vec<String>>,
 }
 
 impl TuneBody {
     fn grid(&mut self) -> Result<Grid, ApiError> {
         let default = Grid::default();
+        let model = match self.model.take() {
+            Some(models) if models.is_empty() => {
+                return Err(ApiError::invalid(
+                    "model",
+                    "0 values; name 1 to 21 loaded models, or leave it out for the task's own",
+                ))
+            }
+            models => models.unwrap_or_default(),
+        };
         let grid = Grid {
             k: self.k.take().unwrap_or(default.k),
             strategy: self.strategy.take().unwrap_or(default.strategy),
@@ -58,6 +68,7 @@ impl TuneBody {
                 .cached_demonstrations
                 .take()
                 .unwrap_or(default.cached_demonstrations),
+            model,
         };
         grid.check()
             .map_err(|(field, message)| ApiError::invalid(field, message))?;

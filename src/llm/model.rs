@@ -5,9 +5,9 @@
 //! It reads the GGUF tensors itself and runs on candle tensors and ops (so the CUDA
 //! build works), with two differences from candle's `quantized_llama` that the service
 //! needs: every token carries its own position and an explicit attention mask may be
-//! given (so several continuations can share one pass), and Q8_0 matrices on the CPU
-//! go through the integer kernels of [`crate::quant`] instead of candle's (so do
-//! Q4_0 and Q4_1 ones).
+//! given (so several continuations can share one pass), and quantized matrices on the
+//! CPU (Q8_0, the 4-, 5- and 6-bit formats, K-quants included) go through the integer
+//! kernels of [`crate::quant`] instead of candle's.
 
 use std::sync::Arc;
 
@@ -17,15 +17,17 @@ use candle_core::{DType, Device, Module, Tensor};
 use super::architecture::{Activation, Architecture, RopeLayout};
 use super::attention::{self, Visibility};
 use super::LlmError;
-use crate::quant::{Q4Format, Q4Matrix, Q8Matrix, Q8Weights};
+use crate::quant::{BlockFormat, NibbleMatrix, Q6Matrix, Q8Matrix, Q8Weights};
 
 /// A weight matrix applied as `x · Wᵀ`.
 enum Linear {
     /// Q8_0 on the CPU: our integer kernels (shared with the embedding table when the
     /// output head is tied to it).
     Int8(Arc<Q8Weights>),
-    /// Q4_0 or Q4_1 on the CPU: our integer kernels.
-    Int4(Q4Matrix),
+    /// A 4- or 5-bit format on the CPU: our integer kernels.
+    Nibbles(NibbleMatrix),
+    /// Q6_K on the CPU: our integer kernels.
+    Int6(Q6Matrix),
     /// Anything else (f32, other formats, any GPU): candle's matmul.
     Candle(QMatMul),
 }
@@ -46,17 +48,19 @@ impl Linear {
             GgmlDType::Q8_0 => Self::Int8(Arc::new(Q8Weights::new(
                 Q8Matrix::from_gguf_q8_0(bytes, rows, cols).map_err(malformed)?,
             ))),
-            GgmlDType::Q4_0 => Self::Int4(
-                Q4Matrix::from_gguf(Q4Format::Q4_0, bytes, rows, cols).map_err(malformed)?,
-            ),
-            GgmlDType::Q4_1 => Self::Int4(
-                Q4Matrix::from_gguf(Q4Format::Q4_1, bytes, rows, cols).map_err(malformed)?,
-            ),
-            other => {
-                return Err(LlmError::Metadata(format!(
-                    "no integer kernel reads {other:?} weights"
-                )))
+            GgmlDType::Q6K => {
+                Self::Int6(Q6Matrix::from_gguf(bytes, rows, cols).map_err(malformed)?)
             }
+            other => match block_format(other) {
+                Some(format) => Self::Nibbles(
+                    NibbleMatrix::from_gguf(format, bytes, rows, cols).map_err(malformed)?,
+                ),
+                None => {
+                    return Err(LlmError::Metadata(format!(
+                        "no integer kernel reads {other:?} weights"
+                    )))
+                }
+            },
         })
     }
 
@@ -64,7 +68,8 @@ impl Linear {
         match self {
             Self::Candle(matmul) => Ok(matmul.forward(x)?),
             Self::Int8(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
-            Self::Int4(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
+            Self::Nibbles(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
+            Self::Int6(m) => integer_forward(x, m.rows(), m.cols(), |v, t| m.matmul(v, t)),
         }
     }
 }
@@ -97,7 +102,21 @@ fn integer_forward(
 
 /// Whether our integer kernels read this weight format.
 fn integer_format(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1)
+    dtype == GgmlDType::Q8_0 || block_format(dtype).is_some()
+}
+
+/// Our name of a 4-, 5- or 6-bit ggml format.
+fn block_format(dtype: GgmlDType) -> Option<BlockFormat> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => BlockFormat::Q4_0,
+        GgmlDType::Q4_1 => BlockFormat::Q4_1,
+        GgmlDType::Q5_0 => BlockFormat::Q5_0,
+        GgmlDType::Q5_1 => BlockFormat::Q5_1,
+        GgmlDType::Q4K => BlockFormat::Q4K,
+        GgmlDType::Q5K => BlockFormat::Q5K,
+        GgmlDType::Q6K => BlockFormat::Q6K,
+        _ => return None,
+    })
 }
 
 /// Weight matrices applied to the same input (a block's query, key and value

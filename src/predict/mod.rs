@@ -101,6 +101,11 @@ impl Predictor {
     }
 
     /// The catalog this predictor reads.
+    pub fn llms(&self) -> &LlmRegistry {
+        &self.llms
+    }
+
+    /// The task catalog it reads.
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }
@@ -156,7 +161,11 @@ impl Predictor {
             &definition.templates,
             &definition.spec.separator,
         ));
-        let llm = self.llms.get(definition.spec.model.as_deref())?.clone();
+        let model = options
+            .model
+            .as_deref()
+            .or(definition.spec.model.as_deref());
+        let llm = self.llms.get(model)?.clone();
         let tokenizer = Arc::clone(llm.tokenizer());
         let labels = definition.spec.labels.clone();
         let continuations: Vec<Vec<u32>> = labels

@@ -61,6 +61,10 @@ pub struct PredictOptions {
     pub max_prompt_tokens: Option<usize>,
     /// Generation settings for tasks without labels.
     pub generation: GenerationOptions,
+    /// A loaded model to run instead of the task's own (a tuning's grid compares
+    /// several).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 impl PredictOptions {
@@ -84,6 +88,7 @@ impl PredictOptions {
                 stop: Vec::new(),
                 temperature: 0.0,
             },
+            model: None,
         }
     }
 

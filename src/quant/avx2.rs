@@ -9,7 +9,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::q4::Q4Row;
+use super::nibble::NibbleRow;
+use super::q6::Q6Row;
 use super::{Q8Rows, WeightRow, BLOCK};
 
 /// Whether this CPU has AVX2 and FMA.
@@ -122,4 +123,22 @@ fn nibble_lanes(q: __m256i, x: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1))
 }
 
-nibble_kernels!("avx2,fma", nibble_lanes);
+/// `value` in byte `j` where bit `j` of `bits` is set, 0 elsewhere (llama.cpp's
+/// `bytes_from_bits_32`: each byte picks its bit's byte, then tests its bit).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn bit_bytes(bits: u32, value: i8) -> __m256i {
+    let which_byte = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), which_byte);
+    let which_bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, which_bit), which_bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(value))
+}
+
+nibble_kernels!("avx2,fma", nibble_lanes, bit_bytes);

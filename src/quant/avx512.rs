@@ -12,7 +12,8 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2::{horizontal_sum, unpack_nibbles};
-use super::q4::Q4Row;
+use super::nibble::NibbleRow;
+use super::q6::Q6Row;
 use super::{Q8Rows, WeightRow, BLOCK};
 
 /// Whether this CPU has AVX-512 (F, BW, VL) with VNNI.
@@ -164,7 +165,17 @@ fn nibble_lanes(q: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
 }
 
+/// `value` in byte `j` where bit `j` of `bits` is set, 0 elsewhere: the bits are a
+/// byte mask as they are.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn bit_bytes(bits: u32, value: i8) -> __m256i {
+    _mm256_maskz_set1_epi8(bits, value)
+}
+
 nibble_kernels!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma",
-    nibble_lanes
+    nibble_lanes,
+    bit_bytes
 );

@@ -1,37 +1,63 @@
-//! Integer matrix kernels for Q8_0, Q4_0 and Q4_1 weights, as llama.cpp runs them.
+//! Integer matrix kernels for the quantized GGUF formats (Q8_0, Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q4_K, Q5_K, Q6_K), as llama.cpp runs them.
 //!
-//! A Q8_0 weight matrix is kept as blocks of 32 signed bytes with one f32 scale each
-//! (the 4-bit formats: [`q4`]). The
+//! A Q8_0 weight matrix is kept as blocks of 32 signed bytes with one f32 scale each;
+//! the 4- and 5-bit formats as blocks of 32 unsigned values with a scale and an offset
+//! ([`nibble`]), Q6_K as blocks of 32 with two integer sub-block scales ([`q6`]); the
+//! files' own layouts are read in one place, [`blocks`]. The
 //! activations are quantized the same way on the fly (one scale per 32 values), so every
-//! block product is an exact integer dot product times two scales. The integer part runs
+//! block product is an exact integer dot product times two scales (for the K-quants
+//! one activation scale spans 256 values, as llama.cpp's `Q8_K`). The integer part runs
 //! on the widest instructions this CPU has, found at run time ([`Isa::detect`]): AVX-512
 //! VNNI, AVX2, or portable Rust. Every path computes the same integer sums bit for bit
 //! (the property tests in [`scalar`] pin it); only the order of the float accumulation
 //! differs. Where the CPU has AVX-512 VNNI, the LLM's Q8_0 matrices are repacked in
 //! tiles of 16 rows ([`Q8Tiles`]), whose kernel needs no horizontal sums.
 //!
-//! The files: [`q8`] and [`q4`] hold the formats, [`activations`] the quantized
-//! activations, [`product`] the driver every format's product runs through (one
-//! dispatch from a row to its instruction set's kernel), and [`scalar`], [`avx2`],
+//! The files: [`q8`], [`nibble`] and [`q6`] hold the formats, [`activations`] the
+//! quantized activations, [`product`] the driver every format's product runs through
+//! (one dispatch from a row to its instruction set's kernel), and [`scalar`], [`avx2`],
 //! [`avx512`] and [`tiles`] the kernels.
 //!
 //! Work is split over candle's kernel thread pool (`candle_core::utils::barrier_pool`,
 //! spinning workers that start a product in microseconds, where rayon's sleeping ones
 //! take tens), so the LLM's kernels and candle's share one set of `--threads` threads.
 
-/// The 4-bit kernel (and its test twin) of one instruction set: `$features` enables
-/// it, `$lanes` gives a block's eight partial sums of nibbles times activations. The
-/// paths differ only there, so one text serves both.
+/// The 4-, 5- and 6-bit kernels (and their test twins) of one instruction set:
+/// `$features` enables them, `$lanes` gives a block's eight partial sums of unsigned
+/// values times activations, `$bit_bytes(bits, v)` a register holding `v` in byte `j`
+/// where bit `j` of `bits` is set. The paths differ only there, so one text serves both.
 macro_rules! nibble_kernels {
-    ($features:literal, $lanes:ident) => {
-        /// The dot products of a 4-bit weight row with tokens `first..first + N`.
+    ($features:literal, $lanes:ident, $bit_bytes:ident) => {
+        /// A block's 32 values from its nibbles and, for 5-bit formats (`FIFTH`), its
+        /// fifth bits.
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn unpack_values<const FIFTH: bool>(
+            nibbles: &[u8],
+            fifth_bits: &[u32],
+            b: usize,
+        ) -> __m256i {
+            // SAFETY: the caller passes a block index inside the row.
+            let packed = unsafe { _mm_loadu_si128(nibbles.as_ptr().add(b * BLOCK / 2).cast()) };
+            let q = unpack_nibbles(packed);
+            if FIFTH {
+                _mm256_or_si256(q, $bit_bytes(fifth_bits[b], 16))
+            } else {
+                q
+            }
+        }
+
+        /// The dot products of a 4-bit (or, with `FIFTH`, 5-bit) weight row with
+        /// tokens `first..first + N`.
         ///
         /// # Safety
-        /// As [`dots`].
+        /// As [`dots`], and `acts` must carry `sums`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn q4_dots<const N: usize>(
-            w: &Q4Row,
+        pub(super) unsafe fn nibble_dots<const N: usize, const FIFTH: bool>(
+            w: &NibbleRow,
             acts: &Q8Rows,
             first: usize,
         ) -> [f32; N] {
@@ -43,9 +69,7 @@ macro_rules! nibble_kernels {
             let mut acc = [_mm256_setzero_ps(); N];
             let mut offsets = [0f32; N];
             for b in 0..blocks {
-                let packed =
-                    unsafe { _mm_loadu_si128(w.nibbles.as_ptr().add(b * BLOCK / 2).cast()) };
-                let q = unpack_nibbles(packed);
+                let q = unpack_values::<FIFTH>(w.nibbles, w.fifth_bits, b);
                 for j in 0..N {
                     let at = (first + j) * blocks + b;
                     let x = unsafe { _mm256_loadu_si256(xq.add(j * cols + b * BLOCK).cast()) };
@@ -61,41 +85,147 @@ macro_rules! nibble_kernels {
             out
         }
 
-        /// The exact integer sum of each 4-bit block, by the same instructions as the kernel.
+        /// Eight 32-bit partial sums of one Q6_K block of 32 times `x`: `(q - 32) x`
+        /// in pairs (at most 2 x 32 x 127 in magnitude), widened by the sub-block
+        /// scales.
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn q6_lanes(q: __m256i, half_scales: __m256i, x: __m256i) -> __m256i {
+            let pairs = _mm256_sub_epi16(
+                _mm256_maddubs_epi16(q, x),
+                _mm256_maddubs_epi16(_mm256_set1_epi8(32), x),
+            );
+            _mm256_madd_epi16(pairs, half_scales)
+        }
+
+        /// A Q6_K block's 32 six-bit values and its sub-block scales as 16-bit lanes
+        /// (the first eight pairs of values are the first sub-block's).
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn q6_block(w: &Q6Row, b: usize) -> (__m256i, __m256i) {
+            // SAFETY: the caller passes a block index inside the row.
+            let packed = unsafe { _mm_loadu_si128(w.nibbles.as_ptr().add(b * BLOCK / 2).cast()) };
+            let q = _mm256_or_si256(
+                unpack_nibbles(packed),
+                _mm256_or_si256(
+                    $bit_bytes(w.high_bits[2 * b], 16),
+                    $bit_bytes(w.high_bits[2 * b + 1], 32),
+                ),
+            );
+            let half_scales = _mm256_set_m128i(
+                _mm_set1_epi16(i16::from(w.half_scales[2 * b + 1])),
+                _mm_set1_epi16(i16::from(w.half_scales[2 * b])),
+            );
+            (q, half_scales)
+        }
+
+        /// The dot products of a Q6_K weight row with tokens `first..first + N`.
+        ///
+        /// # Safety
+        /// As [`dots`].
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn q6_dots<const N: usize>(
+            w: &Q6Row,
+            acts: &Q8Rows,
+            first: usize,
+        ) -> [f32; N] {
+            let blocks = acts.blocks_per_row();
+            let cols = acts.cols;
+            // SAFETY (all pointer reads below): as in `nibble_dots`.
+            let xq = unsafe { acts.quants.as_ptr().add(first * cols) };
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..blocks {
+                let (q, half_scales) = q6_block(w, b);
+                for j in 0..N {
+                    let at = (first + j) * blocks + b;
+                    let x = unsafe { _mm256_loadu_si256(xq.add(j * cols + b * BLOCK).cast()) };
+                    let scale = _mm256_set1_ps(w.scales[b] * acts.scales[at]);
+                    let lanes = q6_lanes(q, half_scales, x);
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[j]);
+                }
+            }
+            let mut out = [0f32; N];
+            for j in 0..N {
+                out[j] = horizontal_sum(acc[j]);
+            }
+            out
+        }
+
+        /// The exact integer sum of each 4- or 5-bit block, by the same instructions as
+        /// the kernel (`fifth_bits` empty for 4-bit blocks).
         ///
         /// # Safety
         /// The CPU must support the path's features ([`supported`]).
         #[cfg(all(test, target_arch = "x86_64"))]
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn q4_block_sums(nibbles: &[u8], x: &[i8]) -> Vec<i32> {
-            nibbles
-                .chunks_exact(BLOCK / 2)
-                .zip(x.chunks_exact(BLOCK))
-                .map(|(nb, xb)| {
-                    // SAFETY: the chunks are exactly 16 and 32 bytes.
-                    let (packed, xv) = unsafe {
-                        (
-                            _mm_loadu_si128(nb.as_ptr().cast()),
-                            _mm256_loadu_si256(xb.as_ptr().cast()),
-                        )
+        pub(super) unsafe fn nibble_block_sums(
+            nibbles: &[u8],
+            fifth_bits: &[u32],
+            x: &[i8],
+        ) -> Vec<i32> {
+            (0..x.len() / BLOCK)
+                .map(|b| {
+                    let q = if fifth_bits.is_empty() {
+                        unpack_values::<false>(nibbles, fifth_bits, b)
+                    } else {
+                        unpack_values::<true>(nibbles, fifth_bits, b)
                     };
-                    let mut out = [0i32; 8];
-                    let lanes = $lanes(unpack_nibbles(packed), xv);
-                    // SAFETY: `out` holds eight i32.
-                    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), lanes) };
-                    out.iter().sum()
+                    // SAFETY: block `b` of `x` is 32 bytes inside it.
+                    let xv = unsafe { _mm256_loadu_si256(x.as_ptr().add(b * BLOCK).cast()) };
+                    lane_sum($lanes(q, xv))
                 })
                 .collect()
         }
 
+        /// The exact integer sum of each Q6_K block of 32, by the same instructions as
+        /// the kernel.
+        ///
+        /// # Safety
+        /// The CPU must support the path's features ([`supported`]).
+        #[cfg(all(test, target_arch = "x86_64"))]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn q6_block_sums(w: &Q6Row, x: &[i8]) -> Vec<i32> {
+            (0..x.len() / BLOCK)
+                .map(|b| {
+                    let (q, half_scales) = q6_block(w, b);
+                    // SAFETY: block `b` of `x` is 32 bytes inside it.
+                    let xv = unsafe { _mm256_loadu_si256(x.as_ptr().add(b * BLOCK).cast()) };
+                    lane_sum(q6_lanes(q, half_scales, xv))
+                })
+                .collect()
+        }
+
+        /// The sum of eight 32-bit lanes.
+        #[cfg(all(test, target_arch = "x86_64"))]
+        #[target_feature(enable = $features)]
+        fn lane_sum(lanes: __m256i) -> i32 {
+            let mut out = [0i32; 8];
+            // SAFETY: `out` holds eight i32.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), lanes) };
+            out.iter().sum()
+        }
+
         /// Never called off x86-64: [`supported`] is false there.
         #[cfg(not(target_arch = "x86_64"))]
-        pub(super) unsafe fn q4_dots<const N: usize>(
-            w: &Q4Row,
+        pub(super) unsafe fn nibble_dots<const N: usize, const FIFTH: bool>(
+            w: &NibbleRow,
             acts: &Q8Rows,
             first: usize,
         ) -> [f32; N] {
-            super::scalar::q4_dots::<N>(w, acts, first)
+            super::scalar::nibble_dots::<N>(w, acts, first)
+        }
+
+        /// Never called off x86-64: [`supported`] is false there.
+        #[cfg(not(target_arch = "x86_64"))]
+        pub(super) unsafe fn q6_dots<const N: usize>(
+            w: &Q6Row,
+            acts: &Q8Rows,
+            first: usize,
+        ) -> [f32; N] {
+            super::scalar::q6_dots::<N>(w, acts, first)
         }
     };
 }
@@ -103,13 +233,17 @@ macro_rules! nibble_kernels {
 mod activations;
 mod avx2;
 mod avx512;
+mod blocks;
+mod nibble;
 mod product;
-mod q4;
+mod q6;
 mod q8;
 mod scalar;
 mod tiles;
 
-pub use q4::{Q4Format, Q4Matrix};
+pub use blocks::BlockFormat;
+pub use nibble::NibbleMatrix;
+pub use q6::Q6Matrix;
 pub use q8::{Q8Matrix, Q8Weights};
 pub use tiles::Q8Tiles;
 
@@ -176,11 +310,21 @@ impl Isa {
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
     /// The row length is not a whole number of blocks.
-    #[error("a row of {0} values is not a multiple of {BLOCK}")]
-    RaggedRow(usize),
+    #[error("a row of {cols} values is not a multiple of the format's {block}")]
+    RaggedRow {
+        /// Values in a row.
+        cols: usize,
+        /// Values in one block of the format.
+        block: usize,
+    },
+    /// The format is not one this matrix type reads.
+    #[error("{0} weights are not read by this kernel")]
+    Unsupported(&'static str),
     /// The bytes do not hold rows x cols values of the format.
-    #[error("expected {expected} bytes of Q8_0 data, got {actual}")]
+    #[error("expected {expected} bytes of {format} data, got {actual}")]
     Size {
+        /// The format's name.
+        format: &'static str,
         /// Bytes a matrix of that shape takes.
         expected: usize,
         /// Bytes given.
@@ -190,6 +334,7 @@ pub enum QuantError {
 
 #[cfg(test)]
 mod tests {
+    use super::product::RowKernel;
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -277,40 +422,79 @@ mod tests {
         }
     }
 
+    /// Random GGUF bytes of `format` for a `rows x cols` matrix: every byte random but
+    /// the f16 scales, kept small and finite.
+    fn random_gguf(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let blocks = rows * cols / format.block_values();
+        let mut bytes: Vec<u8> = (0..blocks * format.block_bytes())
+            .map(|_| rng.gen())
+            .collect();
+        let f16_fields: &[usize] = match format {
+            BlockFormat::Q4_0 | BlockFormat::Q5_0 => &[0],
+            BlockFormat::Q4_1 | BlockFormat::Q5_1 | BlockFormat::Q4K | BlockFormat::Q5K => &[0, 2],
+            BlockFormat::Q6K => &[208],
+        };
+        for block in bytes.chunks_exact_mut(format.block_bytes()) {
+            for &at in f16_fields {
+                let v = half::f16::from_f32(rng.gen_range(-0.05..0.05));
+                block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// `x · wᵀ` of dequantized weights with the quantized activations, in f64.
+    fn dequantized_product(weights: &[f32], acts: &Q8Rows, rows: usize) -> Vec<f64> {
+        let cols = acts.cols;
+        let mut out = Vec::with_capacity(acts.rows * rows);
+        for t in 0..acts.rows {
+            for r in 0..rows {
+                out.push(
+                    (0..cols)
+                        .map(|c| {
+                            f64::from(weights[r * cols + c])
+                                * f64::from(acts.quants[t * cols + c])
+                                * f64::from(acts.scales[(t * cols + c) / BLOCK])
+                        })
+                        .sum(),
+                );
+            }
+        }
+        out
+    }
+
     #[test]
-    fn every_path_matches_the_dequantized_4_bit_product() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for format in [Q4Format::Q4_0, Q4Format::Q4_1] {
-            for (rows, cols, tokens) in [(5, 96, 1), (7, 64, 6), (3, 64, 131)] {
-                let mut bytes = Vec::new();
-                for _ in 0..rows * cols / BLOCK {
-                    bytes.extend(half::f16::from_f32(rng.gen_range(0.01..0.1)).to_le_bytes());
-                    if format == Q4Format::Q4_1 {
-                        bytes.extend(half::f16::from_f32(rng.gen_range(-0.5..0.5)).to_le_bytes());
-                    }
-                    bytes.extend((0..BLOCK / 2).map(|_| rng.gen::<u8>()));
-                }
-                let m = Q4Matrix::from_gguf(format, &bytes, rows, cols).unwrap();
-                let weights = m.dequantize();
+    fn every_path_matches_the_dequantized_4_5_and_6_bit_products() {
+        use BlockFormat::*;
+        for format in [Q4_0, Q4_1, Q5_0, Q5_1, Q4K, Q5K, Q6K] {
+            // 131 tokens take the token-split path.
+            for (rows, cols, tokens) in [(5, 256, 1), (7, 512, 6), (3, 256, 131)] {
+                let bytes = random_gguf(format, rows, cols, 3);
                 let x = random(tokens * cols, 5);
-                let acts = Q8Rows::quantize(&x, tokens, cols);
-                for isa in Isa::available() {
-                    let got = m.matmul_with(isa, &x, tokens);
-                    for t in 0..tokens {
-                        for r in 0..rows {
-                            let want: f64 = (0..cols)
-                                .map(|c| {
-                                    f64::from(weights[r * cols + c])
-                                        * f64::from(acts.quants[t * cols + c])
-                                        * f64::from(acts.scales[(t * cols + c) / BLOCK])
-                                })
-                                .sum();
-                            let g = got[t * rows + r];
-                            assert!(
-                                (f64::from(g) - want).abs() < 1e-3,
-                                "{format:?} {isa:?}: {g} vs {want}"
-                            );
-                        }
+                let acts = Q8Rows::quantize_by(&x, tokens, cols, format.block_values());
+                let (weights, products): (Vec<f32>, Vec<Vec<f32>>) = if format == Q6K {
+                    let m = Q6Matrix::from_gguf(&bytes, rows, cols).unwrap();
+                    let paths = Isa::available().into_iter();
+                    (
+                        m.dequantize(),
+                        paths.map(|isa| m.matmul_with(isa, &x, tokens)).collect(),
+                    )
+                } else {
+                    let m = NibbleMatrix::from_gguf(format, &bytes, rows, cols).unwrap();
+                    let paths = Isa::available().into_iter();
+                    (
+                        m.dequantize(),
+                        paths.map(|isa| m.matmul_with(isa, &x, tokens)).collect(),
+                    )
+                };
+                let want = dequantized_product(&weights, &acts, rows);
+                for (isa, got) in Isa::available().into_iter().zip(products) {
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (f64::from(*g) - w).abs() < 1e-3 * w.abs().max(1.0),
+                            "{format:?} {isa:?}: {g} vs {w}"
+                        );
                     }
                 }
             }
@@ -319,26 +503,68 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn simd_4_bit_integer_sums_equal_the_scalar_ones_bit_for_bit() {
+    fn simd_4_and_5_bit_integer_sums_equal_the_scalar_ones_bit_for_bit() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for trial in 0..500 {
             let blocks = 1 + trial % 5;
             let nibbles: Vec<u8> = (0..blocks * BLOCK / 2).map(|_| rng.gen()).collect();
+            let fifth_bits: Vec<u32> = (0..blocks).map(|_| rng.gen()).collect();
             let x: Vec<i8> = (0..blocks * BLOCK)
                 .map(|_| rng.gen_range(-127..=127))
                 .collect();
-            let want: Vec<i32> = nibbles
-                .chunks_exact(BLOCK / 2)
-                .zip(x.chunks_exact(BLOCK))
-                .map(|(n, b)| scalar::q4_block_dot(n, b))
+            for fifth_bits in [&[][..], &fifth_bits[..]] {
+                let want: Vec<i32> = (0..blocks)
+                    .map(|b| {
+                        scalar::nibble_block_dot(
+                            &nibbles[b * BLOCK / 2..],
+                            fifth_bits.get(b).copied().unwrap_or(0),
+                            &x[b * BLOCK..(b + 1) * BLOCK],
+                        )
+                    })
+                    .collect();
+                if avx2::supported() {
+                    // SAFETY: the CPU reports AVX2 and FMA.
+                    let got = unsafe { avx2::nibble_block_sums(&nibbles, fifth_bits, &x) };
+                    assert_eq!(got, want);
+                }
+                if avx512::supported() {
+                    // SAFETY: the CPU reports AVX-512 VNNI.
+                    let got = unsafe { avx512::nibble_block_sums(&nibbles, fifth_bits, &x) };
+                    assert_eq!(got, want);
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_6_bit_integer_sums_equal_the_scalar_ones_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for trial in 0..200 {
+            let cols = 256 * (1 + trial % 2);
+            let mut bytes = random_gguf(BlockFormat::Q6K, 1, cols, trial as u64);
+            // The extreme scale, -128, on the first sub-block.
+            bytes[192] = 0x80;
+            let m = Q6Matrix::from_gguf(&bytes, 1, cols).unwrap();
+            let x: Vec<i8> = (0..cols).map(|_| rng.gen_range(-127..=127)).collect();
+            let row = m.row(0);
+            let want: Vec<i32> = (0..cols / BLOCK)
+                .map(|b| {
+                    scalar::q6_block_dot(
+                        &row.nibbles[b * BLOCK / 2..],
+                        [row.high_bits[2 * b], row.high_bits[2 * b + 1]],
+                        [row.half_scales[2 * b], row.half_scales[2 * b + 1]],
+                        &x[b * BLOCK..(b + 1) * BLOCK],
+                    )
+                })
                 .collect();
             if avx2::supported() {
                 // SAFETY: the CPU reports AVX2 and FMA.
-                assert_eq!(unsafe { avx2::q4_block_sums(&nibbles, &x) }, want);
+                assert_eq!(unsafe { avx2::q6_block_sums(&row, &x) }, want);
             }
             if avx512::supported() {
                 // SAFETY: the CPU reports AVX-512 VNNI.
-                assert_eq!(unsafe { avx512::q4_block_sums(&nibbles, &x) }, want);
+                assert_eq!(unsafe { avx512::q6_block_sums(&row, &x) }, want);
             }
         }
     }
@@ -347,16 +573,17 @@ mod tests {
     fn q4_bytes_are_read_with_their_offsets() {
         let mut q4_0 = half::f16::from_f32(0.5).to_le_bytes().to_vec();
         q4_0.extend([0x21u8; 16]);
-        let m = Q4Matrix::from_gguf(Q4Format::Q4_0, &q4_0, 1, 32).unwrap();
+        let m = NibbleMatrix::from_gguf(BlockFormat::Q4_0, &q4_0, 1, 32).unwrap();
         let values = m.dequantize();
         // Low nibble 1, high nibble 2: (1 - 8) / 2 and (2 - 8) / 2.
         assert_eq!((values[0], values[16]), (-3.5, -3.0));
         let mut q4_1 = half::f16::from_f32(0.5).to_le_bytes().to_vec();
         q4_1.extend(half::f16::from_f32(1.0).to_le_bytes());
         q4_1.extend([0x21u8; 16]);
-        let m = Q4Matrix::from_gguf(Q4Format::Q4_1, &q4_1, 1, 32).unwrap();
+        let m = NibbleMatrix::from_gguf(BlockFormat::Q4_1, &q4_1, 1, 32).unwrap();
         assert_eq!((m.dequantize()[0], m.dequantize()[31]), (1.5, 2.0));
-        assert!(Q4Matrix::from_gguf(Q4Format::Q4_1, &q4_0, 1, 32).is_err());
+        assert!(NibbleMatrix::from_gguf(BlockFormat::Q4_1, &q4_0, 1, 32).is_err());
+        assert!(NibbleMatrix::from_gguf(BlockFormat::Q6K, &[0; 210], 1, 256).is_err());
     }
 
     #[test]
@@ -393,7 +620,7 @@ mod tests {
         ));
         assert!(matches!(
             Q8Matrix::from_gguf_q8_0(&bytes, 1, 31),
-            Err(QuantError::RaggedRow(31))
+            Err(QuantError::RaggedRow { cols: 31, .. })
         ));
     }
 }

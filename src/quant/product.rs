@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use super::{Isa, Q8Rows};
+use super::{Isa, Q8Rows, BLOCK};
 
 /// One weight row of a quantized format: its dot products with a few tokens on each
 /// instruction set, the only code that differs between formats.
@@ -25,6 +25,11 @@ pub(super) trait RowKernel: Sync {
     fn rows(&self) -> usize;
     /// Input features.
     fn cols(&self) -> usize;
+    /// Activations quantized with one scale per this many values (llama.cpp's choice
+    /// for the format: 256 for the K-quants, else a block of 32).
+    fn activation_group(&self) -> usize {
+        BLOCK
+    }
     /// Adds to quantized activations what this matrix's kernels on `isa` read
     /// besides the bytes and scales.
     fn prepare(&self, isa: Isa, acts: Q8Rows) -> Q8Rows;
@@ -45,7 +50,8 @@ pub(super) fn product<M: RowKernel>(matrix: &M, isa: Isa, x: &[f32], tokens: usi
     } else {
         Isa::Portable
     };
-    let acts = matrix.prepare(isa, Q8Rows::quantize(x, tokens, matrix.cols()));
+    let group = matrix.activation_group();
+    let acts = matrix.prepare(isa, Q8Rows::quantize_by(x, tokens, matrix.cols(), group));
     let mut out = vec![0f32; tokens * matrix.rows()];
     let shared = SharedOut::new(&mut out);
     let pool = candle_core::utils::barrier_pool();

@@ -24,12 +24,13 @@ impl Q8Matrix {
     /// When `cols` is not a multiple of 32 or `bytes` has the wrong length.
     pub fn from_gguf_q8_0(bytes: &[u8], rows: usize, cols: usize) -> Result<Self, QuantError> {
         if !cols.is_multiple_of(BLOCK) {
-            return Err(QuantError::RaggedRow(cols));
+            return Err(QuantError::RaggedRow { cols, block: BLOCK });
         }
         let blocks = rows * cols / BLOCK;
         let expected = blocks * GGUF_Q8_0_BLOCK_BYTES;
         if bytes.len() != expected {
             return Err(QuantError::Size {
+                format: "Q8_0",
                 expected,
                 actual: bytes.len(),
             });
@@ -54,12 +55,13 @@ impl Q8Matrix {
     /// When `cols` is not a multiple of 32 or `values` is not `rows * cols` long.
     pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Result<Self, QuantError> {
         if !cols.is_multiple_of(BLOCK) {
-            return Err(QuantError::RaggedRow(cols));
+            return Err(QuantError::RaggedRow { cols, block: BLOCK });
         }
         if values.len() != rows * cols {
             return Err(QuantError::Size {
-                expected: rows * cols,
-                actual: values.len(),
+                format: "f32",
+                expected: rows * cols * 4,
+                actual: values.len() * 4,
             });
         }
         let q = Q8Rows::quantize(values, rows, cols);

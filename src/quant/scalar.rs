@@ -1,6 +1,7 @@
 //! The portable path, and the reference the SIMD paths are held to.
 
-use super::q4::Q4Row;
+use super::nibble::NibbleRow;
+use super::q6::Q6Row;
 use super::{Q8Rows, WeightRow, BLOCK};
 
 /// The exact integer dot product of one weight block and one activation block.
@@ -27,20 +28,33 @@ pub(super) fn dots<const N: usize>(w: &WeightRow, acts: &Q8Rows, first: usize) -
     })
 }
 
-/// The exact integer dot product of one block of nibbles (value `j` in the low half
-/// of byte `j`, value `j + 16` in its high half) with one activation block.
-pub(super) fn q4_block_dot(nibbles: &[u8], x: &[i8]) -> i32 {
-    nibbles
+/// Value `j` of a block of nibbles with its high bits (`planes[k]` bit `j` is the
+/// value's bit `4 + k`).
+fn unpacked(nibbles: &[u8], planes: &[u32], j: usize) -> i32 {
+    let nibble = if j < 16 {
+        nibbles[j] & 15
+    } else {
+        nibbles[j - 16] >> 4
+    };
+    let high = planes
         .iter()
         .enumerate()
-        .map(|(j, &n)| {
-            i32::from(n & 15) * i32::from(x[j]) + i32::from(n >> 4) * i32::from(x[j + 16])
-        })
+        .map(|(k, bits)| (((bits >> j) & 1) << (4 + k)) as i32)
+        .sum::<i32>();
+    i32::from(nibble) + high
+}
+
+/// The exact integer dot product of one block of 4- or 5-bit values (value `j` in the
+/// low half of byte `j`, value `j + 16` in its high half, their fifth bits in one word,
+/// 0 for the 4-bit formats) with one activation block.
+pub(super) fn nibble_block_dot(nibbles: &[u8], fifth_bits: u32, x: &[i8]) -> i32 {
+    (0..BLOCK)
+        .map(|j| unpacked(nibbles, &[fifth_bits], j) * i32::from(x[j]))
         .sum()
 }
 
-/// The dot products of a 4-bit weight row with tokens `first..first + N`.
-pub(super) fn q4_dots<const N: usize>(w: &Q4Row, acts: &Q8Rows, first: usize) -> [f32; N] {
+/// The dot products of a 4- or 5-bit weight row with tokens `first..first + N`.
+pub(super) fn nibble_dots<const N: usize>(w: &NibbleRow, acts: &Q8Rows, first: usize) -> [f32; N] {
     let blocks = acts.blocks_per_row();
     std::array::from_fn(|j| {
         let t = first + j;
@@ -48,9 +62,47 @@ pub(super) fn q4_dots<const N: usize>(w: &Q4Row, acts: &Q8Rows, first: usize) ->
         (0..blocks)
             .map(|b| {
                 let nibbles = &w.nibbles[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                let integer = q4_block_dot(nibbles, &xq[b * BLOCK..(b + 1) * BLOCK]);
+                let fifth_bits = w.fifth_bits.get(b).copied().unwrap_or(0);
+                let integer =
+                    nibble_block_dot(nibbles, fifth_bits, &xq[b * BLOCK..(b + 1) * BLOCK]);
                 w.scales[b] * acts.scales[t * blocks + b] * integer as f32
                     + w.offsets[b] * acts.sums[t * blocks + b]
+            })
+            .sum()
+    })
+}
+
+/// The exact integer sum of one Q6_K block of 32 with one activation block:
+/// `sc₀ Σ₀ (q - 32) x + sc₁ Σ₁ (q - 32) x` over its two sub-blocks of 16.
+pub(super) fn q6_block_dot(
+    nibbles: &[u8],
+    high_bits: [u32; 2],
+    half_scales: [i8; 2],
+    x: &[i8],
+) -> i32 {
+    (0..BLOCK)
+        .map(|j| {
+            let q = unpacked(nibbles, &high_bits, j) - 32;
+            i32::from(half_scales[j / 16]) * q * i32::from(x[j])
+        })
+        .sum()
+}
+
+/// The dot products of a Q6_K weight row with tokens `first..first + N`.
+pub(super) fn q6_dots<const N: usize>(w: &Q6Row, acts: &Q8Rows, first: usize) -> [f32; N] {
+    let blocks = acts.blocks_per_row();
+    std::array::from_fn(|j| {
+        let t = first + j;
+        let xq = &acts.quants[t * acts.cols..(t + 1) * acts.cols];
+        (0..blocks)
+            .map(|b| {
+                let integer = q6_block_dot(
+                    &w.nibbles[b * BLOCK / 2..(b + 1) * BLOCK / 2],
+                    [w.high_bits[2 * b], w.high_bits[2 * b + 1]],
+                    [w.half_scales[2 * b], w.half_scales[2 * b + 1]],
+                    &xq[b * BLOCK..(b + 1) * BLOCK],
+                );
+                w.scales[b] * acts.scales[t * blocks + b] * integer as f32
             })
             .sum()
     })

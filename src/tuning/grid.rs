@@ -27,6 +27,9 @@ pub struct Grid {
     pub vote_weight: Vec<f64>,
     /// Exact prompts (`false`), cached demonstrations (`true`), or both.
     pub cached_demonstrations: Vec<bool>,
+    /// Loaded models to compare; empty: the task's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model: Vec<String>,
 }
 
 impl Default for Grid {
@@ -44,6 +47,7 @@ impl Default for Grid {
             ],
             vote_weight: (0..=10).map(|w| f64::from(w) / 10.0).collect(),
             cached_demonstrations: vec![false],
+            model: Vec::new(),
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct Run {
     order: Order,
     contextual: bool,
     cached_demonstrations: bool,
+    model: Option<String>,
 }
 
 /// One combination of the grid's options.
@@ -73,6 +78,9 @@ pub struct Configuration {
     pub vote_weight: f64,
     /// Whether demonstrations come from the demonstration cache.
     pub cached_demonstrations: bool,
+    /// The model, when the grid compares models (else the task's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Configuration {
@@ -88,6 +96,7 @@ impl Configuration {
         options.order = self.order;
         options.cached_demonstrations = self.cached_demonstrations;
         options.vote_weight = Some(self.vote_weight);
+        options.model.clone_from(&self.model);
         if self.calibration == Calibration::Batch {
             options.label_prior = prior;
         }
@@ -142,6 +151,8 @@ impl Grid {
                 self.cached_demonstrations.len(),
                 distinct(&self.cached_demonstrations),
             ),
+            // No models: the task's own.
+            ("model", self.model.len().max(1), distinct(&self.model)),
         ];
         for (field, len, distinct) in lists {
             if len == 0 || len > MAX_VALUES {
@@ -168,15 +179,21 @@ impl Grid {
         if runs > MAX_RUNS {
             return Err((
                 "grid",
-                format!("{runs} LLM runs (k x strategy x order x cached x contextual or not); at most {MAX_RUNS}"),
+                format!("{runs} LLM runs (k x strategy x order x cached x contextual or not x model); at most {MAX_RUNS}"),
             ));
         }
         Ok(())
     }
 
-    /// The LLM runs the grid needs: one per k, strategy, order and cached choice, with
-    /// contextual calibration and without (batch calibration reuses the run without).
+    /// The LLM runs the grid needs: one per model, k, strategy, order and cached
+    /// choice, with contextual calibration and without (batch calibration reuses the
+    /// run without).
     pub fn runs(&self) -> Vec<Run> {
+        let models: Vec<Option<String>> = if self.model.is_empty() {
+            vec![None]
+        } else {
+            self.model.iter().cloned().map(Some).collect()
+        };
         let mut contextual = Vec::new();
         if self
             .calibration
@@ -189,18 +206,21 @@ impl Grid {
             contextual.push(true);
         }
         let mut runs = Vec::new();
-        for &k in &self.k {
-            for &strategy in &self.strategy {
-                for &order in &self.order {
-                    for &cached_demonstrations in &self.cached_demonstrations {
-                        for &contextual in &contextual {
-                            runs.push(Run {
-                                k,
-                                strategy,
-                                order,
-                                contextual,
-                                cached_demonstrations,
-                            });
+        for model in &models {
+            for &k in &self.k {
+                for &strategy in &self.strategy {
+                    for &order in &self.order {
+                        for &cached_demonstrations in &self.cached_demonstrations {
+                            for &contextual in &contextual {
+                                runs.push(Run {
+                                    k,
+                                    strategy,
+                                    order,
+                                    contextual,
+                                    cached_demonstrations,
+                                    model: model.clone(),
+                                });
+                            }
                         }
                     }
                 }
@@ -240,6 +260,7 @@ impl Run {
             calibration,
             vote_weight,
             cached_demonstrations: self.cached_demonstrations,
+            model: self.model.clone(),
         }
     }
 }
@@ -270,6 +291,26 @@ mod tests {
             ..Grid::default()
         };
         assert_eq!(only_batch.runs().len(), 4);
+    }
+
+    #[test]
+    fn each_model_of_the_grid_is_a_run_of_its_own_whose_options_name_it() {
+        let grid = Grid {
+            model: vec!["small".into(), "large".into()],
+            ..Grid::default()
+        };
+        let runs = grid.runs();
+        assert_eq!(runs.len(), 16);
+        assert_eq!(runs[0].options().model.as_deref(), Some("small"));
+        assert_eq!(runs[8].options().model.as_deref(), Some("large"));
+        let configuration = runs[8].with(Calibration::None, 0.5);
+        assert_eq!(configuration.options(None).model.as_deref(), Some("large"));
+        assert_eq!(Grid::default().runs()[0].options().model, None);
+        let repeated = Grid {
+            model: vec!["small".into(), "small".into()],
+            ..Grid::default()
+        };
+        assert_eq!(repeated.check().err().map(|e| e.0), Some("model"));
     }
 
     #[test]

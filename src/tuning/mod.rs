@@ -235,14 +235,18 @@ impl Tuner {
         Ok(())
     }
 
-    /// Writes `defaults` into the task's definition.
+    /// Writes `defaults` (and `model`, when given) into the task's definition.
     async fn store_defaults(
         &self,
         task: &str,
         defaults: &PredictDefaults,
+        model: Option<&str>,
     ) -> Result<(), TuningError> {
         let mut spec = self.catalog.definition(task).await?.spec;
         spec.defaults = Some(defaults.clone());
+        if let Some(model) = model {
+            spec.model = Some(model.to_owned());
+        }
         self.catalog.put_task(task, spec).await?;
         Ok(())
     }
@@ -325,7 +329,17 @@ impl JobKind for Tuner {
         request
             .grid
             .check()
-            .map_err(|(field, message)| TuningError::InvalidGrid { field, message })
+            .map_err(|(field, message)| TuningError::InvalidGrid { field, message })?;
+        for model in &request.grid.model {
+            self.predictor
+                .llms()
+                .get(Some(model))
+                .map_err(|unknown| TuningError::InvalidGrid {
+                    field: "model",
+                    message: unknown.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     async fn work(
@@ -354,10 +368,14 @@ impl JobKind for Tuner {
         Ok(())
     }
 
-    /// Writes the winner as the task's defaults.
+    /// Writes the winner as the task's defaults (and its model as the task's, when the
+    /// grid compared models).
     async fn completed(&self, task: &str, saved: &SavedScores) -> Result<(), TuningError> {
         match &saved.result {
-            Some(result) => self.store_defaults(task, &result.defaults).await,
+            Some(result) => {
+                let model = result.best.configuration.model.as_deref();
+                self.store_defaults(task, &result.defaults, model).await
+            }
             None => Ok(()),
         }
     }
@@ -422,6 +440,7 @@ mod tests {
             calibration: vec![Calibration::None, Calibration::Batch],
             vote_weight: vec![0.0, 0.5, 1.0],
             cached_demonstrations: vec![false],
+            model: Vec::new(),
         };
         let request = TuneRequest {
             rows: vec![row("a"), row("a"), row("b"), row("b")],

@@ -369,7 +369,8 @@ async fn ready_is_503_until_the_models_load() {
 
 /// `--model` twice: both listed in the OpenAI shape, each task runs on the model it
 /// names (its prompt counted by that model's tokenizer, Gemma's with its BOS), requests
-/// choose theirs, and an unknown name is refused with the loaded ones named.
+/// choose theirs, a tuning compares them, and an unknown name is refused with the
+/// loaded ones named.
 #[tokio::test]
 async fn several_models_serve_their_own_tasks() {
     let smollm = format!("smollm={}", crate::common::gguf_path().display());
@@ -466,6 +467,46 @@ async fn several_models_serve_their_own_tasks() {
     );
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("no chat template"), "{message}");
+
+    // A tuning may compare the loaded models: each is a run of the grid, each row of
+    // its table names its model, and the winner's model becomes the task's.
+    let grid = json!({
+        "max_examples": 2, "k": [1], "strategy": ["knn"], "calibration": ["none"],
+        "vote_weight": [0.0], "model": ["smollm", "gemma"]
+    });
+    let (status, job) = server.post("/v1/tasks/on_default/tune", grid).await;
+    assert_eq!((status, &job["progress"]["of"]), (202, &json!(4)), "{job}");
+    let path = format!(
+        "/v1/tasks/on_default/tunings/{}",
+        job["id"].as_str().unwrap_or_default()
+    );
+    let job = server
+        .poll_until(&path, |job| job["state"] != "running")
+        .await;
+    assert_eq!(job["state"], "complete", "{job}");
+    let mut tried: Vec<&str> = job["result"]["table"]
+        .as_array()
+        .expect("a table")
+        .iter()
+        .map(|row| row["model"].as_str().expect("each row names its model"))
+        .collect();
+    tried.sort_unstable();
+    assert_eq!(tried, ["gemma", "smollm"]);
+    let (_, definition) = server.get("/v1/tasks/on_default").await;
+    assert_eq!(
+        definition["model"], job["result"]["best"]["model"],
+        "{definition}"
+    );
+    let (status, body) = server
+        .post("/v1/tasks/on_default/tune", json!({"model": ["llama-70b"]}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "invalid_value"),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("smollm, gemma"), "{message}");
 
     let mut unknown = task;
     unknown["model"] = json!("llama-70b");

@@ -45,6 +45,16 @@ pub fn fixtures_dir() -> PathBuf {
     repo_dir().join("tests/fixtures")
 }
 
+/// The device the reference tests run on: `EXEMPLAR_TEST_DEVICE=cuda` (a build with
+/// `--features cuda`, as `scripts/gpu-check.sh` runs them) or the CPU.
+pub fn device() -> candle_core::Device {
+    match std::env::var("EXEMPLAR_TEST_DEVICE").as_deref() {
+        Ok("cuda") => candle_core::Device::new_cuda(0)
+            .expect("EXEMPLAR_TEST_DEVICE=cuda needs a GPU and a build with --features cuda"),
+        _ => candle_core::Device::Cpu,
+    }
+}
+
 /// A fixture's array of token ids.
 pub fn ids(value: &serde_json::Value) -> Vec<u32> {
     value
@@ -354,6 +364,24 @@ impl TestServer {
             )
             .await;
         assert_eq!(status, 201, "{body}");
+    }
+
+    /// Polls the job at `path` until `done` says so; panics after ten minutes.
+    pub async fn poll_until(
+        &self,
+        path: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (status, job) = self.get(path).await;
+            assert_eq!(status, 200, "{job}");
+            if done(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "still waiting: {job}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// GETs `/metrics`, checks that it answers Prometheus text, and returns the text.

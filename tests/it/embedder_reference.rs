@@ -2,7 +2,6 @@
 
 use crate::common;
 
-use candle_core::Device;
 use exemplar::embed::Embedder;
 use exemplar::model_source::resolve_embedder;
 
@@ -16,7 +15,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 fn embeddings_match_sentence_transformers() {
     let dir = common::models_dir().join("all-minilm-l6-v2");
     let files = resolve_embedder(dir.to_str().expect("utf-8 path")).expect("files");
-    let embedder = Embedder::load(&files, &Device::Cpu).expect("embedder loads");
+    let embedder = Embedder::load(&files, &common::device()).expect("embedder loads");
     let rows = common::read_jsonl(common::shared_dir().join("fixtures/minilm-embeddings.jsonl"));
     assert!(rows.len() >= 10, "fixture has rows");
     let texts: Vec<String> = rows

@@ -45,20 +45,6 @@ async fn predictions_total(server: &TestServer) -> f64 {
     common::metric_sample(&server.metrics().await, "exemplar_predictions_total", &[]).unwrap_or(0.0)
 }
 
-/// Polls the job at `path` until `done` says so; panics after ten minutes.
-async fn poll_until(server: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let (status, body) = server.get(path).await;
-        assert_eq!(status, 200, "{body}");
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "job stuck: {body}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Posts `body` to `path` asking for NDJSON, and returns the response.
 async fn post_ndjson(server: &TestServer, path: &str, body: &Value) -> reqwest::Response {
     server
@@ -136,10 +122,11 @@ async fn an_evaluation_job_is_polled_resumed_after_a_crash_and_answers_the_synch
     assert_eq!(job["progress"]["of"], 40, "{job}");
 
     // Killed once the first batch of 16 is saved: nothing of the shutdown code runs.
-    let saved = poll_until(&server, &location, |job| {
-        job["progress"]["done"].as_u64() >= Some(16)
-    })
-    .await;
+    let saved = server
+        .poll_until(&location, |job| {
+            job["progress"]["done"].as_u64() >= Some(16)
+        })
+        .await;
     assert!(saved["progress"]["accuracy"].as_f64().is_some(), "{saved}");
     assert!(
         saved["progress"]["rows_per_second"].as_f64() > Some(0.0),
@@ -148,7 +135,9 @@ async fn an_evaluation_job_is_polled_resumed_after_a_crash_and_answers_the_synch
     let server = server.restart().await;
 
     // The restarted replica finds the lapsed lease and resumes from the saved batch.
-    let done = poll_until(&server, &location, |job| job["state"] != "running").await;
+    let done = server
+        .poll_until(&location, |job| job["state"] != "running")
+        .await;
     assert_eq!(done["state"], "complete", "{done}");
     assert_eq!(done["progress"]["done"], 40, "{done}");
     assert_eq!(

@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::TestServer;
 use reqwest::Method;
@@ -18,20 +18,6 @@ fn examples(n: usize) -> Vec<Value> {
         .enumerate()
         .map(|(i, row)| json!({"id": format!("e{i:02}"), "text": row["text"], "label": row["label"]}))
         .collect()
-}
-
-/// Polls the job at `path` until `done` says so; panics after ten minutes.
-async fn poll_until(server: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let (status, job) = server.get(path).await;
-        assert_eq!(status, 200, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "still waiting: {job}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn predictions_total(server: &TestServer) -> f64 {
@@ -63,7 +49,9 @@ async fn tuning_measures_its_grid_and_stores_the_winner_as_the_tasks_defaults() 
     let id = job["id"].as_str().expect("an id").to_owned();
 
     let path = format!("/v1/tasks/sst2/tunings/{id}");
-    let job = poll_until(&server, &path, |job| job["state"] != "running").await;
+    let job = server
+        .poll_until(&path, |job| job["state"] != "running")
+        .await;
     assert_eq!(job["state"], "complete", "{job}");
     assert_eq!(job["progress"]["done"], 40);
     let result = &job["result"];
@@ -319,12 +307,13 @@ async fn a_tuning_killed_mid_run_is_resumed_from_its_last_saved_batch() {
     let path = format!("/v1/tasks/sst2/tunings/{}", job["id"].as_str().expect("id"));
 
     // Killed once the first batch of 16 is saved: nothing of the shutdown code runs.
-    let saved = poll_until(&server, &path, |job| {
-        job["progress"]["done"].as_u64() >= Some(16)
-    })
-    .await;
+    let saved = server
+        .poll_until(&path, |job| job["progress"]["done"].as_u64() >= Some(16))
+        .await;
     let server = server.restart().await;
-    let done = poll_until(&server, &path, |job| job["state"] != "running").await;
+    let done = server
+        .poll_until(&path, |job| job["state"] != "running")
+        .await;
     assert_eq!(done["state"], "complete", "{done}");
     assert_eq!(done["progress"]["done"], 40, "{done}");
     let resumed = predictions_total(&server).await;
