@@ -5,15 +5,16 @@
 #
 # nvcc and the CUDA headers come from PyPI: the CUDA 12 wheels there
 # (`nvidia-cuda-nvcc-cu12`) ship only ptxas, so the CUDA 13 ones are used, unpacked into
-# one tree (nvcc, nvvm, crt and cccl headers, the runtime's headers); cudarc loads the
-# driver's libraries at run time, so nothing is linked here.
+# one tree (nvcc, nvvm, crt and cccl headers, the runtime's headers); 13.4 is the newest
+# CUDA the locked cudarc (0.19) knows. cudarc loads the driver's libraries at run time,
+# so nothing is linked here.
 #   CUDA_TOOLKIT_DIR   where to unpack (default target/cuda-toolkit)
 #   CUDA_COMPUTE_CAP   the GPU generation to compile for (default 80, an A100; nvcc 13
 #                      supports 75 and newer)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest="${CUDA_TOOLKIT_DIR:-$root/target/cuda-toolkit}"
-version="${CUDA_WHEELS_VERSION:-13.5.37}"
+version="${CUDA_WHEELS_VERSION:-13.4.92}"
 toolkit="$dest/nvidia/cu13"
 fail() { echo "cuda-check: $*" >&2; exit 1; }
 

@@ -50,6 +50,9 @@ pub struct TuneArgs {
     /// Cached demonstrations to try: `false`, `true`.
     #[arg(long, value_delimiter = ',')]
     pub cached_demonstrations: Option<Vec<bool>>,
+    /// Loaded models to compare (the server's names); the winner's becomes the task's.
+    #[arg(long, value_delimiter = ',')]
+    pub model: Option<Vec<String>>,
     /// Print every row of the table, not the best ten.
     #[arg(long)]
     pub all: bool,
@@ -75,6 +78,7 @@ impl TuneArgs {
         put("calibration", json!(self.calibration));
         put("vote_weight", json!(self.vote_weight));
         put("cached_demonstrations", json!(self.cached_demonstrations));
+        put("model", json!(self.model));
         Value::Object(body)
     }
 }
@@ -140,7 +144,7 @@ fn table(result: &Value, all: bool) -> String {
     };
     let mut out = format!(
         "leave-one-out over {} annotated examples; {} combinations, best first\n\n\
-         {:>4} {:<6} {:<14} {:<11} {:>6} {:<7} {:>8} {:>8}\n",
+         {:>4} {:<6} {:<14} {:<11} {:>6} {:<7} {:>8} {:>8} {}\n",
         result["examples"],
         rows.len(),
         "k",
@@ -150,11 +154,12 @@ fn table(result: &Value, all: bool) -> String {
         "vote w",
         "cached",
         "accuracy",
-        "macro-F1"
+        "macro-F1",
+        "model"
     );
     for row in &rows[..shown] {
         out.push_str(&format!(
-            "{:>4} {:<6} {:<14} {:<11} {:>6} {:<7} {:>8.3} {:>8.3}\n",
+            "{:>4} {:<6} {:<14} {:<11} {:>6} {:<7} {:>8.3} {:>8.3} {}\n",
             text(&row["k"]),
             text(&row["strategy"]),
             text(&row["order"]),
@@ -162,7 +167,8 @@ fn table(result: &Value, all: bool) -> String {
             text(&row["vote_weight"]),
             text(&row["cached_demonstrations"]),
             row["accuracy"].as_f64().unwrap_or(0.0),
-            row["macro_f1"].as_f64().unwrap_or(0.0)
+            row["macro_f1"].as_f64().unwrap_or(0.0),
+            row["model"].as_str().unwrap_or("the task's")
         ));
     }
     if shown < rows.len() {
@@ -195,6 +201,7 @@ mod tests {
             calibration: Some(vec!["none".into(), "batch".into()]),
             vote_weight: None,
             cached_demonstrations: Some(vec![false, true]),
+            model: Some(vec!["smollm".into(), "gemma".into()]),
             all: false,
             json: false,
         };
@@ -204,7 +211,8 @@ mod tests {
                 "max_examples": 50,
                 "k": [4, 8],
                 "calibration": ["none", "batch"],
-                "cached_demonstrations": [false, true]
+                "cached_demonstrations": [false, true],
+                "model": ["smollm", "gemma"]
             })
         );
     }

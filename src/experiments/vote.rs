@@ -51,6 +51,9 @@ pub struct VoteArgs {
     /// Demonstrations per prompt (kNN).
     #[arg(long, default_value_t = 8)]
     pub k: usize,
+    /// The data sets to run (`sst2`, `trec`, `subj`, comma-separated); all when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub dataset: Vec<String>,
 }
 
 /// One data set's finished row.
@@ -372,10 +375,20 @@ fn batch_calibrated(scored: Scored, bias: &[f64]) -> Scored {
 /// # Errors
 /// When data, models or the database cannot be loaded.
 pub async fn run(args: &VoteArgs) -> anyhow::Result<()> {
+    if let Some(unknown) = args
+        .dataset
+        .iter()
+        .find(|name| !DATASETS.iter().any(|d| d.name == name.as_str()))
+    {
+        anyhow::bail!("unknown data set `{unknown}`: give sst2, trec or subj");
+    }
     let cache = Cache::open(&args.cache)?;
     let (llm, embedder) = args.common.load_models().await?;
     let mut rows = Vec::new();
-    for dataset in &DATASETS {
+    let chosen = DATASETS
+        .iter()
+        .filter(|d| args.dataset.is_empty() || args.dataset.iter().any(|n| n == d.name));
+    for dataset in chosen {
         let key = format!(
             "{}-k{}-{}-{}-{}",
             dataset.name, args.k, args.examples, args.test_rows, args.tune_rows
