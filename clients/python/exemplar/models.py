@@ -171,6 +171,8 @@ class TuneRow(ApiObject):
     cached_demonstrations: bool
     accuracy: float
     macro_f1: float
+    #: The model, when the grid compared models (else the task's own ran).
+    model: Optional[str] = None
 
 
 @dataclass
