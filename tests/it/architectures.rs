@@ -83,8 +83,8 @@ fn largest_difference(ours: &[f32], theirs: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn agrees_with_llama_cpp(arch: &str) {
-    let (gguf, rows) = tiny(arch);
+fn agrees_with_llama_cpp(fixture: &str) {
+    let (gguf, rows) = tiny(fixture);
     let llm = Llm::load(&gguf, &common::device(), WeightFormat::AsShipped).expect("model loads");
     let tokenizer = llm.tokenizer();
     let mut prompts = 0;
@@ -93,7 +93,7 @@ fn agrees_with_llama_cpp(arch: &str) {
             assert_eq!(
                 tokenizer.encode(text).expect("encodes"),
                 common::ids(&row["ids"]),
-                "{arch}: ids of {text:?}"
+                "{fixture}: ids of {text:?}"
             );
             continue;
         }
@@ -102,15 +102,15 @@ fn agrees_with_llama_cpp(arch: &str) {
         assert_eq!(
             prompt_ids,
             common::ids(&row["prompt_ids"]),
-            "{arch}: prompt ids"
+            "{fixture}: prompt ids"
         );
         let reference = common::floats(&row["logits"]);
 
         let whole = llm.session().feed(&prompt_ids).expect("forward");
         let gap = largest_difference(&whole, &reference);
-        assert!(gap < tolerance(arch), "{arch}: logits off by {gap}");
-        assert_same_top(arch, &whole, &reference, 1, tolerance(arch));
-        assert_same_top(arch, &whole, &reference, 5, tolerance(arch));
+        assert!(gap < tolerance(fixture), "{fixture}: logits off by {gap}");
+        assert_same_top(fixture, &whole, &reference, 1, tolerance(fixture));
+        assert_same_top(fixture, &whole, &reference, 5, tolerance(fixture));
 
         // The same prompt continuing a cached first part, then token by token.
         let mut session = llm.session();
@@ -124,17 +124,17 @@ fn agrees_with_llama_cpp(arch: &str) {
             .expect("last token");
         let cached_gap = largest_difference(&last, &reference);
         assert!(
-            cached_gap < tolerance(arch),
-            "{arch}: cached logits off by {cached_gap}"
+            cached_gap < tolerance(fixture),
+            "{fixture}: cached logits off by {cached_gap}"
         );
         eprintln!(
-            "{arch}: {} prompt tokens, largest logit difference to llama.cpp {gap:.6} in one \
+            "{fixture}: {} prompt tokens, largest logit difference to llama.cpp {gap:.6} in one \
              pass, {cached_gap:.6} continuing a cache",
             prompt_ids.len()
         );
         prompts += 1;
     }
-    assert!(prompts > 0, "{arch}: the fixture has prompts");
+    assert!(prompts > 0, "{fixture}: the fixture has prompts");
 }
 
 #[test]
