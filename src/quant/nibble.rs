@@ -24,12 +24,9 @@ pub struct NibbleMatrix {
     /// The 5-bit formats' fifth bits, one word per block (bit `j`: value `j`); empty
     /// for the 4-bit formats.
     fifth_bits: Vec<u32>,
-    /// Values per activation scale: the format's stored block (256 for the K-quants),
-    /// as llama.cpp quantizes the activations for it.
-    activation_group: usize,
-    /// Whether the activations' block sums are rounded to f16, as llama.cpp's are for
-    /// this format.
-    sums_in_f16: bool,
+    /// The GGUF format the blocks came from: how llama.cpp quantizes the activations
+    /// for it.
+    format: BlockFormat,
 }
 
 /// One weight row of a [`NibbleMatrix`].
@@ -66,8 +63,7 @@ impl NibbleMatrix {
     fn pack(decoded: &[UnsignedBlock], rows: usize, cols: usize, format: BlockFormat) -> Self {
         let five_bits = format.has_fifth_bit();
         let mut matrix = Self {
-            activation_group: format.block_values(),
-            sums_in_f16: matches!(format, BlockFormat::Q4_1 | BlockFormat::Q5_1),
+            format,
             rows,
             cols,
             scales: decoded.iter().map(|b| b.scale).collect(),
@@ -146,12 +142,15 @@ impl RowKernel for NibbleMatrix {
         self.cols
     }
 
+    /// The format's stored block: 256 values for the K-quants (llama.cpp's `Q8_K`).
     fn activation_group(&self) -> usize {
-        self.activation_group
+        self.format.block_values()
     }
 
+    /// The block sums the offsets multiply, in f16 for the formats llama.cpp pairs with
+    /// `Q8_1` (Q4_1, Q5_1).
     fn prepare(&self, _isa: Isa, acts: Q8Rows) -> Q8Rows {
-        acts.with_sums(self.sums_in_f16)
+        acts.with_sums(matches!(self.format, BlockFormat::Q4_1 | BlockFormat::Q5_1))
     }
 
     fn row(&self, row: usize) -> NibbleRow<'_> {

@@ -12,19 +12,28 @@ pub(super) fn block_dot(w: &[i8], x: &[i8]) -> i32 {
         .sum()
 }
 
-/// The dot products of the weight row with tokens `first..first + N`.
-pub(super) fn dots<const N: usize>(w: &WeightRow, acts: &Q8Rows, first: usize) -> [f32; N] {
+/// A weight row's dot products with tokens `first..first + N`: for each token, the sum
+/// over the row's blocks `b` of `block(b, the token's activation block b, its index in
+/// acts' scales and sums)`, in block order. Every format's portable kernel.
+fn by_blocks<const N: usize>(
+    acts: &Q8Rows,
+    first: usize,
+    block: impl Fn(usize, &[i8], usize) -> f32,
+) -> [f32; N] {
     let blocks = acts.blocks_per_row();
     std::array::from_fn(|j| {
         let t = first + j;
         let xq = &acts.quants[t * acts.cols..(t + 1) * acts.cols];
-        let xs = &acts.scales[t * blocks..(t + 1) * blocks];
         (0..blocks)
-            .map(|b| {
-                let range = b * BLOCK..(b + 1) * BLOCK;
-                w.scales[b] * xs[b] * block_dot(&w.quants[range.clone()], &xq[range]) as f32
-            })
+            .map(|b| block(b, &xq[b * BLOCK..(b + 1) * BLOCK], t * blocks + b))
             .sum()
+    })
+}
+
+/// The dot products of the weight row with tokens `first..first + N`.
+pub(super) fn dots<const N: usize>(w: &WeightRow, acts: &Q8Rows, first: usize) -> [f32; N] {
+    by_blocks(acts, first, |b, x, at| {
+        w.scales[b] * acts.scales[at] * block_dot(&w.quants[b * BLOCK..(b + 1) * BLOCK], x) as f32
     })
 }
 
@@ -55,20 +64,11 @@ pub(super) fn nibble_block_dot(nibbles: &[u8], fifth_bits: u32, x: &[i8]) -> i32
 
 /// The dot products of a 4- or 5-bit weight row with tokens `first..first + N`.
 pub(super) fn nibble_dots<const N: usize>(w: &NibbleRow, acts: &Q8Rows, first: usize) -> [f32; N] {
-    let blocks = acts.blocks_per_row();
-    std::array::from_fn(|j| {
-        let t = first + j;
-        let xq = &acts.quants[t * acts.cols..(t + 1) * acts.cols];
-        (0..blocks)
-            .map(|b| {
-                let nibbles = &w.nibbles[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                let fifth_bits = w.fifth_bits.get(b).copied().unwrap_or(0);
-                let integer =
-                    nibble_block_dot(nibbles, fifth_bits, &xq[b * BLOCK..(b + 1) * BLOCK]);
-                w.scales[b] * acts.scales[t * blocks + b] * integer as f32
-                    + w.offsets[b] * acts.sums[t * blocks + b]
-            })
-            .sum()
+    by_blocks(acts, first, |b, x, at| {
+        let nibbles = &w.nibbles[b * BLOCK / 2..(b + 1) * BLOCK / 2];
+        let fifth_bits = w.fifth_bits.get(b).copied().unwrap_or(0);
+        let integer = nibble_block_dot(nibbles, fifth_bits, x);
+        w.scales[b] * acts.scales[at] * integer as f32 + w.offsets[b] * acts.sums[at]
     })
 }
 
@@ -90,20 +90,13 @@ pub(super) fn q6_block_dot(
 
 /// The dot products of a Q6_K weight row with tokens `first..first + N`.
 pub(super) fn q6_dots<const N: usize>(w: &Q6Row, acts: &Q8Rows, first: usize) -> [f32; N] {
-    let blocks = acts.blocks_per_row();
-    std::array::from_fn(|j| {
-        let t = first + j;
-        let xq = &acts.quants[t * acts.cols..(t + 1) * acts.cols];
-        (0..blocks)
-            .map(|b| {
-                let integer = q6_block_dot(
-                    &w.nibbles[b * BLOCK / 2..(b + 1) * BLOCK / 2],
-                    [w.high_bits[2 * b], w.high_bits[2 * b + 1]],
-                    [w.half_scales[2 * b], w.half_scales[2 * b + 1]],
-                    &xq[b * BLOCK..(b + 1) * BLOCK],
-                );
-                w.scales[b] * acts.scales[t * blocks + b] * integer as f32
-            })
-            .sum()
+    by_blocks(acts, first, |b, x, at| {
+        let integer = q6_block_dot(
+            &w.nibbles[b * BLOCK / 2..(b + 1) * BLOCK / 2],
+            [w.high_bits[2 * b], w.high_bits[2 * b + 1]],
+            [w.half_scales[2 * b], w.half_scales[2 * b + 1]],
+            x,
+        );
+        w.scales[b] * acts.scales[at] * integer as f32
     })
 }
