@@ -219,6 +219,7 @@ async fn sync_replicas(catalog: Arc<Catalog>) -> Result<(), TaskError> {
             tasks = report.tasks,
             added = report.added,
             removed = report.removed,
+            failed = report.failed,
             "applied other replicas' writes"
         );
     }

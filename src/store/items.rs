@@ -378,17 +378,20 @@ impl Store {
     }
 
     /// Every task's examples version (see [`record_example_change`]) with the task's
-    /// creation time, by name: a task deleted and made again restarts its count.
+    /// incarnation, by name: a task deleted and made again restarts its count.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn examples_versions(&self) -> Result<Vec<(String, (i64, i64))>, StoreError> {
-        let rows = sqlx::query("SELECT name, created_at, examples_version FROM tasks")
+    pub async fn examples_versions(&self) -> Result<Vec<(String, ExamplesVersion)>, StoreError> {
+        let rows = sqlx::query("SELECT name, incarnation, examples_version FROM tasks")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
-                let version = (r.try_get("created_at")?, r.try_get("examples_version")?);
+                let version = ExamplesVersion {
+                    incarnation: r.try_get("incarnation")?,
+                    changes: r.try_get("examples_version")?,
+                };
                 Ok((r.try_get("name")?, version))
             })
             .collect()
@@ -425,6 +428,15 @@ impl Store {
 /// Changes to a task's examples kept in the log; a replica further behind compares
 /// every seq instead.
 const KEPT_CHANGES: i64 = 1000;
+
+/// Where a task's examples stand: which task of its name, and how many changes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExamplesVersion {
+    /// Drawn at random when the task was created.
+    pub incarnation: i64,
+    /// Changes made to its examples since.
+    pub changes: i64,
+}
 
 /// One logged change to a task's examples.
 #[derive(Debug, Clone, PartialEq, Eq)]

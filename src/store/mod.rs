@@ -19,7 +19,7 @@ use sqlx::any::{install_default_drivers, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
-pub use items::{ExampleChange, ItemKind, NewItem, StoredItem};
+pub use items::{ExampleChange, ExamplesVersion, ItemKind, NewItem, StoredItem};
 pub use jobs::{JobRow, RunningJobCaps, MAX_LISTED_JOBS};
 pub use keys::KeyRow;
 pub use leases::{LapsedLease, Lease, Leased};

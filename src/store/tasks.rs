@@ -43,12 +43,13 @@ impl Store {
         // update-then-insert lets both inserts run and one fail on the primary key.
         let mut tx = self.pool.begin().await?;
         let created = sqlx::query(
-            "INSERT INTO tasks (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO tasks (name, spec, created_at, updated_at, incarnation) \
+             VALUES ($1, $2, $3, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(spec)
         .bind(now)
+        .bind(rand::random::<i64>())
         .execute(&mut *tx)
         .await?
         .rows_affected()

@@ -35,7 +35,7 @@ pub use views::{Demonstration, ItemInput, ItemView, Page, RetrieveQuery, TaskVie
 
 use crate::embed::{EmbedError, EmbedderHandle};
 use crate::index::IndexError;
-use crate::store::{ItemKind, Store, StoreError};
+use crate::store::{ExamplesVersion, ItemKind, Store, StoreError};
 use retrieval::example_from;
 
 /// What can go wrong with a task operation.
@@ -121,8 +121,8 @@ pub struct Catalog {
     embedder: EmbedderHandle,
     embedder_id: String,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
-    /// Each task's creation time and examples version as of its last replica sync.
-    synced_versions: std::sync::Mutex<HashMap<String, (i64, i64)>>,
+    /// Each task's examples version as of its last replica sync.
+    synced_versions: std::sync::Mutex<HashMap<String, ExamplesVersion>>,
 }
 
 impl Catalog {
@@ -249,9 +249,12 @@ impl Catalog {
             .map_err(|e| TaskError::Store(StoreError::Corrupt(e.to_string())))?;
         let created = self.store.put_task(name, &json).await?;
         if created {
-            let collection = Collection::build(self.embedder.dimension(), Vec::new())?;
+            // A replica sync may have made the collection (and indexed other replicas'
+            // first examples) since the row was written: that one stays.
+            let collection = Arc::new(Collection::build(self.embedder.dimension(), Vec::new())?);
             self.collections_mut()
-                .insert(name.to_owned(), Arc::new(collection));
+                .entry(name.to_owned())
+                .or_insert(collection);
         }
         Ok((self.task(name).await?, created))
     }

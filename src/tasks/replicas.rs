@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{example_from, Catalog, Collection, TaskError};
-use crate::store::{ExampleChange, ItemKind};
+use crate::store::{ExampleChange, ExamplesVersion, ItemKind};
 
 /// What one sync changed in memory.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,17 @@ pub struct SyncReport {
     pub added: usize,
     /// Examples removed.
     pub removed: usize,
+    /// Tasks that could not be brought up to date (retried at the next sync).
+    pub failed: usize,
+}
+
+/// What one sync changed in one task.
+#[derive(Debug, Default)]
+struct TaskSync {
+    /// Whether its collection was made here by this sync.
+    appeared: bool,
+    added: usize,
+    removed: usize,
 }
 
 impl SyncReport {
@@ -38,7 +49,7 @@ impl SyncReport {
 }
 
 impl Catalog {
-    fn synced_versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, i64)>> {
+    fn synced_versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, ExamplesVersion>> {
         // Each update is one insert or retain; a poisoned map is still whole.
         self.synced_versions
             .lock()
@@ -48,8 +59,11 @@ impl Catalog {
     /// Brings every in-memory collection up to date with the database, which other
     /// replicas may have written.
     ///
+    /// A task whose examples cannot be read or indexed is counted in the report's
+    /// `failed` and left for the next sync; the others go on.
+    ///
     /// # Errors
-    /// When the database fails or a stored embedding cannot be indexed.
+    /// When the database fails to list the tasks.
     pub async fn sync(&self) -> Result<SyncReport, TaskError> {
         let mut report = SyncReport::default();
         let before: HashMap<String, Arc<Collection>> = self
@@ -59,7 +73,7 @@ impl Catalog {
             .clone();
         // One number per task says whether its examples changed since the last sync:
         // an idle sync reads nothing else.
-        let versions: HashMap<String, (i64, i64)> =
+        let versions: HashMap<String, ExamplesVersion> =
             self.store.examples_versions().await?.into_iter().collect();
         for (name, collection) in &before {
             if !versions.contains_key(name) {
@@ -78,43 +92,75 @@ impl Catalog {
         self.synced_versions()
             .retain(|name, _| versions.contains_key(name));
         for (name, &version) in &versions {
-            let collection = match self.collection(name) {
-                Some(collection) => collection,
-                None => {
-                    report.tasks += 1;
-                    let empty = Arc::new(Collection::build(self.embedder.dimension(), Vec::new())?);
-                    Arc::clone(self.collections_mut().entry(name.clone()).or_insert(empty))
-                }
-            };
-            let synced = self.synced_versions().get(name).copied();
-            if synced == Some(version) {
+            if self.synced_versions().get(name) == Some(&version) {
                 continue;
             }
-            let logged = match synced {
-                // The same task (not one deleted and made again) moved forward.
-                Some((created, applied)) if created == version.0 && applied < version.1 => {
-                    self.store.example_changes(name, applied, version.1).await?
+            match self.sync_task(name, version).await {
+                Ok(synced) => {
+                    report.tasks += usize::from(synced.appeared);
+                    report.added += synced.added;
+                    report.removed += synced.removed;
                 }
-                _ => None,
-            };
-            let (added, removed) = match logged {
-                Some(changes) => {
-                    ::metrics::counter!("exemplar_sync_changes_applied_total")
-                        .increment(changes.len() as u64);
-                    self.apply_changes(name, collection, changes).await?
+                Err(error) => {
+                    // One task that cannot be read or indexed must not keep every other
+                    // task's writes from this replica: it is retried next time.
+                    ::metrics::counter!("exemplar_sync_task_failures_total").increment(1);
+                    tracing::warn!(task = %name, %error, "replica sync failed for a task");
+                    report.failed += 1;
                 }
-                None => {
-                    ::metrics::counter!("exemplar_sync_task_scans_total").increment(1);
-                    self.sync_examples(name, collection).await?
-                }
-            };
-            report.added += added;
-            report.removed += removed;
-            // The version read before the scan: a change made during it is scanned
-            // again next time.
-            self.synced_versions().insert(name.clone(), version);
+            }
         }
         Ok(report)
+    }
+
+    /// Brings one task's collection (made here if new) up to `version`.
+    async fn sync_task(&self, name: &str, version: ExamplesVersion) -> Result<TaskSync, TaskError> {
+        let mut synced = TaskSync::default();
+        let collection = match self.collection(name) {
+            Some(collection) => collection,
+            None => {
+                synced.appeared = true;
+                let empty = Arc::new(Collection::build(self.embedder.dimension(), Vec::new())?);
+                Arc::clone(
+                    self.collections_mut()
+                        .entry(name.to_owned())
+                        .or_insert(empty),
+                )
+            }
+        };
+        let logged = match self.synced_versions().get(name).copied() {
+            // The same task (not one deleted and made again) moved forward.
+            Some(applied)
+                if applied.incarnation == version.incarnation
+                    && applied.changes < version.changes =>
+            {
+                Some(applied)
+            }
+            _ => None,
+        };
+        let logged = match logged {
+            Some(applied) => {
+                self.store
+                    .example_changes(name, applied.changes, version.changes)
+                    .await?
+            }
+            None => None,
+        };
+        (synced.added, synced.removed) = match logged {
+            Some(changes) => {
+                ::metrics::counter!("exemplar_sync_changes_applied_total")
+                    .increment(changes.len() as u64);
+                self.apply_changes(name, collection, changes).await?
+            }
+            None => {
+                ::metrics::counter!("exemplar_sync_task_scans_total").increment(1);
+                self.sync_examples(name, collection).await?
+            }
+        };
+        // The version read before the scan: a change made during it is scanned again
+        // next time.
+        self.synced_versions().insert(name.to_owned(), version);
+        Ok(synced)
     }
 
     /// Applies logged changes to one task's examples; answers how many were added and

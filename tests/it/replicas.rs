@@ -22,8 +22,17 @@ fn sentiment_task() -> Value {
 
 /// The ids `server` retrieves for `query` (k = 3), or `None` while it answers an error.
 async fn retrieved(server: &TestServer, query: &str) -> Option<Vec<String>> {
+    retrieved_from(server, "sst2", query).await
+}
+
+/// The ids `server` retrieves from `task` for `query` (k = 3), or `None` while it
+/// answers an error.
+async fn retrieved_from(server: &TestServer, task: &str, query: &str) -> Option<Vec<String>> {
     let (status, body) = server
-        .post("/v1/tasks/sst2/retrieve", json!({"text": query, "k": 3}))
+        .post(
+            &format!("/v1/tasks/{task}/retrieve"),
+            json!({"text": query, "k": 3}),
+        )
         .await;
     (status == 200).then(|| {
         body["demonstrations"]
@@ -54,12 +63,24 @@ async fn wait_for(server: &TestServer, query: &str, expected: &[&str]) {
 
 /// Creates the task on `server` with `examples`.
 async fn make_task(server: &TestServer, examples: Value) {
+    make_named_task(server, "sst2", examples).await;
+}
+
+/// Creates the sentiment task `task` on `server` with `examples`.
+async fn make_named_task(server: &TestServer, task: &str, examples: Value) {
     let (status, body) = server
-        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
+        .call(
+            Method::PUT,
+            &format!("/v1/tasks/{task}"),
+            Some(sentiment_task()),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = server
-        .post("/v1/tasks/sst2/examples", json!({ "examples": examples }))
+        .post(
+            &format!("/v1/tasks/{task}/examples"),
+            json!({ "examples": examples }),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
 }
@@ -197,4 +218,114 @@ async fn an_idle_sync_reads_no_task_twice_and_a_busy_one_reads_the_changes() {
     }
     assert_eq!(scans(&b).await, before, "a busy sync scanned the task");
     assert_eq!(changes_applied(&b).await - applied, 2.0);
+}
+
+/// A task deleted and made again within one second, with as many changes to its
+/// examples as before, is another task to a replica that did not sync in between: it
+/// forgets the old examples and indexes the new ones.
+#[tokio::test]
+async fn a_task_made_again_within_a_second_is_told_apart_by_other_replicas() {
+    let database = TestDatabase::sqlite();
+    let a = TestServer::start_on(&database.url, &["--sync-interval-ms", SYNC_MS]).await;
+    // B syncs seldom, so that it does not sync between the delete and the new task.
+    let b = TestServer::start_on(&database.url, &["--sync-interval-ms", "3000"]).await;
+    let query = "a witty and moving film";
+    let old = json!([
+        {"id": "e1", "text": "a gorgeous, witty and moving film", "label": "positive"},
+        {"id": "e2", "text": "a tedious, overlong mess", "label": "negative"}
+    ]);
+    make_task(&a, old).await;
+    wait_for(&b, query, &["e1", "e2"]).await;
+
+    // Just after a second begins, so that both tasks are made within it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    tokio::time::sleep(Duration::from_millis(1010 - u64::from(now.subsec_millis()))).await;
+    let (status, _) = a.call(Method::DELETE, "/v1/tasks/sst2", None).await;
+    assert_eq!(status, 204);
+    make_task(
+        &a,
+        json!([
+            {"id": "f1", "text": "a witty, moving picture", "label": "positive"},
+            {"id": "f2", "text": "a boring waste of time", "label": "negative"}
+        ]),
+    )
+    .await;
+    wait_for(&b, query, &["f1", "f2"]).await;
+}
+
+/// A task whose stored examples cannot be read (a row another version wrote, say) is
+/// retried at each sync without holding up the other tasks' writes.
+#[tokio::test]
+async fn a_task_that_cannot_sync_does_not_hold_up_the_others() {
+    let database = TestDatabase::sqlite();
+    let args = ["--sync-interval-ms", SYNC_MS];
+    let a = TestServer::start_on(&database.url, &args).await;
+    let b = TestServer::start_on(&database.url, &args).await;
+    let first =
+        json!([{"id": "e1", "text": "a gorgeous, witty and moving film", "label": "positive"}]);
+    make_named_task(&a, "broken", first.clone()).await;
+    // Several healthy tasks: a sync stopped by the broken one would miss some of them
+    // whatever order it visits the tasks in.
+    let healthy = ["one", "two", "three", "four"];
+    for task in healthy {
+        make_named_task(&a, task, first.clone()).await;
+    }
+    let query = "a witty and moving film";
+    for task in healthy {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while retrieved_from(&b, task, query).await.as_deref() != Some(&["e1".to_owned()][..]) {
+            assert!(Instant::now() < deadline, "B never synced {task}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A row whose embedding is not a whole number of floats, logged as a change.
+    let pool = sqlx::sqlite::SqlitePool::connect(&database.url)
+        .await
+        .expect("opens the database");
+    sqlx::query(
+        "INSERT INTO examples (task, id, text, text_pair, label, embedding, embedder, created_at) \
+         SELECT task, 'unreadable', text, text_pair, label, x'010203', embedder, created_at \
+         FROM examples WHERE task = 'broken'",
+    )
+    .execute(&pool)
+    .await
+    .expect("inserts");
+    sqlx::query("UPDATE tasks SET examples_version = examples_version + 1 WHERE name = 'broken'")
+        .execute(&pool)
+        .await
+        .expect("bumps the version");
+    pool.close().await;
+
+    let second = json!([{"id": "e2", "text": "a witty, moving picture", "label": "positive"}]);
+    for task in healthy {
+        let (status, body) = a
+            .post(
+                &format!("/v1/tasks/{task}/examples"),
+                json!({ "examples": second }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for task in healthy {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ids = retrieved_from(&b, task, query).await.unwrap_or_default();
+            if ids.contains(&"e2".to_owned()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "B did not sync {task}: {ids:?}\n{}",
+                b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let metrics = b.metrics().await;
+    let failures =
+        common::metric_sample(&metrics, "exemplar_sync_task_failures_total", &[]).unwrap_or(0.0);
+    assert!(failures >= 1.0, "the broken task's sync was not counted");
 }

@@ -1,0 +1,4 @@
+-- A random number drawn when a task is created, so that replica sync tells a task
+-- deleted and created again apart from the one before it (a creation time in seconds
+-- cannot: both can fall within one second).
+ALTER TABLE tasks ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
