@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use sha2::{Digest, Sha256};
+
 use super::spec::TaskSpec;
 use super::views::ItemInput;
 use super::TaskError;
@@ -17,8 +19,11 @@ pub const MAX_ID_BYTES: usize = 128;
 /// The most demonstrations one prompt or retrieval may ask for (`k`, `fixed` ids, a
 /// task's default): the one cap the API, the defaults and the tune grid share.
 pub const MAX_K: usize = 64;
-fn new_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+/// The id of a row that came without one: a hash of its content, so that a retried
+/// batch names its rows as the first try did and stores none of them twice.
+fn content_id(item: &ItemInput) -> String {
+    let content = serde_json::json!([item.text, item.text_pair, item.label]).to_string();
+    hex::encode(&Sha256::digest(content.as_bytes())[..16])
 }
 
 fn check_text(row: usize, field: &str, text: &str) -> Result<(), TaskError> {
@@ -57,7 +62,8 @@ fn check_id(row: usize, id: &str) -> Result<(), TaskError> {
     }
 }
 
-/// Checks a batch against the task and gives every row an id.
+/// Checks a batch against the task and gives every row an id (its content's hash
+/// where the caller gave none).
 pub(super) fn validate_rows(
     spec: &TaskSpec,
     kind: ItemKind,
@@ -76,7 +82,7 @@ pub(super) fn validate_rows(
             rows.len()
         )));
     }
-    let mut seen = HashSet::new();
+    let mut given = HashSet::new();
     rows.into_iter()
         .enumerate()
         .map(|(row, mut item)| {
@@ -84,14 +90,20 @@ pub(super) fn validate_rows(
             if let Some(pair) = &item.text_pair {
                 check_text(row, "text_pair", pair)?;
             }
-            let id = item.id.take().unwrap_or_else(new_id);
-            check_id(row, &id)?;
-            if !seen.insert(id.clone()) {
-                return Err(TaskError::InvalidRow {
-                    row,
-                    message: format!("id `{id}` appears twice in the batch"),
-                });
-            }
+            // Rows without ids and the same content share their id: one is stored.
+            let id = match item.id.take() {
+                Some(id) => {
+                    check_id(row, &id)?;
+                    if !given.insert(id.clone()) {
+                        return Err(TaskError::InvalidRow {
+                            row,
+                            message: format!("id `{id}` appears twice in the batch"),
+                        });
+                    }
+                    id
+                }
+                None => content_id(&item),
+            };
             item.id = Some(id);
             match (kind, &item.label) {
                 (ItemKind::Example, None) => Err(TaskError::InvalidRow {

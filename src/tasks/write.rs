@@ -1,14 +1,15 @@
 //! The write path: validate a batch, embed it, store it in one transaction, index it;
 //! and deletes, which leave the index at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use super::collection::Example;
+use super::collection::{Collection, Example};
 use super::retrieval::{embedding_text, example_from};
 use super::validate::validate_rows;
 use super::views::ItemInput;
 use super::{kind_name, Catalog, TaskError};
-use crate::store::{ItemKind, NewItem, StoredItem};
+use crate::store::{ItemKind, NewItem, Store, StoreError, StoredItem};
 
 impl Catalog {
     /// Validates, embeds and stores a batch, all or nothing; answers the rows' ids.
@@ -30,111 +31,52 @@ impl Catalog {
             self.refuse_existing(task, ItemKind::Example, &ids, "is already annotated")
                 .await?;
         }
+        let mut rows = distinct(rows)?;
         // A retry of a batch that was stored (its answer lost, or indexing cut short
         // after the commit) finds its rows there: identical rows count as written and
         // are indexed again below; the same id with other content is refused.
-        let copies = self.stored_copies(task, kind, &rows).await?;
-        let copied: HashSet<&str> = copies.iter().map(|c| c.id.as_str()).collect();
-        let rows: Vec<ItemInput> = rows
-            .into_iter()
-            .filter(|r| !r.id.as_deref().is_some_and(|id| copied.contains(id)))
+        let copies = take_stored_copies(&self.store, task, kind, &mut rows).await?;
+        let texts = rows
+            .iter()
+            .map(|(_, r)| embedding_text(&r.text, r.text_pair.as_deref()))
             .collect();
-
-        let mut indexed: Vec<(Example, Vec<f32>)> = copies
+        let vectors = if rows.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed(texts).await?
+        };
+        let items = rows
             .into_iter()
-            .map(|mut item| {
-                let embedding = std::mem::take(&mut item.embedding);
-                (example_from(item), embedding)
+            .zip(vectors)
+            .map(|((row, input), embedding)| {
+                let item = NewItem {
+                    id: input.id.unwrap_or_default(),
+                    text: input.text,
+                    text_pair: input.text_pair,
+                    label: input.label,
+                    embedding,
+                };
+                (row, item)
             })
             .collect();
-        if !rows.is_empty() {
-            let texts = rows
-                .iter()
-                .map(|r| embedding_text(&r.text, r.text_pair.as_deref()))
-                .collect();
-            let vectors = self.embedder.embed(texts).await?;
-            let items: Vec<NewItem> = rows
-                .into_iter()
-                .zip(vectors)
-                .map(|(row, embedding)| NewItem {
-                    id: row.id.unwrap_or_default(),
-                    text: row.text,
-                    text_pair: row.text_pair,
-                    label: row.label,
-                    embedding,
-                })
-                .collect();
-            let seqs = self
-                .store
-                .insert_items(task, kind, &items, &self.embedder_id)
-                .await?;
-            indexed.extend(items.into_iter().zip(seqs).map(|(item, seq)| {
-                let example = Example {
-                    point: seq as usize,
-                    id: item.id,
-                    text: item.text,
-                    text_pair: item.text_pair,
-                    label: item.label.unwrap_or_default(),
-                };
-                (example, item.embedding)
-            }));
-        }
-        if kind == ItemKind::Example {
-            if let Some(collection) = self.collection(task) {
-                // Graph inserts of a large batch take a while: on a blocking thread they
-                // leave the async workers free, and searches go on between inserts.
-                // Inserting a point the index holds already does nothing.
-                tokio::task::spawn_blocking(move || {
-                    indexed
-                        .into_iter()
-                        .try_for_each(|(example, embedding)| collection.insert(example, &embedding))
-                })
-                .await
-                .map_err(|_| TaskError::Aborted("indexing a batch"))??;
-            }
-        }
+        let write = BatchWrite {
+            store: self.store.clone(),
+            embedder_id: self.embedder_id.clone(),
+            task: task.to_owned(),
+            kind,
+            collection: match kind {
+                ItemKind::Example => self.collection(task),
+                ItemKind::PoolItem => None,
+            },
+            copies,
+            items,
+        };
+        // Stored rows must reach the index even when the caller stops waiting (a client
+        // gone, a timeout, a shutdown): the write runs to its end on a task of its own.
+        tokio::spawn(write.run())
+            .await
+            .map_err(|_| TaskError::Aborted("storing a batch"))??;
         Ok(ids)
-    }
-
-    /// The stored rows of the batch whose id, text, pair and label are all the same as
-    /// the batch's; fails on a row whose id is stored with other content.
-    async fn stored_copies(
-        &self,
-        task: &str,
-        kind: ItemKind,
-        rows: &[ItemInput],
-    ) -> Result<Vec<StoredItem>, TaskError> {
-        let ids: Vec<String> = rows.iter().filter_map(|r| r.id.clone()).collect();
-        let existing: HashSet<String> = self
-            .store
-            .existing_ids(task, kind, &ids)
-            .await?
-            .into_iter()
-            .collect();
-        let mut copies = Vec::new();
-        for (row, input) in rows.iter().enumerate() {
-            let Some(id) = input.id.as_deref().filter(|id| existing.contains(*id)) else {
-                continue;
-            };
-            match self.store.item(task, kind, id).await? {
-                Some(item)
-                    if item.text == input.text
-                        && item.text_pair == input.text_pair
-                        && item.label == input.label =>
-                {
-                    copies.push(item);
-                }
-                Some(_) => {
-                    return Err(TaskError::InvalidRow {
-                        row,
-                        message: format!("id `{id}` already exists with other content"),
-                    })
-                }
-                // Deleted since: stored anew.
-                None => {}
-            }
-        }
-        Ok(copies)
     }
 
     /// Fails on the first of `ids` that the task already holds as `kind`.
@@ -185,4 +127,174 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+/// A row of a write, before or after it is embedded.
+trait Row {
+    /// Its id (every row has one once validated).
+    fn id(&self) -> &str;
+    /// Whether `stored` holds the same text, pair and label.
+    fn same_content(&self, stored: &StoredItem) -> bool;
+}
+
+impl Row for ItemInput {
+    fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+
+    fn same_content(&self, stored: &StoredItem) -> bool {
+        stored.text == self.text && stored.text_pair == self.text_pair && stored.label == self.label
+    }
+}
+
+impl Row for NewItem {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn same_content(&self, stored: &StoredItem) -> bool {
+        stored.text == self.text && stored.text_pair == self.text_pair && stored.label == self.label
+    }
+}
+
+/// The batch's rows, each with its place in the batch, those with an id seen before
+/// left out (rows without ids and the same content share one: stored once).
+fn distinct(rows: Vec<ItemInput>) -> Result<Vec<(usize, ItemInput)>, TaskError> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut kept: Vec<(usize, ItemInput)> = Vec::with_capacity(rows.len());
+    for (row, input) in rows.into_iter().enumerate() {
+        match seen.get(input.id()) {
+            Some(&first) if same_input(&kept[first].1, &input) => {}
+            Some(_) => {
+                return Err(TaskError::InvalidRow {
+                    row,
+                    message: format!("id `{}` appears twice in the batch", input.id()),
+                })
+            }
+            None => {
+                seen.insert(input.id().to_owned(), kept.len());
+                kept.push((row, input));
+            }
+        }
+    }
+    Ok(kept)
+}
+
+fn same_input(a: &ItemInput, b: &ItemInput) -> bool {
+    a.text == b.text && a.text_pair == b.text_pair && a.label == b.label
+}
+
+/// An embedded batch on its way into the database and the index.
+struct BatchWrite {
+    store: Store,
+    embedder_id: String,
+    task: String,
+    kind: ItemKind,
+    /// The task's index (examples only).
+    collection: Option<Arc<Collection>>,
+    /// Rows stored already, to index again.
+    copies: Vec<(Example, Vec<f32>)>,
+    /// Rows to store, each with its place in the batch.
+    items: Vec<(usize, NewItem)>,
+}
+
+impl BatchWrite {
+    /// Stores the new rows in one transaction, then indexes them with the copies.
+    async fn run(mut self) -> Result<(), TaskError> {
+        let seqs = match self.insert().await {
+            // A retry racing its first try: what the first try committed meanwhile is
+            // there now, and is this batch's too.
+            Err(TaskError::InvalidRow { .. }) => {
+                let copies =
+                    take_stored_copies(&self.store, &self.task, self.kind, &mut self.items).await?;
+                self.copies.extend(copies);
+                self.insert().await?
+            }
+            other => other?,
+        };
+        let mut indexed = self.copies;
+        indexed.extend(self.items.into_iter().zip(seqs).map(|((_, item), seq)| {
+            let example = Example {
+                point: seq as usize,
+                id: item.id,
+                text: item.text,
+                text_pair: item.text_pair,
+                label: item.label.unwrap_or_default(),
+            };
+            (example, item.embedding)
+        }));
+        if let Some(collection) = self.collection {
+            // Graph inserts of a large batch take a while: on a blocking thread they
+            // leave the async workers free, and searches go on between inserts.
+            // Inserting a point the index holds already does nothing.
+            tokio::task::spawn_blocking(move || {
+                indexed
+                    .into_iter()
+                    .try_for_each(|(example, embedding)| collection.insert(example, &embedding))
+            })
+            .await
+            .map_err(|_| TaskError::Aborted("indexing a batch"))??;
+        }
+        Ok(())
+    }
+
+    /// Stores the rows in one transaction; their seqs.
+    async fn insert(&self) -> Result<Vec<i64>, TaskError> {
+        if self.items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch: Vec<NewItem> = self.items.iter().map(|(_, item)| item.clone()).collect();
+        match self
+            .store
+            .insert_items(&self.task, self.kind, &batch, &self.embedder_id)
+            .await
+        {
+            Err(StoreError::DuplicateId { row, id }) => Err(TaskError::InvalidRow {
+                row: self.items.get(row).map_or(row, |(row, _)| *row),
+                message: format!("id `{id}` already exists"),
+            }),
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Takes out of `rows` those stored already with the same id, text, pair and label,
+/// and answers them as the index wants them; fails on a row whose id is stored with
+/// other content.
+async fn take_stored_copies<R: Row>(
+    store: &Store,
+    task: &str,
+    kind: ItemKind,
+    rows: &mut Vec<(usize, R)>,
+) -> Result<Vec<(Example, Vec<f32>)>, TaskError> {
+    let ids: Vec<String> = rows.iter().map(|(_, r)| r.id().to_owned()).collect();
+    let existing: HashSet<String> = store
+        .existing_ids(task, kind, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let mut copies = Vec::new();
+    let mut kept = Vec::with_capacity(rows.len());
+    for (row, input) in rows.drain(..) {
+        if !existing.contains(input.id()) {
+            kept.push((row, input));
+            continue;
+        }
+        match store.item(task, kind, input.id()).await? {
+            Some(mut item) if input.same_content(&item) => {
+                let embedding = std::mem::take(&mut item.embedding);
+                copies.push((example_from(item), embedding));
+            }
+            Some(_) => {
+                return Err(TaskError::InvalidRow {
+                    row,
+                    message: format!("id `{}` already exists with other content", input.id()),
+                })
+            }
+            // Deleted since: stored anew.
+            None => kept.push((row, input)),
+        }
+    }
+    *rows = kept;
+    Ok(copies)
 }

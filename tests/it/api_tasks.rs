@@ -367,3 +367,50 @@ async fn a_batch_sent_again_is_stored_once_and_answered_the_same() {
     );
     assert_eq!(counts(&server).await.0, 6);
 }
+
+/// Rows without ids are named by their content: a retry of such a batch, or one
+/// racing its first try, stores nothing twice and answers the same ids.
+#[tokio::test]
+async fn a_batch_without_ids_sent_again_or_twice_at_once_is_stored_once() {
+    let server = TestServer::start(&[]).await;
+    let (status, body) = server
+        .call(Method::PUT, "/v1/tasks/sst2", Some(sentiment_task()))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut without_ids = examples();
+    for row in without_ids["examples"].as_array_mut().expect("rows") {
+        row.as_object_mut().expect("row").remove("id");
+    }
+    let (status, first) = server
+        .post("/v1/tasks/sst2/examples", without_ids.clone())
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = server
+        .post("/v1/tasks/sst2/examples", without_ids.clone())
+        .await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["ids"], first["ids"]);
+    assert_eq!(counts(&server).await.0, 6);
+
+    // Two tries of one batch at once (a client's retry overtaking its first try).
+    let racing = json!({"examples": (0..40)
+        .map(|i| json!({"text": format!("film number {i} was fine"), "label": "positive"}))
+        .collect::<Vec<_>>()});
+    let (one, two) = tokio::join!(
+        server.post("/v1/tasks/sst2/examples", racing.clone()),
+        server.post("/v1/tasks/sst2/examples", racing.clone()),
+    );
+    assert_eq!((one.0, two.0), (201, 201), "{} {}", one.1, two.1);
+    assert_eq!(one.1["ids"], two.1["ids"]);
+    assert_eq!(counts(&server).await.0, 46);
+
+    // The same row twice in one batch is one example under one id.
+    let twice = json!({"examples": [
+        {"text": "a quiet gem", "label": "positive"},
+        {"text": "a quiet gem", "label": "positive"}
+    ]});
+    let (status, body) = server.post("/v1/tasks/sst2/examples", twice).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["ids"][0], body["ids"][1]);
+    assert_eq!(counts(&server).await.0, 47);
+}
