@@ -309,6 +309,7 @@ fn job_status_and_code(error: &JobError) -> (StatusCode, &'static str) {
         JobError::ShuttingDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         JobError::Cancelled(_) | JobError::LeaseLost(_) => (StatusCode::CONFLICT, "conflict"),
         JobError::TooMany { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_jobs"),
+        JobError::NotYours(_) => (StatusCode::FORBIDDEN, "forbidden"),
     }
 }
 

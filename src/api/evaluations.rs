@@ -17,7 +17,7 @@ use super::limits::{MAX_EVALUATION_EXAMPLES, MAX_INPUTS};
 use super::predict::{check_texts, OptionsBody};
 use super::streaming::{self, Format, Line};
 use super::{ApiError, ApiJson, AppState, Route};
-use crate::auth::Scope;
+use crate::auth::{Access, Caller, Scope};
 use crate::evaluation::{EvaluationJob, EvaluationRequest, LabelledRow};
 use crate::predict::metrics;
 use crate::predict::QueryInput;
@@ -227,11 +227,30 @@ async fn get(
     Ok(Json(state.services()?.evaluations.get(&task, &id).await?))
 }
 
+/// Cancels an evaluation: the client that started it may, and so may a key with the
+/// admin scope over the task (a read-scoped key may not stop another's work).
 async fn cancel(
     State(state): State<AppState>,
     Path((task, id)): Path<(String, String)>,
+    Extension(caller): Extension<Caller>,
+    Extension(requester): Extension<Requester>,
 ) -> Result<Json<EvaluationJob>, ApiError> {
+    let only = match &caller {
+        Caller::Key(key)
+            if key
+                .permits(Access::Task(Scope::Admin), Some(&task))
+                .is_err() =>
+        {
+            Some(requester.0.as_str())
+        }
+        // An admin, or anyone where no key is needed.
+        Caller::Key(_) | Caller::Anonymous => None,
+    };
     Ok(Json(
-        state.services()?.evaluations.cancel(&task, &id).await?,
+        state
+            .services()?
+            .evaluations
+            .cancel(&task, &id, only)
+            .await?,
     ))
 }

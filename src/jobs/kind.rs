@@ -46,6 +46,9 @@ pub enum JobError {
     /// Another replica took the job over (this one's lease lapsed).
     #[error("another replica took over this {0}")]
     LeaseLost(&'static str),
+    /// Someone other than who asked for the job tried to cancel it.
+    #[error("only the client that started this {0} (or a key with the admin scope) may cancel it")]
+    NotYours(&'static str),
     /// A requester, the task or the replica runs as many jobs as it may.
     #[error("{holder} already runs {limit} background jobs, as many as it may; retry when one has ended")]
     TooMany {
@@ -345,12 +348,13 @@ impl<K: JobKind> Jobs<K> {
             lease: None,
             created_at: 0,
             updated_at: 0,
+            requester: Some(requester.to_owned()),
         };
         let store = self.catalog.store();
         let caps = limits.caps();
         let (owner, seconds) = (self.runner.owner(), self.runner.lease_seconds());
         let inserted = store
-            .insert_job(task, &row, requester, caps, owner, seconds)
+            .insert_job(task, &row, caps, owner, seconds)
             .await
             .map_err(JobError::from)?;
         if !inserted {
@@ -406,12 +410,22 @@ impl<K: JobKind> Jobs<K> {
     }
 
     /// Cancels a running job: it stops between inputs, wherever it runs, and nobody
-    /// resumes it. A job that already ended is answered as it is.
+    /// resumes it. A job that already ended is answered as it is. `requester` is who
+    /// asks: only the one that started the job may, unless `None` (an admin).
     ///
     /// # Errors
-    /// When the task or the job does not exist, or the database fails.
-    pub async fn cancel(&self, task: &str, id: &str) -> Result<K::View, K::Error> {
-        self.load(task, id).await?;
+    /// When the task or the job does not exist, the job is another requester's, or
+    /// the database fails.
+    pub async fn cancel(
+        &self,
+        task: &str,
+        id: &str,
+        requester: Option<&str>,
+    ) -> Result<K::View, K::Error> {
+        let (row, _) = self.load(task, id).await?;
+        if requester.is_some_and(|requester| row.requester.as_deref() != Some(requester)) {
+            return Err(JobError::NotYours(K::KIND).into());
+        }
         self.catalog
             .store()
             .end_job(task, id, JobState::Cancelled.as_str())

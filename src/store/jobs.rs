@@ -29,10 +29,13 @@ pub struct JobRow {
     pub created_at: i64,
     /// Seconds since the epoch when it last saved.
     pub updated_at: i64,
+    /// Who asked for it (`key:ID` or `address:IP`); none for jobs stored before this
+    /// was kept.
+    pub requester: Option<String>,
 }
 
 const SELECT_JOB: &str = "SELECT id, kind, state, request, result, error, lease_owner, \
-                          lease_expires, created_at, updated_at FROM jobs";
+                          lease_expires, created_at, updated_at, requester FROM jobs";
 
 fn job_row(row: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
     let owner: Option<String> = row.try_get("lease_owner")?;
@@ -50,6 +53,7 @@ fn job_row(row: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
         }),
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        requester: row.try_get("requester")?,
     })
 }
 
@@ -71,9 +75,9 @@ fn cap(limit: usize) -> i64 {
 }
 
 impl Store {
-    /// Stores a new job asked for by `requester` under `owner`'s lease for `seconds`
-    /// (so that no other replica resumes it before its first save), unless the task
-    /// or the requester already has as many running jobs as `caps` allow; answers
+    /// Stores a new job under `owner`'s lease for `seconds` (so that no other replica
+    /// resumes it before its first save), unless the task or the row's requester
+    /// already has as many running jobs as `caps` allow; answers
     /// whether it was stored. The count and the insert are one statement.
     ///
     /// # Errors
@@ -82,7 +86,6 @@ impl Store {
         &self,
         task: &str,
         row: &JobRow,
-        requester: &str,
         caps: RunningJobCaps,
         owner: &str,
         seconds: i64,
@@ -104,7 +107,7 @@ impl Store {
         .bind(owner)
         .bind(seconds)
         .bind(now())
-        .bind(requester)
+        .bind(row.requester.clone())
         .bind(cap(caps.per_task))
         .bind(cap(caps.per_requester))
         .execute(&self.pool)

@@ -191,3 +191,44 @@ async fn ended_jobs_are_forgotten_after_the_retention() {
         "the job was forgotten before it was seen complete"
     );
 }
+
+/// A read-scoped key may cancel its own evaluation, not another client's; an admin
+/// may cancel any.
+#[tokio::test]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn an_evaluation_is_cancelled_by_its_client_or_an_admin_only() {
+    let server = TestServer::start_with_env(&[], &[("EXEMPLAR_BOOTSTRAP_KEY", ADMIN)]).await;
+    task(&server, "films").await;
+    let (owner, other) = (read_key(&server).await, read_key(&server).await);
+    let long = long_background_evaluation();
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let (status, job) = evaluate(&server, &owner, "films", &long).await;
+        assert_eq!(status, 202, "{job}");
+        paths.push(format!(
+            "/v1/tasks/films/evaluations/{}",
+            job["id"].as_str().expect("id")
+        ));
+    }
+
+    let (status, body) = server
+        .call_as(Some(&other), Method::DELETE, &paths[0], None)
+        .await;
+    assert_eq!((status, refusal(&body).0), (403, "forbidden"), "{body}");
+    let (_, job) = server
+        .call_as(Some(&owner), Method::GET, &paths[0], None)
+        .await;
+    assert_eq!(
+        job["state"], "running",
+        "another client's refused cancel stopped it"
+    );
+
+    for (key, path) in [(owner.as_str(), &paths[0]), (ADMIN, &paths[1])] {
+        let (status, body) = server.call_as(Some(key), Method::DELETE, path, None).await;
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (200, Some("cancelled")),
+            "{body}"
+        );
+    }
+}

@@ -167,13 +167,14 @@ async fn cancelled_job(url: &str) {
         lease: None,
         created_at: 0,
         updated_at: 0,
+        requester: Some("a client".into()),
     };
     let caps = RunningJobCaps {
         per_task: 1,
         per_requester: 0,
     };
     assert!(store
-        .insert_job("task0", &job, "a client", caps, "runner", 60)
+        .insert_job("task0", &job, caps, "runner", 60)
         .await
         .expect("inserted"));
     // The task's one running job is as many as it may have.
@@ -182,7 +183,7 @@ async fn cancelled_job(url: &str) {
         ..job.clone()
     };
     assert!(!store
-        .insert_job("task0", &second, "a client", caps, "runner", 60)
+        .insert_job("task0", &second, caps, "runner", 60)
         .await
         .expect("refused"));
     let saved = JobRow {
