@@ -13,9 +13,8 @@
 //! to the demonstrations before it in the prompt, only to the head and itself. With one
 //! block it is exact.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use super::model::KvCache;
 use super::{LlmError, Session};
@@ -26,11 +25,16 @@ struct Block {
     last_used: u64,
 }
 
+/// The tokens of the head a block follows: with the block's own tokens, what a block
+/// is looked up by (the whole sequences, not a hash of them, so that two prompts can
+/// never be mistaken for each other).
+pub(super) type Head = Arc<[u32]>;
+
 /// Demonstration blocks by the head they follow and their tokens; the prefix cache
 /// that owns it keeps the two within one memory budget.
 #[derive(Default)]
 pub struct DemonstrationCache {
-    blocks: HashMap<(u64, Vec<u32>), Block>,
+    blocks: HashMap<(Head, Vec<u32>), Block>,
     bytes: usize,
     /// The prefix cache's clock when the last prompt began: its blocks carry it.
     clock: u64,
@@ -43,7 +47,7 @@ impl DemonstrationCache {
     }
 
     /// Begins assembling a prompt from `blocks` after `head_tokens` at time `now` (the
-    /// prefix cache's clock): checks the blocks and returns the head's key for
+    /// prefix cache's clock): checks the blocks and returns the head for
     /// [`DemonstrationCache::get`] and [`DemonstrationCache::insert`].
     ///
     /// # Errors
@@ -53,30 +57,30 @@ impl DemonstrationCache {
         head_tokens: &[u32],
         blocks: &[&[u32]],
         now: u64,
-    ) -> Result<u64, LlmError> {
+    ) -> Result<Head, LlmError> {
         if blocks.iter().any(|b| b.is_empty()) {
             return Err(LlmError::InvalidInput(
                 "a demonstration block has no tokens".into(),
             ));
         }
         self.clock = now;
-        Ok(fingerprint(head_tokens))
+        Ok(head_tokens.into())
     }
 
-    /// The keys and values of `block` after the head `head_key`, if held.
-    pub(super) fn get(&mut self, head_key: u64, block: &[u32]) -> Option<KvCache> {
-        let held = self.blocks.get_mut(&(head_key, block.to_vec()))?;
+    /// The keys and values of `block` after `head`, if held.
+    pub(super) fn get(&mut self, head: &Head, block: &[u32]) -> Option<KvCache> {
+        let held = self.blocks.get_mut(&(Arc::clone(head), block.to_vec()))?;
         held.last_used = self.clock;
         count("hit");
         Some(held.kv.clone())
     }
 
-    /// Keeps the keys and values of `block` computed right after the head `head_key`.
-    pub(super) fn insert(&mut self, head_key: u64, block: &[u32], kv: KvCache) {
+    /// Keeps the keys and values of `block` computed right after `head`.
+    pub(super) fn insert(&mut self, head: &Head, block: &[u32], kv: KvCache) {
         count("miss");
         self.bytes += kv.bytes();
         let old = self.blocks.insert(
-            (head_key, block.to_vec()),
+            (Arc::clone(head), block.to_vec()),
             Block {
                 kv,
                 last_used: self.clock,
@@ -137,17 +141,11 @@ fn count(outcome: &'static str) {
         .increment(1);
 }
 
-/// A fingerprint of a token sequence, stable within the process.
-fn fingerprint(tokens: &[u32]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    tokens.hash(&mut hasher);
-    hasher.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use candle_core::Tensor;
 
+    use super::super::model::KvCache;
     use super::super::{Llm, PrefixCache, ScoreRequest};
     use crate::config::WeightFormat;
 
@@ -182,15 +180,17 @@ mod tests {
         let here = first_layer_keys(0);
         let there = first_layer_keys(7);
         let shifted = llm.model.shift_keys(0, &here, 7).expect("shifts");
-        let largest = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .and_then(|d| d.abs())
-                .and_then(|d| d.max_all())
-                .and_then(|d| d.to_scalar::<f32>())
-                .expect("compares")
-        };
         assert!(largest(&shifted, &there) < 1e-4);
         assert!(largest(&here, &there) > 1e-2, "the shift changes the keys");
+    }
+
+    /// The largest difference between two tensors of one shape.
+    fn largest(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.max_all())
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("compares")
     }
 
     /// Scores of `continuations` after `prefix` and `query`, the prefix's last blocks
@@ -269,6 +269,43 @@ mod tests {
                 .map(|(i, _)| i)
         };
         assert_eq!(argmax(&computed), argmax(&exact));
+    }
+
+    /// A block with nothing before it has the same hidden states wherever it starts
+    /// (attention sees relative positions only), so in every layer its keys computed
+    /// at a later position are its keys moved there: both rotary bases of Gemma 3's
+    /// layers, the NeoX pairing of Qwen and Gemma, and the sliding window included.
+    #[test]
+    fn every_layers_moved_keys_equal_keys_computed_there_in_every_architecture() {
+        let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+        // Longer than Gemma 3's tiny window of 8.
+        let block: Vec<u32> = (100..112).collect();
+        let shift = 37;
+        for architecture in ["llama", "qwen2", "qwen3", "gemma3"] {
+            let path = tiny.join(format!("{architecture}.gguf"));
+            let llm = Llm::load(&path, &candle_core::Device::Cpu, WeightFormat::F32)
+                .expect("tiny fixture");
+            let computed_at = |start: usize| {
+                let mut session = llm.session();
+                session.position = start;
+                session.feed(&block).expect("runs");
+                session.kv_slice(0, block.len()).expect("slice")
+            };
+            let (here, there) = (computed_at(0), computed_at(shift));
+            let moved = KvCache::default()
+                .followed_by(&llm.model, &[(&here, shift)])
+                .expect("moves");
+            for (layer, (moved, there)) in moved.layers.iter().zip(&there.layers).enumerate() {
+                let (mut moved, mut there) = (
+                    moved.clone().expect("a layer"),
+                    there.clone().expect("a layer"),
+                );
+                let (moved_keys, moved_values) = moved.joined().expect("joins");
+                let (keys, values) = there.joined().expect("joins");
+                let gap = largest(&moved_keys, &keys).max(largest(&moved_values, &values));
+                assert!(gap < 1e-4, "{architecture} layer {layer}: {gap}");
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! there. The two share one budget and one clock: past the budget, the least recently
 //! used entry of either goes first.
 
+use super::demonstration_cache::Head;
 use super::{DemonstrationCache, KvBudget, Llm, LlmError, Session};
 
 /// Tokens per prefill step, and the unit of reuse.
@@ -127,7 +128,7 @@ impl PrefixCache {
     }
 
     /// Begins assembling a prompt from demonstration `blocks` after `head_tokens`; the
-    /// key of the head for the demonstration cache.
+    /// head's key in the demonstration cache.
     ///
     /// # Errors
     /// When a block is empty.
@@ -135,7 +136,7 @@ impl PrefixCache {
         &mut self,
         head_tokens: &[u32],
         blocks: &[&[u32]],
-    ) -> Result<u64, LlmError> {
+    ) -> Result<Head, LlmError> {
         self.demonstrations.start(head_tokens, blocks, self.clock)
     }
 

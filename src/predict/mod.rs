@@ -16,9 +16,8 @@ pub use crate::prompt::fit::CONTENT_FREE_INPUTS;
 pub use options::{GenerationOptions, Order, PredictOptions, Selection};
 pub use run::{Prediction, PredictionRun, QueryInput, EMBED_CHUNK, IN_FLIGHT};
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+
 use std::sync::{Arc, Mutex};
 
 use futures::stream::FuturesOrdered;
@@ -76,11 +75,22 @@ impl PredictError {
     }
 }
 
+/// What a content-free result depends on: the model and every token it scored (kept
+/// whole, not hashed, so that two prompts are never mistaken for each other).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ContentFreeKey {
+    model: String,
+    prefix: Vec<u32>,
+    blocks: Vec<usize>,
+    content_free: Vec<Vec<u32>>,
+    continuations: Vec<Vec<u32>>,
+}
+
 /// Runs predictions for every task.
 pub struct Predictor {
     catalog: Arc<Catalog>,
     llms: LlmRegistry,
-    content_free: Mutex<HashMap<u64, Vec<f64>>>,
+    content_free: Mutex<HashMap<ContentFreeKey, Vec<f64>>>,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> PredictError {
@@ -212,20 +222,14 @@ impl Predictor {
         continuations: Vec<Vec<u32>>,
         calibrate: bool,
     ) -> Result<(Vec<f64>, Vec<f64>), PredictError> {
-        let key = {
-            let mut hasher = DefaultHasher::new();
-            llm.name().hash(&mut hasher);
-            prepared.prefix.hash(&mut hasher);
-            prepared.blocks.hash(&mut hasher);
-            prepared.content_free.hash(&mut hasher);
-            continuations.hash(&mut hasher);
-            hasher.finish()
-        };
-        let cached = if calibrate {
-            self.cache().get(&key).cloned()
-        } else {
-            None
-        };
+        let key = calibrate.then(|| ContentFreeKey {
+            model: llm.name().to_owned(),
+            prefix: prepared.prefix.clone(),
+            blocks: prepared.blocks.clone(),
+            content_free: prepared.content_free.clone(),
+            continuations: continuations.clone(),
+        });
+        let cached = key.as_ref().and_then(|key| self.cache().get(key).cloned());
         let mut queries = vec![prepared.query.clone()];
         if calibrate && cached.is_none() {
             queries.extend(prepared.content_free.iter().cloned());
@@ -239,9 +243,9 @@ impl Predictor {
             })
             .await?;
         let probabilities = calibration::probabilities(&scores[0]);
-        if !calibrate {
+        let Some(key) = key else {
             return Ok((probabilities.clone(), probabilities));
-        }
+        };
         let content_free = match cached {
             Some(content_free) => content_free,
             None => {
@@ -262,7 +266,7 @@ impl Predictor {
         Ok((probabilities, calibrated))
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<f64>>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<ContentFreeKey, Vec<f64>>> {
         // The map holds finished results only, so a poisoned lock still guards whole data.
         self.content_free.lock().unwrap_or_else(|p| p.into_inner())
     }

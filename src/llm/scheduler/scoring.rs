@@ -5,6 +5,7 @@
 use tokio::sync::oneshot;
 
 use super::{gone, lost, reply_once, Done, Task, Work};
+use crate::llm::demonstration_cache::Head;
 use crate::llm::model::KvCache;
 use crate::llm::prefix_cache::CHUNK;
 use crate::llm::score::{check, Tree};
@@ -27,7 +28,7 @@ enum ScoringPhase {
     /// The head is run; the blocks held so far, and whether each is being computed.
     Blocks {
         head: Session,
-        key: u64,
+        key: Head,
         held: Vec<Option<KvCache>>,
         running: Vec<usize>,
     },
@@ -70,7 +71,7 @@ impl Scoring {
         let key = cache.start_blocks(head_tokens, &blocks)?;
         let held = blocks
             .iter()
-            .map(|b| cache.demonstrations.get(key, b))
+            .map(|b| cache.demonstrations.get(&key, b))
             .collect();
         self.phase = ScoringPhase::Blocks {
             head,
@@ -223,7 +224,7 @@ impl Task for Scoring {
                 let (_, blocks) = split_prefix(&self.request)?;
                 for (index, (session, _)) in running.into_iter().zip(done) {
                     let kv = session.kv_slice(head.position, blocks[index].len())?;
-                    cache.demonstrations.insert(key, blocks[index], kv.clone());
+                    cache.demonstrations.insert(&key, blocks[index], kv.clone());
                     held[index] = Some(kv);
                 }
                 if held.iter().all(Option::is_some) {
