@@ -89,6 +89,14 @@ fn describe() {
         Unit::Seconds,
         "Time to predict one input: retrieval, prompt and model"
     );
+    describe_counter!(
+        "exemplar_job_queue_waits_total",
+        "Pauses of background jobs, by kind, that met a full model queue and run again on their replica"
+    );
+    describe_counter!(
+        "exemplar_sync_task_failures_total",
+        "Tasks a replica sync could not bring up to date (retried at the next sync)"
+    );
 }
 
 /// Counts the answer to every request, by method, route and status, and times it.

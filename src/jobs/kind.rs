@@ -10,16 +10,22 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{Interruption, JobRunner, JobState};
+
 use crate::predict::{PredictError, PredictOptions, Prediction, Predictor, QueryInput};
 use crate::store::{JobRow, Leased, Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
+
+/// A job's first pause when the model's queue is full.
+const FIRST_QUEUE_WAIT: Duration = Duration::from_millis(250);
+/// Its longest pause.
+const LONGEST_QUEUE_WAIT: Duration = Duration::from_secs(8);
 
 /// What can stop any job, whatever its kind.
 #[derive(Debug, thiserror::Error)]
@@ -511,7 +517,7 @@ impl<K: JobKind> Jobs<K> {
         let this = Arc::clone(self);
         let (task, id) = (task.to_owned(), id.to_owned());
         self.runner.spawn(async move {
-            let work = this.run(&task, &id, cancel);
+            let work = this.run_through_full_queues(&task, &id, &cancel);
             let result = this.runner.run_leased(Leased::Jobs, &task, &id, work).await;
             this.local().remove(&id);
             match result {
@@ -522,6 +528,42 @@ impl<K: JobKind> Jobs<K> {
                 Err(e) => tracing::warn!(task, job = id, kind = K::KIND, error = %e, "job stopped"),
             }
         });
+    }
+
+    /// [`Jobs::run`], run again from its last save after a pause (doubling, up to
+    /// [`LONGEST_QUEUE_WAIT`]) while it stops because the model's queue is full: the
+    /// job keeps its lease and its replica through a burst of traffic, rather than
+    /// letting the lease go for every replica to retake.
+    async fn run_through_full_queues(
+        &self,
+        task: &str,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), K::Error> {
+        let mut pause = FIRST_QUEUE_WAIT;
+        loop {
+            match self.run(task, id, cancel.clone()).await {
+                Err(e) if e.is_overloaded() && !self.runner.stopping() => {
+                    ::metrics::counter!("exemplar_job_queue_waits_total", "kind" => K::KIND)
+                        .increment(1);
+                    tracing::debug!(
+                        task,
+                        job = id,
+                        kind = K::KIND,
+                        ?pause,
+                        "the model's queue is full; waiting"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.runner.stopped() => return Err(e),
+                        // Run again: it finds the job cancelled and stops.
+                        () = cancel.cancelled() => {}
+                    }
+                    pause = (pause * 2).min(LONGEST_QUEUE_WAIT);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Works the job from its saved state, then stores its end: complete with the

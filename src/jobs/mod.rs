@@ -37,6 +37,11 @@ pub trait Interruption: From<StoreError> {
     fn is_cancelled(&self) -> bool {
         false
     }
+    /// Whether the work stopped because the model's queue was full: worth running
+    /// again here after a pause.
+    fn is_overloaded(&self) -> bool {
+        false
+    }
 }
 
 /// Implements what the runner needs of a job kind's error type, one with a
@@ -86,6 +91,13 @@ macro_rules! job_error {
                     Self::Run($crate::jobs::RunError::Job(
                         $crate::jobs::JobError::Cancelled(_)
                     ))
+                )
+            }
+
+            fn is_overloaded(&self) -> bool {
+                matches!(
+                    self,
+                    Self::Run($crate::jobs::RunError::Predict(error)) if error.is_overloaded()
                 )
             }
         }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{long_background_evaluation, TestServer};
+use crate::common::{
+    long_background_evaluation, metric_sample, read_jsonl, shared_dir, TestServer,
+};
 
 const ADMIN: &str = "job-limits-test-admin-key-0123456789abcdef";
 
@@ -231,4 +233,59 @@ async fn an_evaluation_is_cancelled_by_its_client_or_an_admin_only() {
             "{body}"
         );
     }
+}
+
+/// An evaluation that meets a full model queue (other clients' completions keep it
+/// full) pauses and runs on from its last save on its own replica, holding its
+/// lease, and completes.
+#[tokio::test]
+#[ignore = "loads the models; run with --include-ignored"]
+async fn a_job_that_meets_a_full_queue_waits_on_its_replica_and_completes() {
+    // Room for a batch's inputs in flight, not for the job's and a flood's.
+    let server = TestServer::start_with_env(
+        &["--queue-capacity", "4"],
+        &[("EXEMPLAR_BOOTSTRAP_KEY", ADMIN)],
+    )
+    .await;
+    task(&server, "films").await;
+    let rows: Vec<Value> = read_jsonl(shared_dir().join("data/sst2/test.jsonl"))
+        .into_iter()
+        .take(8)
+        .collect();
+    let body = json!({"examples": rows, "background": true, "k": 2});
+    let (status, job) = evaluate(&server, ADMIN, "films", &body).await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!(
+        "/v1/tasks/films/evaluations/{}",
+        job["id"].as_str().expect("id")
+    );
+    let completion = json!({"prompt": "Tell me a story about a dragon.", "max_tokens": 8});
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let job = loop {
+        // More completions than the scheduler runs at once (8) and the queue holds.
+        let flood = (0..16).map(|_| {
+            server.call_as(
+                Some(ADMIN),
+                Method::POST,
+                "/v1/completions",
+                Some(completion.clone()),
+            )
+        });
+        futures::future::join_all(flood).await;
+        let (_, job) = server.call_as(Some(ADMIN), Method::GET, &path, None).await;
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "still running: {job}");
+    };
+    assert_eq!(job["state"], "complete", "{job}");
+    assert_eq!(job["result"]["n"], 8, "{job}");
+    let metrics = server.metrics().await;
+    let waits = metric_sample(
+        &metrics,
+        "exemplar_job_queue_waits_total",
+        &[r#"kind="evaluation""#],
+    )
+    .unwrap_or(0.0);
+    assert!(waits >= 1.0, "the job never met the full queue: {metrics}");
 }
