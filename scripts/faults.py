@@ -12,6 +12,9 @@ PostgreSQL under load, and soaks a server with mixed traffic.
     scripts/faults.py soak       [--minutes 10]  8 clients mixing writes (deleted again),
                                                  retrievals and predictions: only 2xx/429,
                                                  peak RSS per quarter of the run
+    scripts/faults.py kv-memory  [--trials 8]    that many completions at once of a 2700-token
+                                                 prompt and 512 new tokens, --kv-cache-mb 256:
+                                                 peak RSS against RSS at rest plus the budget
 
 Uses target/release/exemplar (build it first), the models under models/ and the SST-2
 rows of ../shared/data. Standard library only. Prints one summary line per scenario.
@@ -88,10 +91,10 @@ class Server:
         self.kill()
         self.start()
 
-    def rss_mb(self):
+    def rss_mb(self, field="VmRSS"):
         with open(f"/proc/{self.process.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
         return 0.0
 
@@ -391,9 +394,57 @@ def scenario_soak(minutes):
     return not bad
 
 
+def scenario_kv_memory(clients):
+    budget_mb = 256
+    work = tempfile.mkdtemp()
+    server = Server(f"sqlite://{work}/exemplar.db", "--kv-cache-mb", str(budget_mb))
+    # One small call first, so that the resting RSS includes what any first request maps.
+    call(server, "POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 2})
+    rest = server.rss_mb()
+    words = " ".join(r["text"] for r in rows(400)).split()
+    count = 2000
+    while True:
+        # Words until the prompt is 2700 tokens, give or take the last word.
+        prompt = " ".join(words[:count])
+        status, tokens = call(server, "POST", "/v1/tokenize", {"text": prompt})
+        assert status == 200, tokens
+        if len(tokens["ids"]) >= 2690:
+            break
+        count += max(1, (2700 - len(tokens["ids"])) * count // len(tokens["ids"]) // 2)
+    answers, lock = [], threading.Lock()
+
+    def client(c):
+        # A different first word each, so that no two share a cached prefix.
+        status, body = call(server, "POST", "/v1/completions",
+                            {"prompt": f"Client {c}. {prompt}", "max_tokens": 512,
+                             "temperature": 0.0}, timeout=3600)
+        with lock:
+            answers.append((status, (body or {}).get("usage", {})))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.time()
+    for t in threads:
+        t.start()
+    peak = 0.0
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, server.rss_mb())
+        time.sleep(0.2)
+    peak = max(peak, server.rss_mb("VmHWM"))
+    server.kill()
+    statuses = sorted(status for status, _ in answers)
+    prompt_tokens = max((u.get("prompt_tokens", 0) for _, u in answers), default=0)
+    new_tokens = sum(u.get("completion_tokens", 0) for _, u in answers)
+    print(f"kv-memory: {clients} completions at once of {prompt_tokens} prompt tokens and up to 512 "
+          f"new ({new_tokens} generated in all) with --kv-cache-mb {budget_mb}, in "
+          f"{time.time() - started:.0f} s; answers {statuses}; RSS at rest {rest:.0f} MB, peak "
+          f"{peak:.0f} MB: {peak - rest:.0f} MB above rest against a budget of {budget_mb} MB")
+    return all(status == 200 for status in statuses)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["import", "stage-two", "evaluation", "postgres", "soak"])
+    parser.add_argument("scenario",
+                        choices=["import", "stage-two", "evaluation", "postgres", "soak", "kv-memory"])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=10)
@@ -406,6 +457,7 @@ def main():
         "evaluation": lambda: scenario_evaluation(args.trials),
         "postgres": lambda: scenario_postgres(args.seconds),
         "soak": lambda: scenario_soak(args.minutes),
+        "kv-memory": lambda: scenario_kv_memory(args.trials if args.trials != 20 else 8),
     }[args.scenario]()
     sys.exit(0 if ok else 1)
 

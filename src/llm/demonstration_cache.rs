@@ -352,9 +352,9 @@ mod tests {
             cache.demonstrations.bytes / blocks[0].len()
         };
         // The head's own prefix-cache entry shares the budget, and so does the running
-        // job's state (its head and the block it runs, while the third one runs).
+        // job's reservation (its prefix, then its query's label tree).
         let cached = head.len() + blocks[0].len() + blocks[1].len() + blocks[2].len() - 1;
-        let running = head.len() + blocks[2].len();
+        let running = head.len() + blocks[2].len() + query.len() + labels[0].len();
         let budget = per_token * (cached + running);
         let mut cache = PrefixCache::with_budget(budget);
         for block in &blocks {

@@ -1,10 +1,12 @@
 //! The one memory budget of the model's keys and values (`--kv-cache-mb`).
 //!
-//! Two kinds of holder share it: the jobs running (their sessions, and the keys and
-//! values the next step is about to add) and the caches (prompt prefixes and
-//! demonstration blocks kept for later requests). The running jobs' share is set by
-//! the scheduler before and after every step; the caches keep what is left and evict
-//! to stay within it.
+//! Two kinds of holder share it: the jobs running and the caches (prompt prefixes and
+//! demonstration blocks kept for later requests). A job is admitted only when what it
+//! may hold at most (its prompt and `max_tokens`, or its prefix and a step of label
+//! trees) fits beside the running jobs' reservations; a job that needs more than the
+//! whole budget runs alone. The running jobs' share (their reservations, or what they
+//! hold if more) is set by the scheduler before and after every step; the caches keep
+//! what is left and evict to stay within it.
 
 /// Bytes of keys and values the model may hold, and how they are shared.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +25,12 @@ impl KvBudget {
     /// included (counted whole, though some of their blocks may be the caches' own).
     pub fn set_running(&mut self, bytes: usize) {
         self.running = bytes;
+    }
+
+    /// Whether a job reserving `job` bytes may start beside running jobs that reserve
+    /// `reserved` (whatever the caches hold: they give way).
+    pub fn admits(&self, reserved: usize, job: usize) -> bool {
+        reserved.saturating_add(job) <= self.limit
     }
 
     /// Whether caches holding `cached` bytes, beside the running jobs, pass the limit.
@@ -62,5 +70,14 @@ mod tests {
             "a running share past the limit leaves nothing"
         );
         assert!(!KvBudget::new(0).exceeded_by(0));
+    }
+
+    #[test]
+    fn a_job_is_admitted_while_the_reservations_fit() {
+        let budget = KvBudget::new(100);
+        assert!(budget.admits(0, 100));
+        assert!(budget.admits(60, 40));
+        assert!(!budget.admits(60, 41));
+        assert!(!budget.admits(usize::MAX, 1));
     }
 }

@@ -140,6 +140,11 @@ impl PrefixCache {
         self.demonstrations.start(head_tokens, blocks, self.clock)
     }
 
+    /// The KV budget the cache shares with the running jobs.
+    pub(super) fn budget(&self) -> KvBudget {
+        self.budget
+    }
+
     /// Keeps what the cache holds within the budget less `running_bytes`, the keys and
     /// values of the jobs under way and of the step about to run (counted whole, though
     /// some of their blocks may be the cache's own), so that the budget bounds the

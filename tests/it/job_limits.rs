@@ -237,7 +237,7 @@ async fn an_evaluation_is_cancelled_by_its_client_or_an_admin_only() {
 
 /// An evaluation that meets a full model queue (other clients' completions keep it
 /// full) pauses and runs on from its last save on its own replica, holding its
-/// lease, and completes.
+/// lease, and completes once the burst is over.
 #[tokio::test]
 #[ignore = "loads the models; run with --include-ignored"]
 async fn a_job_that_meets_a_full_queue_waits_on_its_replica_and_completes() {
@@ -248,6 +248,51 @@ async fn a_job_that_meets_a_full_queue_waits_on_its_replica_and_completes() {
     )
     .await;
     task(&server, "films").await;
+
+    // A burst: more completions than the scheduler runs at once (8) and the queue
+    // holds, each client sending again as soon as it is answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let completion = json!({"prompt": "Tell me a story about a dragon.", "max_tokens": 8});
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url, body) = (
+                server.client.clone(),
+                server.url("/v1/completions"),
+                completion.clone(),
+            );
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client
+                        .post(&url)
+                        .bearer_auth(ADMIN)
+                        .json(&body)
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    // The queue is full once a completion is refused.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, _) = server
+            .call_as(
+                Some(ADMIN),
+                Method::POST,
+                "/v1/completions",
+                Some(completion.clone()),
+            )
+            .await;
+        if status == 429 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the burst never filled the queue"
+        );
+    }
+
     let rows: Vec<Value> = read_jsonl(shared_dir().join("data/sst2/test.jsonl"))
         .into_iter()
         .take(8)
@@ -259,24 +304,19 @@ async fn a_job_that_meets_a_full_queue_waits_on_its_replica_and_completes() {
         "/v1/tasks/films/evaluations/{}",
         job["id"].as_str().expect("id")
     );
-    let completion = json!({"prompt": "Tell me a story about a dragon.", "max_tokens": 8});
-    let deadline = Instant::now() + Duration::from_secs(600);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in flood {
+        client.await.expect("a flooding client");
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
     let job = loop {
-        // More completions than the scheduler runs at once (8) and the queue holds.
-        let flood = (0..16).map(|_| {
-            server.call_as(
-                Some(ADMIN),
-                Method::POST,
-                "/v1/completions",
-                Some(completion.clone()),
-            )
-        });
-        futures::future::join_all(flood).await;
         let (_, job) = server.call_as(Some(ADMIN), Method::GET, &path, None).await;
         if job["state"] != "running" {
             break job;
         }
         assert!(Instant::now() < deadline, "still running: {job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(job["state"], "complete", "{job}");
     assert_eq!(job["result"]["n"], 8, "{job}");

@@ -13,6 +13,8 @@ use crate::llm::{Delta, Generation, GenerationParams, Llm, LlmError, Piece, Pref
 /// A generation under way.
 pub(in crate::llm) struct Generating {
     prompt: Vec<u32>,
+    /// The prompt and `max_tokens` within the context window: the most it holds.
+    most_tokens: usize,
     decoder: Option<Decoder>,
     deltas: Option<mpsc::UnboundedSender<Delta>>,
     reply: Option<oneshot::Sender<Result<Generation, LlmError>>>,
@@ -41,6 +43,11 @@ impl Generating {
         deltas: Option<mpsc::UnboundedSender<Delta>>,
         reply: oneshot::Sender<Result<Generation, LlmError>>,
     ) -> Self {
+        let most_tokens = prompt
+            .len()
+            .saturating_add(params.max_tokens)
+            .min(llm.context_length())
+            .max(prompt.len());
         let decoder = Decoder::new(
             Arc::clone(&llm.tokenizer),
             params,
@@ -49,6 +56,7 @@ impl Generating {
         );
         Self {
             prompt,
+            most_tokens,
             decoder: Some(decoder),
             deltas,
             reply: Some(reply),
@@ -170,5 +178,9 @@ impl Task for Generating {
             }
             GeneratingPhase::Start | GeneratingPhase::Done => 0,
         }
+    }
+
+    fn kv_tokens(&self) -> usize {
+        self.most_tokens
     }
 }

@@ -72,23 +72,37 @@ pub(super) trait Task: Send {
 
     /// Bytes of keys and values the job holds between steps.
     fn kv_bytes(&self) -> usize;
+
+    /// The most tokens of keys and values the job holds at once: reserved from the
+    /// budget when it is admitted.
+    fn kv_tokens(&self) -> usize;
 }
 
 /// Runs the jobs from `queue` until every handle on it is gone.
 pub(super) fn run(llm: &Llm, mut cache: PrefixCache, queue: Queue<Box<dyn Task>>) {
     let mut running: Vec<Box<dyn Task>> = Vec::new();
+    // The next job in line, taken from the queue but waiting for room in the KV budget;
+    // nothing overtakes it.
+    let mut next: Option<Box<dyn Task>> = None;
     loop {
-        if running.is_empty() {
+        if running.is_empty() && next.is_none() {
             match queue.recv() {
-                Some(task) => running.push(task),
+                Some(task) => next = Some(task),
                 None => return,
             }
         }
         while running.len() < MAX_RUNNING {
-            match queue.try_recv() {
-                Some(task) => running.push(task),
-                None => break,
+            let Some(task) = next.take().or_else(|| queue.try_recv()) else {
+                break;
+            };
+            if task.abandoned() {
+                continue;
             }
+            if !admits(llm, &cache, &running, task.as_ref()) {
+                next = Some(task);
+                break;
+            }
+            running.push(task);
         }
         ::metrics::gauge!("exemplar_llm_running_jobs").set(running.len() as f64);
         let step = std::panic::AssertUnwindSafe(|| step(llm, &mut cache, &mut running));
@@ -99,6 +113,27 @@ pub(super) fn run(llm: &Llm, mut cache: PrefixCache, queue: Queue<Box<dyn Task>>
             return;
         }
     }
+}
+
+/// Whether `task` may start beside `running`: what it may hold at most, reserved
+/// beside what they reserve, within the KV budget (the caches give way). A job that
+/// needs more than the whole budget runs alone.
+fn admits(llm: &Llm, cache: &PrefixCache, running: &[Box<dyn Task>], task: &dyn Task) -> bool {
+    let per_token = llm.model.kv_bytes_per_token();
+    let needed = task.kv_tokens().saturating_mul(per_token);
+    running.is_empty() || cache.budget().admits(reserved(running, per_token), needed)
+}
+
+/// Bytes the running jobs reserve: what each may hold at most, or holds if more.
+fn reserved(running: &[Box<dyn Task>], per_token: usize) -> usize {
+    running
+        .iter()
+        .map(|task| {
+            task.kv_tokens()
+                .saturating_mul(per_token)
+                .max(task.kv_bytes())
+        })
+        .fold(0, usize::saturating_add)
 }
 
 /// Runs one job to its end with nothing beside it.
@@ -143,13 +178,18 @@ fn step(llm: &Llm, cache: &mut PrefixCache, running: &mut Vec<Box<dyn Task>>) {
     let step_tokens: usize = work.iter().map(|w| w.piece.len()).sum();
     ::metrics::histogram!("exemplar_llm_step_tokens").record(step_tokens as f64);
 
-    // The step's new keys and values come out of the budget before they exist, so the
-    // model's KV memory stays within it during the pass too, not only between passes.
-    cache.make_room(KvBudget::running_bytes(
-        running.iter().map(|task| task.kv_bytes()),
-        step_tokens,
-        llm.model.kv_bytes_per_token(),
-    ));
+    // The running jobs' reservations (and the step's new keys and values, which they
+    // cover) come out of the budget before they exist, so the model's KV memory stays
+    // within it during the pass too, not only between passes.
+    let per_token = llm.model.kv_bytes_per_token();
+    cache.make_room(
+        KvBudget::running_bytes(
+            running.iter().map(|task| task.kv_bytes()),
+            step_tokens,
+            per_token,
+        )
+        .max(reserved(running, per_token)),
+    );
 
     let results = run_work(&mut work);
     let mut finished: Vec<usize> = Vec::new();
@@ -186,11 +226,7 @@ fn step(llm: &Llm, cache: &mut PrefixCache, running: &mut Vec<Box<dyn Task>>) {
             task.fail(error);
         }
     }
-    cache.make_room(KvBudget::running_bytes(
-        running.iter().map(|task| task.kv_bytes()),
-        0,
-        0,
-    ));
+    cache.make_room(reserved(running, llm.model.kv_bytes_per_token()));
 }
 
 /// Runs every piece in one packed pass.
@@ -368,6 +404,58 @@ mod tests {
         fn kv_bytes(&self) -> usize {
             self.inner.kv_bytes()
         }
+
+        fn kv_tokens(&self) -> usize {
+            self.inner.kv_tokens()
+        }
+    }
+
+    /// A job that only says how many tokens of keys and values it may hold.
+    struct Reserving(usize);
+
+    impl Task for Reserving {
+        fn abandoned(&self) -> bool {
+            false
+        }
+
+        fn plan(&mut self, _: &Llm, _: &mut PrefixCache, _: usize) -> Result<Vec<Work>, LlmError> {
+            Ok(Vec::new())
+        }
+
+        fn absorb(&mut self, _: &mut PrefixCache, _: Vec<Done>) -> Result<bool, LlmError> {
+            Ok(true)
+        }
+
+        fn fail(self: Box<Self>, _: LlmError) {}
+
+        fn kv_bytes(&self) -> usize {
+            0
+        }
+
+        fn kv_tokens(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_job_starts_when_its_keys_and_values_fit_beside_the_running_jobs() {
+        let llm = crate::llm::tests::llm(WeightFormat::Q8_0);
+        let per_token = llm.model.kv_bytes_per_token();
+        let mut cache = PrefixCache::with_budget(per_token * 100);
+        // What the caches hold gives way: it does not keep a job out.
+        let earlier = llm
+            .tokenizer
+            .encode("An earlier prompt, kept.")
+            .expect("encodes");
+        cache.session(&llm, &earlier).expect("runs");
+        assert!(cache.bytes() > 0);
+        let running: Vec<Box<dyn Task>> = vec![Box::new(Reserving(60))];
+        assert!(admits(&llm, &cache, &running, &Reserving(40)));
+        assert!(!admits(&llm, &cache, &running, &Reserving(41)));
+        // One that needs more than the whole budget runs alone, never beside another.
+        assert!(admits(&llm, &cache, &[], &Reserving(500)));
+        let small: Vec<Box<dyn Task>> = vec![Box::new(Reserving(1))];
+        assert!(!admits(&llm, &cache, &small, &Reserving(500)));
     }
 
     #[test]

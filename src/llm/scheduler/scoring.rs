@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 
-use super::{gone, lost, reply_once, Done, Task, Work};
+use super::{gone, lost, reply_once, Done, Task, Work, STEP_TOKENS};
 use crate::llm::demonstration_cache::Head;
 use crate::llm::model::KvCache;
 use crate::llm::prefix_cache::CHUNK;
@@ -278,6 +278,16 @@ impl Task for Scoring {
             ScoringPhase::Queries { base, .. } => base.kv_bytes(),
             ScoringPhase::Start | ScoringPhase::Done => 0,
         }
+    }
+
+    fn kv_tokens(&self) -> usize {
+        // The prefix (head and blocks), then the label trees of one step at a time.
+        let continuations: usize = self.request.continuations.iter().map(Vec::len).sum();
+        let trees = self.request.queries.iter().map(|q| q.len() + continuations);
+        let (largest, all) = trees.fold((0, 0), |(largest, all), tree| {
+            (usize::max(largest, tree), all + tree)
+        });
+        self.request.prefix.len() + all.min(largest.max(STEP_TOKENS))
     }
 }
 
