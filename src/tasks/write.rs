@@ -180,6 +180,7 @@ fn distinct(rows: Vec<ItemInput>) -> Result<Vec<(usize, ItemInput)>, TaskError> 
     Ok(kept)
 }
 
+/// Whether two rows of a batch hold the same text, pair and label.
 fn same_input(a: &ItemInput, b: &ItemInput) -> bool {
     a.text == b.text && a.text_pair == b.text_pair && a.label == b.label
 }
