@@ -128,17 +128,11 @@ impl Catalog {
                 )
             }
         };
-        let logged = match self.synced_versions().get(name).copied() {
-            // The same task (not one deleted and made again) moved forward.
-            Some(applied)
-                if applied.incarnation == version.incarnation
-                    && applied.changes < version.changes =>
-            {
-                Some(applied)
-            }
-            _ => None,
-        };
-        let logged = match logged {
+        // The same task (not one deleted and made again) moved forward.
+        let applied = self.synced_versions().get(name).copied().filter(|applied| {
+            applied.incarnation == version.incarnation && applied.changes < version.changes
+        });
+        let logged = match applied {
             Some(applied) => {
                 self.store
                     .example_changes(name, applied.changes, version.changes)

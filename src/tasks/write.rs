@@ -133,8 +133,17 @@ impl Catalog {
 trait Row {
     /// Its id (every row has one once validated).
     fn id(&self) -> &str;
+    /// Its text, pair and label.
+    fn content(&self) -> (&str, Option<&str>, Option<&str>);
     /// Whether `stored` holds the same text, pair and label.
-    fn same_content(&self, stored: &StoredItem) -> bool;
+    fn same_content(&self, stored: &StoredItem) -> bool {
+        self.content()
+            == (
+                stored.text.as_str(),
+                stored.text_pair.as_deref(),
+                stored.label.as_deref(),
+            )
+    }
 }
 
 impl Row for ItemInput {
@@ -142,8 +151,8 @@ impl Row for ItemInput {
         self.id.as_deref().unwrap_or_default()
     }
 
-    fn same_content(&self, stored: &StoredItem) -> bool {
-        stored.text == self.text && stored.text_pair == self.text_pair && stored.label == self.label
+    fn content(&self) -> (&str, Option<&str>, Option<&str>) {
+        (&self.text, self.text_pair.as_deref(), self.label.as_deref())
     }
 }
 
@@ -152,8 +161,8 @@ impl Row for NewItem {
         &self.id
     }
 
-    fn same_content(&self, stored: &StoredItem) -> bool {
-        stored.text == self.text && stored.text_pair == self.text_pair && stored.label == self.label
+    fn content(&self) -> (&str, Option<&str>, Option<&str>) {
+        (&self.text, self.text_pair.as_deref(), self.label.as_deref())
     }
 }
 
@@ -164,7 +173,7 @@ fn distinct(rows: Vec<ItemInput>) -> Result<Vec<(usize, ItemInput)>, TaskError> 
     let mut kept: Vec<(usize, ItemInput)> = Vec::with_capacity(rows.len());
     for (row, input) in rows.into_iter().enumerate() {
         match seen.get(input.id()) {
-            Some(&first) if same_input(&kept[first].1, &input) => {}
+            Some(&first) if kept[first].1.content() == input.content() => {}
             Some(_) => {
                 return Err(TaskError::InvalidRow {
                     row,
@@ -178,11 +187,6 @@ fn distinct(rows: Vec<ItemInput>) -> Result<Vec<(usize, ItemInput)>, TaskError> 
         }
     }
     Ok(kept)
-}
-
-/// Whether two rows of a batch hold the same text, pair and label.
-fn same_input(a: &ItemInput, b: &ItemInput) -> bool {
-    a.text == b.text && a.text_pair == b.text_pair && a.label == b.label
 }
 
 /// An embedded batch on its way into the database and the index.

@@ -46,15 +46,26 @@ async fn retrieved_from(server: &TestServer, task: &str, query: &str) -> Option<
 
 /// Polls `server` until it retrieves `expected` for `query`; fails after a minute.
 async fn wait_for(server: &TestServer, query: &str, expected: &[&str]) {
+    wait_until(server, "sst2", query, |ids| ids == expected).await;
+}
+
+/// Polls `server` until what it retrieves from `task` for `query` passes `done`;
+/// fails after a minute.
+async fn wait_until(
+    server: &TestServer,
+    task: &str,
+    query: &str,
+    done: impl Fn(&[String]) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ids = retrieved(server, query).await;
-        if ids.as_deref().is_some_and(|ids| ids == expected) {
+        let ids = retrieved_from(server, task, query).await;
+        if ids.as_deref().is_some_and(&done) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "still {ids:?}, not {expected:?}\n{}",
+            "`{task}` still retrieves {ids:?}\n{}",
             server.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,11 +285,7 @@ async fn a_task_that_cannot_sync_does_not_hold_up_the_others() {
     }
     let query = "a witty and moving film";
     for task in healthy {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while retrieved_from(&b, task, query).await.as_deref() != Some(&["e1".to_owned()][..]) {
-            assert!(Instant::now() < deadline, "B never synced {task}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(&b, task, query, |ids| ids == ["e1"]).await;
     }
 
     // A row whose embedding is not a whole number of floats, logged as a change.
@@ -310,19 +317,7 @@ async fn a_task_that_cannot_sync_does_not_hold_up_the_others() {
         assert_eq!(status, 201, "{body}");
     }
     for task in healthy {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ids = retrieved_from(&b, task, query).await.unwrap_or_default();
-            if ids.contains(&"e2".to_owned()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "B did not sync {task}: {ids:?}\n{}",
-                b.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(&b, task, query, |ids| ids.iter().any(|id| id == "e2")).await;
     }
     let metrics = b.metrics().await;
     let failures =
