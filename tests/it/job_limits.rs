@@ -241,9 +241,17 @@ async fn an_evaluation_is_cancelled_by_its_client_or_an_admin_only() {
 #[tokio::test]
 #[ignore = "loads the models; run with --include-ignored"]
 async fn a_job_that_meets_a_full_queue_waits_on_its_replica_and_completes() {
-    // Room for a batch's inputs in flight, not for the job's and a flood's.
+    // Room for a batch's inputs in flight, not for the job's and a flood's; no
+    // per-client limits, so the only refusal the burst can meet is the full queue.
     let server = TestServer::start_with_env(
-        &["--queue-capacity", "4"],
+        &[
+            "--queue-capacity",
+            "4",
+            "--client-rate",
+            "0",
+            "--client-max-in-flight",
+            "0",
+        ],
         &[("EXEMPLAR_BOOTSTRAP_KEY", ADMIN)],
     )
     .await;
@@ -276,7 +284,7 @@ async fn a_job_that_meets_a_full_queue_waits_on_its_replica_and_completes() {
     // The queue is full once a completion is refused.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (status, _) = server
+        let (status, body) = server
             .call_as(
                 Some(ADMIN),
                 Method::POST,
@@ -285,6 +293,7 @@ async fn a_job_that_meets_a_full_queue_waits_on_its_replica_and_completes() {
             )
             .await;
         if status == 429 {
+            assert_eq!(body["error"]["code"], "overloaded", "{body}");
             break;
         }
         assert!(
