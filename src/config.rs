@@ -2,7 +2,7 @@
 //! variables, then the defaults named here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -48,6 +48,9 @@ pub const DEFAULT_JOBS_PER_REPLICA: usize = 16;
 pub const DEFAULT_JOB_RETENTION_SECS: u64 = 7 * 24 * 3600;
 /// Default milliseconds between replica syncs.
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
+/// Default for `--resident-examples`: about 3 GB of examples, embeddings and graph
+/// (about 6 KB an example, measured in docs/results.md).
+pub const DEFAULT_RESIDENT_EXAMPLES: usize = 500_000;
 
 /// A setting that cannot work, found before anything starts.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,23 @@ pub enum ConfigError {
         length: usize,
         /// Characters needed.
         min: usize,
+    },
+    /// A secret file cannot be read.
+    #[error("cannot read the secret file `{path}`")]
+    SecretFile {
+        /// The file as given.
+        path: String,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// `--database-password-file` is given with a database URL that cannot take it.
+    #[error(
+        "--database-password-file needs a database URL of the form \
+         postgres://USER@HOST/DATABASE: {problem}"
+    )]
+    PasswordUrl {
+        /// What is wrong with the URL.
+        problem: &'static str,
     },
 }
 
@@ -149,6 +169,12 @@ pub struct Config {
     /// the shared database (0: never; for a single replica).
     #[arg(long, env = "EXEMPLAR_SYNC_INTERVAL_MS", default_value_t = DEFAULT_SYNC_INTERVAL_MS)]
     pub sync_interval_ms: u64,
+
+    /// Annotated examples held in memory over all tasks: a task is loaded from the
+    /// database on its first request, and the least recently used tasks are unloaded
+    /// while more are held (a task larger than this is held alone).
+    #[arg(long, env = "EXEMPLAR_RESIDENT_EXAMPLES", default_value_t = DEFAULT_RESIDENT_EXAMPLES)]
+    pub resident_examples: usize,
 
     /// Seconds to go on serving after SIGTERM, with `/ready` answering 503, so that a
     /// load balancer stops sending before the listener closes (then background jobs save
@@ -211,9 +237,39 @@ pub struct Config {
     /// `ps` cannot show it.
     #[arg(long, env = "EXEMPLAR_BOOTSTRAP_KEY", hide_env_values = true)]
     pub bootstrap_key: Option<BootstrapKey>,
+
+    /// A file holding the bootstrap key (a Docker or Swarm secret), read at start-up
+    /// in place of `--bootstrap-key`.
+    #[arg(
+        long,
+        env = "EXEMPLAR_BOOTSTRAP_KEY_FILE",
+        conflicts_with = "bootstrap_key"
+    )]
+    pub bootstrap_key_file: Option<PathBuf>,
+
+    /// A file holding the database password (a Docker or Swarm secret), put into
+    /// `--database-url` at start-up so that the URL itself holds no secret.
+    #[arg(long, env = "EXEMPLAR_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
 }
 
 impl Config {
+    /// Reads `--bootstrap-key-file` and `--database-password-file` into the key and
+    /// the database URL; a secret file's trailing line break is not part of the secret.
+    ///
+    /// # Errors
+    /// When a file cannot be read, or the database URL is not one a password fits in.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.bootstrap_key_file {
+            self.bootstrap_key = Some(BootstrapKey(read_secret(path)?));
+        }
+        if let Some(path) = &self.database_password_file {
+            let password = read_secret(path)?;
+            self.database_url = with_password(&self.database_url, &password)?;
+        }
+        Ok(())
+    }
+
     /// The limits on background jobs.
     pub fn job_limits(&self) -> JobLimits {
         JobLimits {
@@ -241,6 +297,31 @@ impl Config {
         }
         self.models.check()
     }
+}
+
+/// The contents of a secret file, without the line break editors and `echo` end it with.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(secret.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// `url` with its password replaced by `password` (percent-encoded as URLs need).
+fn with_password(url: &str, password: &str) -> Result<String, ConfigError> {
+    let bad = |problem| ConfigError::PasswordUrl { problem };
+    let mut parsed = url::Url::parse(url).map_err(|_| bad("it is not a URL"))?;
+    if !parsed.scheme().starts_with("postgres") {
+        return Err(bad("only a postgres:// URL has a password"));
+    }
+    if parsed.username().is_empty() {
+        return Err(bad("it names no user (postgres://USER@HOST/DATABASE)"));
+    }
+    parsed
+        .set_password(Some(password))
+        .map_err(|()| bad("it has no host"))?;
+    Ok(parsed.into())
 }
 
 /// A key given to the server; its `Debug` form hides it, so that no log line shows it.
@@ -479,6 +560,55 @@ mod tests {
                 "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
             )]
         );
+    }
+
+    /// The server's flags as `exemplar serve` parses them.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn secret_files_fill_the_key_and_the_database_password() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let (key, password) = (dir.path().join("key"), dir.path().join("password"));
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::write(&password, "p@ss/word:1\n").unwrap();
+        let mut config = Serve::parse_from([
+            "serve".as_ref(),
+            "--database-url".as_ref(),
+            "postgres://exemplar@db:5432/exemplar".as_ref(),
+            "--bootstrap-key-file".as_ref(),
+            key.as_os_str(),
+            "--database-password-file".as_ref(),
+            password.as_os_str(),
+        ])
+        .config;
+        config.read_secret_files().unwrap();
+        assert_eq!(
+            config.bootstrap_key.map(|k| k.0).as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(
+            config.database_url,
+            "postgres://exemplar:p%40ss%2Fword%3A1@db:5432/exemplar"
+        );
+    }
+
+    #[test]
+    fn a_password_needs_a_postgres_url_with_a_user_and_a_secret_file_must_exist() {
+        for url in [
+            "sqlite://exemplar.db",
+            "postgres://db/exemplar",
+            "not a url",
+        ] {
+            let error = with_password(url, "secret").unwrap_err().to_string();
+            assert!(error.starts_with("--database-password-file"), "{error}");
+        }
+        let error = read_secret(Path::new("/no/such/secret")).unwrap_err();
+        assert!(matches!(error, ConfigError::SecretFile { .. }), "{error}");
     }
 
     #[test]

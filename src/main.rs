@@ -142,7 +142,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
     match cli.command {
-        Command::Serve(config) => {
+        Command::Serve(mut config) => {
+            config.read_secret_files()?;
             config.check()?;
             config.models.apply_thread_count();
             let runtime = tokio::runtime::Runtime::new()?;

@@ -138,7 +138,7 @@ pub fn load_models(
     ))
 }
 
-/// Opens the database, loads the models, then every task's index.
+/// Opens the database and loads the models; tasks are loaded on their first request.
 async fn start_services(config: &Config) -> Result<Services, ServerError> {
     let store = Store::connect(&config.database_url).await?;
     let keyring = Keyring::open(
@@ -165,7 +165,9 @@ async fn start_services(config: &Config) -> Result<Services, ServerError> {
         Duration::from_secs(config.job_lease_seconds),
         config.job_limits(),
     ));
-    let catalog = Arc::new(Catalog::open(store, embedder.clone()).await?);
+    let catalog = Arc::new(
+        Catalog::new(store, embedder.clone()).with_resident_examples(config.resident_examples),
+    );
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llms.clone()));
     Ok(Services {
         keyring: Arc::new(keyring),

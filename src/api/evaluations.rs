@@ -86,7 +86,11 @@ async fn evaluate(
                 "give examples or leave_one_out, not both",
             ));
         }
-        services.evaluations.kind().leave_one_out_rows(&task)?
+        services
+            .evaluations
+            .kind()
+            .leave_one_out_rows(&task)
+            .await?
     } else {
         check_texts(request.examples.iter().map(|e| e.text.as_str()), "examples")?;
         limits::texts_at_most(

@@ -63,7 +63,23 @@ fn describe() {
         Unit::Seconds,
         "Time from request to answer, by route"
     );
-    describe_gauge!("exemplar_ready", "1 once models and indexes are loaded");
+    describe_gauge!("exemplar_ready", "1 once the models are loaded");
+    describe_gauge!(
+        "exemplar_resident_tasks",
+        "Tasks whose examples and index are in memory"
+    );
+    describe_gauge!(
+        "exemplar_resident_examples",
+        "Annotated examples in memory over all tasks (bounded by --resident-examples)"
+    );
+    describe_counter!(
+        "exemplar_task_loads_total",
+        "Tasks read from the database into memory on a first use"
+    );
+    describe_counter!(
+        "exemplar_task_unloads_total",
+        "Tasks dropped from memory, least recently used past --resident-examples"
+    );
     describe_gauge!(
         "exemplar_queue_waiting",
         "Jobs waiting for a model worker, by queue"

@@ -182,10 +182,14 @@ impl Evaluator {
     ///
     /// # Errors
     /// When the task is unknown.
-    pub fn leave_one_out_rows(&self, task: &str) -> Result<Vec<LabelledRow>, EvaluationError> {
+    pub async fn leave_one_out_rows(
+        &self,
+        task: &str,
+    ) -> Result<Vec<LabelledRow>, EvaluationError> {
         Ok(self
             .catalog
-            .examples(task)?
+            .examples(task)
+            .await?
             .all()
             .iter()
             .map(|e| LabelledRow::left_out(e))

@@ -157,7 +157,7 @@ pub(super) async fn prepare_task(
         "sqlite://{}",
         cache.path(&format!("{}.db", dataset.name)).display()
     );
-    let catalog = Catalog::open(Store::connect(&url).await?, embedder).await?;
+    let catalog = Catalog::new(Store::connect(&url).await?, embedder);
     let complete = catalog
         .task(dataset.name)
         .await
@@ -234,7 +234,7 @@ async fn run_method(
             }
             Method::KnnMajority { k } => {
                 let catalog = predictor.catalog();
-                let collection = catalog.examples(dataset.name)?;
+                let collection = catalog.examples(dataset.name).await?;
                 let queries: Vec<(String, Option<String>)> =
                     chunk.iter().map(|r| (r.text.clone(), None)).collect();
                 for vector in catalog.embed_queries(&queries).await? {

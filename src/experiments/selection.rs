@@ -397,7 +397,7 @@ async fn run_missing(args: &SelectionArgs, cache: &Cache, rows: &[Planned]) -> a
             "sqlite://{}",
             cache.path(&format!("{}.db", dataset.name)).display()
         );
-        let catalog = Arc::new(Catalog::open(Store::connect(&url).await?, embedder.clone()).await?);
+        let catalog = Arc::new(Catalog::new(Store::connect(&url).await?, embedder.clone()));
         let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm.clone()));
         for (row, seed) in missing {
             eprintln!(

@@ -178,12 +178,12 @@ fn measure(labels: &[String], scored: &Scored, weight: f64) -> (f64, f64) {
 }
 
 /// The annotated examples the weight is tuned on, each left out of its own prompt.
-fn tuning_rows(
+async fn tuning_rows(
     args: &VoteArgs,
     predictor: &Predictor,
     dataset: &Dataset,
 ) -> anyhow::Result<Vec<(QueryInput, String)>> {
-    let mut annotated = predictor.catalog().examples(dataset.name)?.all();
+    let mut annotated = predictor.catalog().examples(dataset.name).await?.all();
     annotated.sort_by(|a, b| a.id.cmp(&b.id));
     annotated.shuffle(&mut rand::rngs::StdRng::seed_from_u64(TUNE_SEED));
     Ok(annotated
@@ -217,7 +217,7 @@ async fn run_dataset(
     test: &[Row],
 ) -> anyhow::Result<Outcome> {
     let labels = dataset.label_names();
-    let tune = tuning_rows(args, predictor, dataset)?;
+    let tune = tuning_rows(args, predictor, dataset).await?;
     let options = knn_options(args.k, false);
     let tuned = score(predictor, dataset, &tune, &options, "leave-one-out").await?;
     let (weight, tuned_accuracy) = best_weight(&labels, &tuned);
@@ -290,7 +290,7 @@ async fn run_tuned(
     test: &[Row],
 ) -> anyhow::Result<TunedOutcome> {
     let labels = dataset.label_names();
-    let tune = tuning_rows(args, predictor, dataset)?;
+    let tune = tuning_rows(args, predictor, dataset).await?;
     let gold: Vec<String> = tune.iter().map(|(_, label)| label.clone()).collect();
     let grid = experiment_grid(args.k);
     let mut runs = Vec::new();

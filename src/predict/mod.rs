@@ -156,7 +156,7 @@ impl Predictor {
         let classification = definition.spec.is_classification();
         let k = options.check(&definition.spec)?;
         let collection = if k > 0 {
-            Some(self.catalog.examples(task)?)
+            Some(self.catalog.examples(task).await?)
         } else {
             None
         };

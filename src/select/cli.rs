@@ -61,7 +61,7 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
         Duration::from_secs(DEFAULT_JOB_LEASE_SECS),
         JobLimits::NONE,
     ));
-    let catalog = Arc::new(Catalog::open(store, embedder).await?);
+    let catalog = Arc::new(Catalog::new(store, embedder));
     let predictor = Arc::new(Predictor::new(Arc::clone(&catalog), llm));
     let selector = Arc::new(Selector::new(
         Arc::clone(&catalog),

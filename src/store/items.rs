@@ -397,6 +397,27 @@ impl Store {
             .collect()
     }
 
+    /// One task's examples version; `None` when the task does not exist.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn examples_version(
+        &self,
+        task: &str,
+    ) -> Result<Option<ExamplesVersion>, StoreError> {
+        let row = sqlx::query("SELECT incarnation, examples_version FROM tasks WHERE name = $1")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(ExamplesVersion {
+                incarnation: r.try_get("incarnation")?,
+                changes: r.try_get("examples_version")?,
+            })
+        })
+        .transpose()
+    }
+
     /// Replaces the embeddings of rows made by another embedder.
     ///
     /// # Errors

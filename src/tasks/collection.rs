@@ -1,5 +1,5 @@
 //! One task's annotated examples in memory: their texts and labels by point id, and the
-//! HNSW index of their embeddings. Rebuilt from the database at start-up.
+//! HNSW index of their embeddings. Rebuilt from the database when its task is loaded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};

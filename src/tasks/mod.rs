@@ -8,14 +8,17 @@
 //! - `write.rs`: validate, embed, store in one transaction, index; deletes.
 //! - `read.rs`: pages of rows and single rows.
 //! - `retrieval.rs`: query embeddings and the choice of demonstrations.
-//! - `reembed.rs`: rows of another embedder, re-embedded at start-up.
+//! - `reembed.rs`: rows of another embedder, re-embedded when their task is loaded.
 //! - `collection.rs`: a task's examples in memory with their HNSW index.
-//! - `replicas.rs`: applying other replicas' writes.
+//! - `residency.rs`: which tasks are in memory: loaded on first use, unloaded past
+//!   the budget.
+//! - `replicas.rs`: applying other replicas' writes to the tasks in memory.
 
 mod collection;
 mod read;
 mod reembed;
 mod replicas;
+mod residency;
 mod retrieval;
 mod spec;
 mod validate;
@@ -24,7 +27,6 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 pub use collection::{Collection, Example};
 pub use replicas::SyncReport;
@@ -36,6 +38,7 @@ pub use views::{Demonstration, ItemInput, ItemView, Page, RetrieveQuery, TaskVie
 use crate::embed::{EmbedError, EmbedderHandle};
 use crate::index::IndexError;
 use crate::store::{ExamplesVersion, ItemKind, Store, StoreError};
+use residency::Residency;
 use retrieval::example_from;
 
 /// What can go wrong with a task operation.
@@ -115,61 +118,40 @@ fn kind_name(kind: ItemKind) -> &'static str {
     }
 }
 
-/// Every task's data: the database, the embedder, and the in-memory collections.
+/// Every task's data: the database, the embedder, and the in-memory collections of
+/// the tasks in use.
 pub struct Catalog {
     store: Store,
     embedder: EmbedderHandle,
     embedder_id: String,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
-    /// Each task's examples version as of its last replica sync.
+    residency: Residency,
+    /// Each resident task's examples version as of its load or last replica sync.
     synced_versions: std::sync::Mutex<HashMap<String, ExamplesVersion>>,
 }
 
 impl Catalog {
-    /// Loads every task's examples into memory, re-embedding rows that another
-    /// embedder made, and builds their indexes.
-    ///
-    /// # Errors
-    /// When the database or the embedder fails.
-    pub async fn open(store: Store, embedder: EmbedderHandle) -> Result<Self, TaskError> {
+    /// A catalog over the database's tasks, none of them in memory yet: each is loaded
+    /// on its first use. Holds every task it loads until
+    /// [`Catalog::with_resident_examples`] sets a budget.
+    pub fn new(store: Store, embedder: EmbedderHandle) -> Self {
         let embedder_id = embedder.name().to_owned();
-        let catalog = Self {
+        Self {
             store,
             embedder,
             embedder_id,
             collections: RwLock::new(HashMap::new()),
+            residency: Residency::new(usize::MAX),
             synced_versions: std::sync::Mutex::new(HashMap::new()),
-        };
-        for task in catalog.store.tasks().await? {
-            catalog
-                .reembed_stale(&task.name, ItemKind::PoolItem)
-                .await?;
-            let examples = catalog.reembed_stale(&task.name, ItemKind::Example).await?;
-            let started = Instant::now();
-            let count = examples.len();
-            let dimension = catalog.embedder.dimension();
-            let rows = examples
-                .into_iter()
-                .map(|item| {
-                    let embedding = item.embedding.clone();
-                    (example_from(item), embedding)
-                })
-                .collect();
-            let collection =
-                tokio::task::spawn_blocking(move || Collection::build(dimension, rows))
-                    .await
-                    .map_err(|_| TaskError::Aborted("an index build"))??;
-            tracing::info!(
-                task = %task.name,
-                examples = count,
-                seconds = started.elapsed().as_secs_f32(),
-                "index loaded"
-            );
-            catalog
-                .collections_mut()
-                .insert(task.name, Arc::new(collection));
         }
-        Ok(catalog)
+    }
+
+    /// Unloads the least recently used tasks while more than `budget` examples are in
+    /// memory over all tasks.
+    #[must_use]
+    pub fn with_resident_examples(mut self, budget: usize) -> Self {
+        self.residency = Residency::new(budget);
+        self
     }
 
     /// The database, for the modules that keep their own records in it.
@@ -187,7 +169,7 @@ impl Catalog {
         self.collections.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The in-memory collection of a task.
+    /// The in-memory collection of a task, if it is resident.
     pub fn collection(&self, task: &str) -> Option<Arc<Collection>> {
         self.collections
             .read()
@@ -248,14 +230,6 @@ impl Catalog {
         let json = serde_json::to_string(&valid.spec)
             .map_err(|e| TaskError::Store(StoreError::Corrupt(e.to_string())))?;
         let created = self.store.put_task(name, &json).await?;
-        if created {
-            // A replica sync may have made the collection (and indexed other replicas'
-            // first examples) since the row was written: that one stays.
-            let collection = Arc::new(Collection::build(self.embedder.dimension(), Vec::new())?);
-            self.collections_mut()
-                .entry(name.to_owned())
-                .or_insert(collection);
-        }
         Ok((self.task(name).await?, created))
     }
 
@@ -294,6 +268,8 @@ impl Catalog {
             return Err(TaskError::TaskNotFound(name.to_owned()));
         }
         self.collections_mut().remove(name);
+        self.residency.forget(name);
+        self.record_resident();
         Ok(())
     }
 

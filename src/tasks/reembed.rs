@@ -1,10 +1,11 @@
-//! Start-up re-embedding: rows that another embedder made get this one's vectors, in
-//! the database too, so that a restart with the same embedder embeds nothing.
+//! Re-embedding at a task's load: rows that another embedder made get this one's
+//! vectors, in the database too, so that a later load with the same embedder embeds
+//! nothing.
 
 use super::{embedding_text, kind_name, Catalog, TaskError};
 use crate::store::{ItemKind, StoredItem};
 
-/// Texts embedded per call while re-embedding at start-up.
+/// Texts embedded per call while re-embedding.
 const REEMBED_BATCH: usize = 256;
 
 impl Catalog {

@@ -1,6 +1,7 @@
-//! Replicas on one database: each keeps its own in-memory collections, so each must
-//! learn the writes the others make. [`Catalog::sync`] applies them; the server calls it
-//! on an interval.
+//! Replicas on one database: each keeps its own in-memory collections of the tasks it
+//! has loaded, so each must learn the writes the others make to them. [`Catalog::sync`]
+//! applies them; the server calls it on an interval. A task not in memory needs nothing:
+//! it is read whole from the database when it is loaded.
 //!
 //! Every change to a task's examples bumps the task's version and logs the seqs it
 //! added and removed, in its own transaction. A sync reads every task's version (one
@@ -22,7 +23,7 @@ use crate::store::{ExampleChange, ExamplesVersion, ItemKind};
 /// What one sync changed in memory.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncReport {
-    /// Tasks whose collections appeared or went away.
+    /// Tasks deleted elsewhere whose collections went away.
     pub tasks: usize,
     /// Examples added.
     pub added: usize,
@@ -30,15 +31,6 @@ pub struct SyncReport {
     pub removed: usize,
     /// Tasks that could not be brought up to date (retried at the next sync).
     pub failed: usize,
-}
-
-/// What one sync changed in one task.
-#[derive(Debug, Default)]
-struct TaskSync {
-    /// Whether its collection was made here by this sync.
-    appeared: bool,
-    added: usize,
-    removed: usize,
 }
 
 impl SyncReport {
@@ -49,7 +41,9 @@ impl SyncReport {
 }
 
 impl Catalog {
-    fn synced_versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, ExamplesVersion>> {
+    pub(super) fn synced_versions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, ExamplesVersion>> {
         // Each update is one insert or retain; a poisoned map is still whole.
         self.synced_versions
             .lock()
@@ -57,7 +51,7 @@ impl Catalog {
     }
 
     /// Brings every in-memory collection up to date with the database, which other
-    /// replicas may have written.
+    /// replicas may have written; drops those of tasks deleted elsewhere.
     ///
     /// A task whose examples cannot be read or indexed is counted in the report's
     /// `failed` and left for the next sync; the others go on.
@@ -85,6 +79,7 @@ impl Catalog {
                     .is_some_and(|c| Arc::ptr_eq(c, collection))
                 {
                     collections.remove(name);
+                    self.residency.forget(name);
                     report.tasks += 1;
                 }
             }
@@ -95,11 +90,16 @@ impl Catalog {
             if self.synced_versions().get(name) == Some(&version) {
                 continue;
             }
-            match self.sync_task(name, version).await {
-                Ok(synced) => {
-                    report.tasks += usize::from(synced.appeared);
-                    report.added += synced.added;
-                    report.removed += synced.removed;
+            let Some(collection) = self.collection(name) else {
+                continue;
+            };
+            match self.sync_task(name, collection, version).await {
+                Ok((added, removed)) => {
+                    report.added += added;
+                    report.removed += removed;
+                    if added > 0 {
+                        self.unload_past_budget(name);
+                    }
                 }
                 Err(error) => {
                     // One task that cannot be read or indexed must not keep every other
@@ -113,21 +113,14 @@ impl Catalog {
         Ok(report)
     }
 
-    /// Brings one task's collection (made here if new) up to `version`.
-    async fn sync_task(&self, name: &str, version: ExamplesVersion) -> Result<TaskSync, TaskError> {
-        let mut synced = TaskSync::default();
-        let collection = match self.collection(name) {
-            Some(collection) => collection,
-            None => {
-                synced.appeared = true;
-                let empty = Arc::new(Collection::build(self.embedder.dimension(), Vec::new())?);
-                Arc::clone(
-                    self.collections_mut()
-                        .entry(name.to_owned())
-                        .or_insert(empty),
-                )
-            }
-        };
+    /// Brings one task's resident collection up to `version`; answers how many examples
+    /// were added and removed.
+    async fn sync_task(
+        &self,
+        name: &str,
+        collection: Arc<Collection>,
+        version: ExamplesVersion,
+    ) -> Result<(usize, usize), TaskError> {
         // The same task (not one deleted and made again) moved forward.
         let applied = self.synced_versions().get(name).copied().filter(|applied| {
             applied.incarnation == version.incarnation && applied.changes < version.changes
@@ -140,7 +133,7 @@ impl Catalog {
             }
             None => None,
         };
-        (synced.added, synced.removed) = match logged {
+        let synced = match logged {
             Some(changes) => {
                 ::metrics::counter!("exemplar_sync_changes_applied_total")
                     .increment(changes.len() as u64);

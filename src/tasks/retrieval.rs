@@ -34,14 +34,13 @@ impl Catalog {
         Ok(self.embedder.embed(texts).await?)
     }
 
-    /// The task's in-memory examples, or [`TaskError::NoExamples`] when it has none.
+    /// The task's examples in memory (loaded if they are not), or
+    /// [`TaskError::NoExamples`] when it has none.
     ///
     /// # Errors
-    /// When the task does not exist or has no examples.
-    pub fn examples(&self, task: &str) -> Result<Arc<Collection>, TaskError> {
-        let collection = self
-            .collection(task)
-            .ok_or_else(|| TaskError::TaskNotFound(task.to_owned()))?;
+    /// When the task does not exist, cannot be loaded or has no examples.
+    pub async fn examples(&self, task: &str) -> Result<Arc<Collection>, TaskError> {
+        let collection = self.resident(task).await?;
         if collection.index.is_empty() {
             return Err(TaskError::NoExamples(task.to_owned()));
         }
@@ -60,7 +59,7 @@ impl Catalog {
         self.spec(task).await?;
         check_k(query.k, 1)?;
         check_strategy(query.strategy)?;
-        let collection = self.examples(task)?;
+        let collection = self.examples(task).await?;
         let vector = self
             .embed_queries(&[(query.text, query.text_pair)])
             .await?

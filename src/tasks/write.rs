@@ -64,8 +64,11 @@ impl Catalog {
             embedder_id: self.embedder_id.clone(),
             task: task.to_owned(),
             kind,
+            // The collection is taken (loaded if need be) before the commit, so that
+            // the rows reach the index the next request reads, and held until after
+            // it, so that it is not unloaded in between.
             collection: match kind {
-                ItemKind::Example => self.collection(task),
+                ItemKind::Example => Some(self.resident(task).await?),
                 ItemKind::PoolItem => None,
             },
             copies,
@@ -76,6 +79,9 @@ impl Catalog {
         tokio::spawn(write.run())
             .await
             .map_err(|_| TaskError::Aborted("storing a batch"))??;
+        if kind == ItemKind::Example {
+            self.unload_past_budget(task);
+        }
         Ok(ids)
     }
 

@@ -183,7 +183,7 @@ impl Tuner {
         if !definition.spec.is_classification() {
             return Err(TuningError::NeedsLabels(task.to_owned()));
         }
-        let mut examples = self.catalog.examples(task)?.all();
+        let mut examples = self.catalog.examples(task).await?.all();
         if examples.len() < MIN_EXAMPLES {
             return Err(TuningError::TooFewExamples {
                 task: task.to_owned(),

@@ -30,6 +30,7 @@ mod model_faults;
 mod openapi;
 mod prompt_injection;
 mod replicas;
+mod residency;
 mod shutdown;
 mod store_races;
 mod tuning;

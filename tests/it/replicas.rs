@@ -283,8 +283,9 @@ async fn a_task_that_cannot_sync_does_not_hold_up_the_others() {
     for task in healthy {
         make_named_task(&a, task, first.clone()).await;
     }
+    // Every task asked for on b, so b holds them all and syncs them all.
     let query = "a witty and moving film";
-    for task in healthy {
+    for task in healthy.iter().chain(&["broken"]) {
         wait_until(&b, task, query, |ids| ids == ["e1"]).await;
     }
 
