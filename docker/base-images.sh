@@ -59,12 +59,17 @@ else
   echo "base-images: debian:bookworm-slim imported"
 fi
 
+# The images built here carry a digest of the files they were built from, so that one
+# built from older files is built again; an image without it (pulled) is kept.
 for image in postgres:15-bookworm nginx:stable-bookworm; do
-  if present "$image"; then
+  name=${image%%:*}
+  digest=$(find base -name "$name[.-]*" | sort | xargs cat | sha256sum | cut -c1-16)
+  built=$(docker image inspect -f '{{index .Config.Labels "exemplar.base"}}' "$image" 2>/dev/null || true)
+  if present "$image" && { [ -z "$built" ] || [ "$built" = "$digest" ]; }; then
     echo "base-images: $image already present"
   else
     echo "base-images: building $image"
-    docker build --quiet -t "$image" -f "base/${image%%:*}.Dockerfile" base >/dev/null \
+    docker build --quiet --label "exemplar.base=$digest" -t "$image" -f "base/$name.Dockerfile" base >/dev/null \
       || fail "building $image failed"
   fi
 done

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Initialises the cluster on first start (user, password, database from the
 # environment, password logins from anywhere), then runs the server as `postgres`.
+# POSTGRES_PASSWORD_FILE (a Docker secret) stands in for POSTGRES_PASSWORD.
 set -euo pipefail
 : "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=$POSTGRES_USER}"
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
 [ -n "${POSTGRES_PASSWORD:-}" ] || { echo "POSTGRES_PASSWORD must be set" >&2; exit 1; }
 
 if [ "$(id -u)" = 0 ]; then

@@ -1,34 +1,28 @@
-//! The Docker deployment as users run it: the images built, `docker/compose.yaml` up with
-//! PostgreSQL, three replicas and nginx, and everything spoken through the balancer's one
-//! port. A replica killed under load and a rolling restart under load lose no request
-//! (the client retries 502/503 as the README advises), a write reaches every replica
-//! within the sync interval, and the database outlives `compose down`.
-//!
-//! Skipped, with a message, only where no Docker daemon answers.
+//! `docker/compose.yaml` up with PostgreSQL, three replicas and nginx, everything spoken
+//! through the balancer's one port. A task's requests reach one replica (nginx hashes
+//! the task in the path); that replica killed under load and a rolling restart under
+//! load lose no request (the client retries 502/503 as the README advises), a write
+//! reaches every replica within the sync interval, and the database outlives
+//! `compose down`.
 
-use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, read_jsonl, repo_dir, shared_dir};
+use super::{
+    build_image, docker_answers, import_and_predict, must, stream, Client, ADMIN_KEY, IMAGE, STACKS,
+};
+use crate::common::{free_port, metric_sample, repo_dir};
 use serde_json::{json, Value};
 
+/// The replicas' services in the compose file.
+const REPLICAS: [&str; 3] = ["exemplar-1", "exemplar-2", "exemplar-3"];
 /// Examples imported through the balancer.
 const EXAMPLES: usize = 1000;
+/// Predictions of one task whose replicas are counted.
+const AFFINITY_PREDICTIONS: usize = 8;
 /// Requests at least in each stream under which replicas are killed or restarted.
 const KILL_STREAM: usize = 200;
-/// Clients sending at once.
-const CLIENTS: usize = 4;
-/// Tries per request, as the README advises for 429, 502, 503 and refused connections.
-const TRIES: usize = 6;
-/// The stack's bootstrap admin key, the one key every request of the test sends.
-const ADMIN_KEY: &str = "deploy-test-admin-key-0123456789abcdef";
-
-/// The image the test builds and the compose file runs.
-const IMAGE: &str = "exemplar:deploy-test";
-
 /// A compose project of `docker/compose.yaml`, taken down with its volumes when dropped.
 struct Stack {
     compose: Vec<String>,
@@ -79,26 +73,30 @@ impl Stack {
         must(&mut self.command(args));
     }
 
+    /// Runs curl with `args` inside `replica`'s container, which reaches the replica
+    /// itself at 127.0.0.1:8080.
+    fn curl_on(&self, replica: &str, args: &[&str]) -> Output {
+        self.run(&[&["exec", "-T", replica, "curl", "-fsS"], args].concat())
+    }
+
     /// Sends a request to one replica directly, from inside its container.
     fn on_replica(&self, replica: &str, method: &str, path: &str, body: &Value) -> Option<Value> {
         let url = format!("http://127.0.0.1:8080{path}");
         let body = body.to_string();
-        let output = self.run(&[
-            "exec",
-            "-T",
+        let output = self.curl_on(
             replica,
-            "curl",
-            "-fsS",
-            "-X",
-            method,
-            "-H",
-            "content-type: application/json",
-            "-H",
-            &format!("authorization: Bearer {ADMIN_KEY}"),
-            "--data",
-            &body,
-            &url,
-        ]);
+            &[
+                "-X",
+                method,
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("authorization: Bearer {ADMIN_KEY}"),
+                "--data",
+                &body,
+                &url,
+            ],
+        );
         output
             .status
             .success()
@@ -106,18 +104,23 @@ impl Stack {
             .flatten()
     }
 
+    /// The number of inputs `replica` has predicted, from its `/metrics`.
+    fn predictions(&self, replica: &str) -> f64 {
+        let output = self.curl_on(replica, &["http://127.0.0.1:8080/metrics"]);
+        assert!(output.status.success(), "{replica}'s /metrics");
+        metric_sample(
+            &String::from_utf8_lossy(&output.stdout),
+            "exemplar_predictions_total",
+            &[],
+        )
+        .unwrap_or(0.0)
+    }
+
     /// Waits until `replica` answers `/ready` with 200.
     fn wait_replica_ready(&self, replica: &str) {
         let deadline = Instant::now() + Duration::from_secs(180);
         while self
-            .run(&[
-                "exec",
-                "-T",
-                replica,
-                "curl",
-                "-fsS",
-                "http://127.0.0.1:8080/ready",
-            ])
+            .curl_on(replica, &["http://127.0.0.1:8080/ready"])
             .status
             .code()
             != Some(0)
@@ -148,165 +151,6 @@ impl Drop for Stack {
     }
 }
 
-/// Whether a Docker daemon answers.
-fn docker_answers() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Runs `command`, failing the test with its output if it fails.
-fn must(command: &mut Command) {
-    let output = command.output().expect("command runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Builds the CPU image from the binary these tests were built with.
-fn build_image() {
-    let root = repo_dir();
-    let binary = Path::new(env!("CARGO_BIN_EXE_exemplar"));
-    let relative = binary
-        .strip_prefix(&root)
-        .expect("the test binary lies in the checkout's target folder (the build context)");
-    must(&mut Command::new(root.join("docker/base-images.sh")));
-    must(
-        Command::new("docker")
-            .current_dir(&root)
-            .args([
-                "build",
-                "--quiet",
-                "-f",
-                "docker/Dockerfile",
-                "--target",
-                "prebuilt",
-            ])
-            .arg("--build-arg")
-            .arg(format!("BINARY={}", relative.display()))
-            .args(["-t", IMAGE, "."]),
-    );
-}
-
-/// A client that retries refused connections and 429/502/503 answers, as the README
-/// advises.
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    retried: Arc<AtomicUsize>,
-}
-
-impl Client {
-    fn new() -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .default_headers(reqwest::header::HeaderMap::from_iter([(
-                    reqwest::header::AUTHORIZATION,
-                    format!("Bearer {ADMIN_KEY}").parse().expect("header value"),
-                )]))
-                .timeout(Duration::from_secs(300))
-                .build()
-                .expect("HTTP client"),
-            retried: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    /// The final status and answer of `method url body` after the retries.
-    async fn send(&self, method: reqwest::Method, url: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut last = (0, Value::Null);
-        for attempt in 0..TRIES {
-            if attempt > 0 {
-                self.retried.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
-            }
-            let mut request = self.http.request(method.clone(), url);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let value = response.json().await.unwrap_or(Value::Null);
-                    if ![429, 502, 503].contains(&status) {
-                        return (status, value);
-                    }
-                    last = (status, value);
-                }
-                Err(e) => last = (0, json!(e.to_string())),
-            }
-        }
-        last
-    }
-}
-
-/// Sends requests from `CLIENTS` clients (retrievals, every fourth one a prediction)
-/// until at least `count` are answered and `during` has returned, calling `during` once
-/// a tenth are answered; answers the failures.
-async fn stream(
-    stack: &Stack,
-    client: &Client,
-    count: usize,
-    queries: &[String],
-    during: impl FnOnce(),
-) -> Vec<String> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (next, done, stop, failures, client) = (
-            next.clone(),
-            done.clone(),
-            stop.clone(),
-            failures.clone(),
-            client.clone(),
-        );
-        let (retrieve, predict) = (
-            stack.url("/v1/tasks/sst2/retrieve"),
-            stack.url("/v1/tasks/sst2/predict"),
-        );
-        let queries = queries.to_vec();
-        clients.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let text = &queries[i % queries.len()];
-                let (url, body) = if i % 4 == 3 {
-                    (&predict, json!({"inputs": [{"text": text}], "k": 4}))
-                } else {
-                    (&retrieve, json!({"text": text, "k": 4}))
-                };
-                let (status, answer) = client.send(reqwest::Method::POST, url, Some(&body)).await;
-                if status != 200 {
-                    failures
-                        .lock()
-                        .expect("failures")
-                        .push(format!("request {i}: {status} {answer}"));
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    while done.load(Ordering::Relaxed) < count / 10 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::task::block_in_place(during);
-    while done.load(Ordering::Relaxed) < count {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client task");
-    }
-    eprintln!("{} requests answered", done.load(Ordering::Relaxed));
-    let failures = failures.lock().expect("failures").clone();
-    failures
-}
-
 /// The number of examples of the task, asked through the balancer.
 async fn example_count(stack: &Stack, client: &Client) -> u64 {
     let (status, task) = client
@@ -323,6 +167,7 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
         eprintln!("skipped: no Docker daemon answers `docker info`");
         return;
     }
+    let _one_stack = STACKS.lock().await;
     let started = Instant::now();
     build_image();
     eprintln!("images built in {:.0} s", started.elapsed().as_secs_f64());
@@ -332,7 +177,7 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
         free_port(),
     );
     stack.must(&["up", "-d", "--no-build"]);
-    for replica in ["exemplar-1", "exemplar-2", "exemplar-3"] {
+    for replica in REPLICAS {
         stack.wait_replica_ready(replica);
     }
     let client = Client::new();
@@ -349,50 +194,7 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
     );
 
     // A task and 1000 SST-2 examples, written through the balancer in batches.
-    let task = json!({
-        "labels": ["negative", "positive"],
-        "instruction": "Classify the sentiment of each movie review.",
-        "template": {"input": "Review: {text}", "output": "Sentiment: {label}"}
-    });
-    let (status, body) = client
-        .send(
-            reqwest::Method::PUT,
-            &stack.url("/v1/tasks/sst2"),
-            Some(&task),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}\n{}", stack.logs());
-    let rows = read_jsonl(shared_dir().join("data/sst2/train.jsonl"));
-    let examples: Vec<Value> = rows
-        .iter()
-        .take(EXAMPLES)
-        .enumerate()
-        .map(|(i, row)| json!({"id": format!("ex{i}"), "text": row["text"], "label": row["label"]}))
-        .collect();
-    for batch in examples.chunks(100) {
-        let (status, body) = client
-            .send(
-                reqwest::Method::POST,
-                &stack.url("/v1/tasks/sst2/examples"),
-                Some(&json!({ "examples": batch })),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
-    let queries: Vec<String> = read_jsonl(shared_dir().join("data/sst2/test.jsonl"))
-        .iter()
-        .take(50)
-        .map(|row| row["text"].as_str().expect("text").to_owned())
-        .collect();
-    let (status, body) = client
-        .send(
-            reqwest::Method::POST,
-            &stack.url("/v1/tasks/sst2/predict"),
-            Some(&json!({"inputs": [{"text": queries[0]}], "k": 4})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body["predictions"][0]["label"].is_string(), "{body}");
+    let queries = import_and_predict(&stack.url(""), &client, EXAMPLES, || stack.logs()).await;
     eprintln!(
         "imported and predicted at {:.0} s",
         started.elapsed().as_secs_f64()
@@ -409,7 +211,7 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
         .await;
     assert_eq!(status, 201, "{body}");
     let written = Instant::now();
-    for replica in ["exemplar-1", "exemplar-2", "exemplar-3"] {
+    for replica in REPLICAS {
         loop {
             let answer = stack.on_replica(
                 replica,
@@ -436,9 +238,31 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
     );
     let expected = EXAMPLES as u64 + 1;
 
-    // (a) One replica killed during a stream of requests.
-    let failures = stream(&stack, &client, KILL_STREAM, &queries, || {
-        stack.must(&["kill", "exemplar-2"]);
+    // The task's predictions all reach one replica, where its caches are.
+    let before = REPLICAS.map(|replica| stack.predictions(replica));
+    for query in &queries[..AFFINITY_PREDICTIONS] {
+        let body = json!({"inputs": [{"text": query}], "k": 4});
+        let url = stack.url("/v1/tasks/sst2/predict");
+        let (status, answer) = client.send(reqwest::Method::POST, &url, Some(&body)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let served: Vec<f64> = REPLICAS
+        .iter()
+        .zip(before)
+        .map(|(replica, before)| stack.predictions(replica) - before)
+        .collect();
+    let holder = served
+        .iter()
+        .position(|&n| n == AFFINITY_PREDICTIONS as f64)
+        .unwrap_or_else(|| panic!("the task's predictions spread over replicas: {served:?}"));
+    assert_eq!(served.iter().sum::<f64>(), AFFINITY_PREDICTIONS as f64);
+    let holder = REPLICAS[holder];
+    eprintln!("{AFFINITY_PREDICTIONS} predictions of the task all served by {holder}");
+
+    // (a) The replica that holds the task killed during a stream of its requests: the
+    // next replica on nginx's ring takes them.
+    let failures = stream(&stack.url(""), &client, KILL_STREAM, &queries, || {
+        stack.must(&["kill", holder]);
     })
     .await;
     assert!(failures.is_empty(), "{failures:#?}\n{}", stack.logs());
@@ -448,12 +272,12 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
         client.retried.swap(0, Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
-    stack.must(&["start", "exemplar-2"]);
-    stack.wait_replica_ready("exemplar-2");
+    stack.must(&["start", holder]);
+    stack.wait_replica_ready(holder);
 
     // (b) The replicas restarted one at a time under load.
-    let failures = stream(&stack, &client, KILL_STREAM, &queries, || {
-        for replica in ["exemplar-1", "exemplar-2", "exemplar-3"] {
+    let failures = stream(&stack.url(""), &client, KILL_STREAM, &queries, || {
+        for replica in REPLICAS {
             stack.must(&["restart", "-t", "60", replica]);
             stack.wait_replica_ready(replica);
         }
@@ -469,7 +293,7 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
     // (d) The database outlives `compose down` and `up`.
     stack.must(&["down", "-t", "30"]);
     stack.must(&["up", "-d", "--no-build"]);
-    for replica in ["exemplar-1", "exemplar-2", "exemplar-3"] {
+    for replica in REPLICAS {
         stack.wait_replica_ready(replica);
     }
     assert_eq!(example_count(&stack, &client).await, expected);
