@@ -1,6 +1,6 @@
 //! Starts the service: binds the router at once, opens the database and loads the
-//! models and indexes in the background (`/ready` answers 503 until all are in), and
-//! shuts down when told.
+//! models in the background (`/ready` answers 503 until they are in; each task is loaded
+//! on its first request), and shuts down when told.
 
 use std::future::Future;
 use std::sync::Arc;

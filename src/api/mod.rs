@@ -55,7 +55,8 @@ use crate::select::selections::Selector;
 use crate::tasks::Catalog;
 use crate::tuning::Tunings;
 
-/// What start-up loads before the service is ready: the models and every task's data.
+/// What start-up loads before the service is ready: the models, and the catalog that
+/// loads each task on its first use.
 #[derive(Clone)]
 pub struct Services {
     /// The LLM workers, by name.
