@@ -19,12 +19,13 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // A broken model is said first: it is why a replica drains after a break.
+    if let Some(worker) = state.broken_model() {
+        return Err(ApiError::ModelBroken(worker));
+    }
     if state.draining() {
         return Err(ApiError::Draining);
     }
     state.services()?;
-    if let Some(worker) = state.broken_model() {
-        return Err(ApiError::ModelBroken(worker));
-    }
     Ok(Json(json!({"status": "ready"})))
 }

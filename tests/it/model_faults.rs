@@ -23,8 +23,10 @@ async fn a_panic_in_either_models_kernel_pool_breaks_it_and_the_process_restarts
         ("embedder", "/v1/embeddings", json!({"input": "Hello"})),
     ];
     for (model, path, body) in cases {
+        // The broken replica serves on for the drain before its listener closes, so
+        // that the checks below meet it however slowly this machine answers them.
         let mut server = TestServer::start_with_env(
-            &["--shutdown-grace-seconds", "1"],
+            &["--drain-seconds", "5", "--shutdown-grace-seconds", "1"],
             &[("EXEMPLAR_TEST_PANIC", model)],
         )
         .await;
