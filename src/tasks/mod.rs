@@ -8,7 +8,7 @@
 //! - `write.rs`: validate, embed, store in one transaction, index; deletes.
 //! - `read.rs`: pages of rows and single rows.
 //! - `retrieval.rs`: query embeddings and the choice of demonstrations.
-//! - `reembed.rs`: rows of another embedder, re-embedded when their task is loaded.
+//! - `reembed.rs`: rows of another embedder, re-embedded as they are read.
 //! - `collection.rs`: a task's examples in memory with their HNSW index.
 //! - `residency.rs`: which tasks are in memory: loaded on first use, unloaded past
 //!   the budget.

@@ -1,6 +1,6 @@
-//! Re-embedding at a task's load: rows that another embedder made get this one's
-//! vectors, in the database too, so that a later load with the same embedder embeds
-//! nothing.
+//! Re-embedding as rows are read: examples when their task is loaded, the pool when a
+//! selection reads it. Rows that another embedder made get this one's vectors, in the
+//! database too, so that a later read with the same embedder embeds nothing.
 
 use super::{embedding_text, kind_name, Catalog, TaskError};
 use crate::store::{ItemKind, StoredItem};
@@ -9,6 +9,14 @@ use crate::store::{ItemKind, StoredItem};
 const REEMBED_BATCH: usize = 256;
 
 impl Catalog {
+    /// The task's pool, with embeddings from the current embedder.
+    ///
+    /// # Errors
+    /// When the database or the embedder fails.
+    pub async fn pool(&self, task: &str) -> Result<Vec<StoredItem>, TaskError> {
+        self.reembed_stale(task, ItemKind::PoolItem).await
+    }
+
     /// The task's rows of `kind`, with embeddings from the current embedder.
     pub(super) async fn reembed_stale(
         &self,

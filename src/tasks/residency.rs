@@ -115,7 +115,6 @@ impl Catalog {
         // The version read before the rows: a change made during the load is applied
         // again by the next replica sync, where it is known already or missing.
         let version = self.store.examples_version(task).await?;
-        self.reembed_stale(task, ItemKind::PoolItem).await?;
         let examples = self.reembed_stale(task, ItemKind::Example).await?;
         let count = examples.len();
         let dimension = self.embedder.dimension();

@@ -249,7 +249,7 @@ impl Selector {
     ) -> Result<SelectionView, SelectionError> {
         let definition = self.catalog.definition(task).await?;
         let store = self.catalog.store();
-        let pool = store.all_items(task, ItemKind::PoolItem).await?;
+        let pool = self.catalog.pool(task).await?;
         let params = Params::resolve(request.method, request.budget, request.params);
         super::check(request.method, request.budget, &params, pool.len())?;
         if request.method == Method::VoteK && !definition.spec.is_classification() {

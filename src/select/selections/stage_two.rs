@@ -229,8 +229,9 @@ impl Selector {
             return Ok(());
         }
         let annotated = self.annotated_stage_one(task, &outcome).await?;
-        let pool: HashMap<String, StoredItem> = store
-            .all_items(task, ItemKind::PoolItem)
+        let pool: HashMap<String, StoredItem> = self
+            .catalog
+            .pool(task)
             .await?
             .into_iter()
             .map(|p| (p.id.clone(), p))
