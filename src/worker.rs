@@ -48,7 +48,10 @@ impl<J> Clone for Worker<J> {
 impl<J: Send + 'static> Worker<J> {
     /// Starts a thread named `name` that owns `state` and runs `handle` on every job.
     ///
-    /// The thread ends when the last handle is dropped.
+    /// `handle` gets the job by reference and takes its reply out only to answer, so
+    /// that a job whose work panics is dropped (its caller told) after the worker is
+    /// marked broken: the caller learns why, not just that its reply is gone. The
+    /// thread ends when the last handle is dropped.
     ///
     /// # Errors
     /// When the operating system refuses a new thread.
@@ -60,16 +63,17 @@ impl<J: Send + 'static> Worker<J> {
     ) -> std::io::Result<Self>
     where
         S: Send + 'static,
-        F: FnMut(&mut S, J) + Send + 'static,
+        F: FnMut(&mut S, &mut J) + Send + 'static,
     {
         Self::spawn_with(name, capacity, move |queue| {
-            while let Some(job) = queue.recv() {
-                // A panic fails its own job (the caller's reply channel is dropped,
-                // so its request gets an error) and breaks the worker: the jobs
-                // still queued are refused and no new one is taken.
-                let run = std::panic::AssertUnwindSafe(|| handle(&mut state, job));
+            while let Some(mut job) = queue.recv() {
+                // A panic breaks the worker: the jobs still queued are refused and no
+                // new one is taken. Then its own job is dropped: the caller's reply
+                // channel closes, and the caller finds the worker broken.
+                let run = std::panic::AssertUnwindSafe(|| handle(&mut state, &mut job));
                 if std::panic::catch_unwind(run).is_err() {
                     queue.break_down();
+                    drop(job);
                     return;
                 }
             }
@@ -109,6 +113,13 @@ impl<J: Send + 'static> Worker<J> {
     /// The worker's name if a job of it panicked: it takes no more work.
     pub fn broken(&self) -> Option<&'static str> {
         self.broken.get().copied()
+    }
+
+    /// Why a job's reply channel closed unanswered: the worker broke (a panic), or it
+    /// stopped.
+    pub fn lost(&self) -> QueueError {
+        self.broken()
+            .map_or(QueueError::Stopped, QueueError::Broken)
     }
 
     /// Queues `job`, or refuses it at once when the queue is full.
@@ -179,7 +190,8 @@ mod tests {
     fn a_full_queue_refuses_at_once_and_jobs_run_in_order() {
         let (gate_tx, gate_rx) = channel::<()>();
         let (done_tx, done_rx) = channel::<u32>();
-        let worker = Worker::spawn("test", 1, (), move |_, job: u32| {
+        let worker = Worker::spawn("test", 1, (), move |_, job: &mut u32| {
+            let job = *job;
             if job == 0 {
                 gate_rx.recv().ok();
             }
@@ -198,22 +210,45 @@ mod tests {
         assert_eq!(done_rx.recv().ok(), Some(1));
     }
 
+    /// A job whose reply is a channel: closed unanswered when the job is dropped.
+    struct Replied {
+        number: u32,
+        reply: Option<std::sync::mpsc::Sender<u32>>,
+    }
+
     #[test]
-    fn a_panicking_job_breaks_the_worker_for_good() {
-        let (done_tx, done_rx) = channel::<u32>();
-        let worker = Worker::spawn("test", 4, (), move |_, job: u32| {
-            assert_ne!(job, 1, "job 1 panics");
-            done_tx.send(job).ok();
+    fn a_panicking_job_breaks_the_worker_for_good_before_its_caller_hears() {
+        let worker = Worker::spawn("test", 4, (), move |_, job: &mut Replied| {
+            assert_ne!(job.number, 1, "job 1 panics");
+            if let Some(reply) = job.reply.take() {
+                reply.send(job.number).ok();
+            }
         })
         .expect("thread");
         assert_eq!(worker.broken(), None);
-        for job in 0..3 {
-            worker.submit(job).expect("queued before the panic");
-        }
-        assert_eq!(done_rx.recv().ok(), Some(0));
-        // Job 1 panicked: job 2, queued behind it, never runs, and nothing new is taken.
-        assert_eq!(done_rx.recv().ok(), None);
-        assert_eq!(worker.broken(), Some("test"));
-        assert_eq!(worker.submit(3), Err(QueueError::Broken("test")));
+        let answers: Vec<_> = (0..3)
+            .map(|number| {
+                let (reply, answer) = channel();
+                let job = Replied {
+                    number,
+                    reply: Some(reply),
+                };
+                worker.submit(job).expect("queued before the panic");
+                answer
+            })
+            .collect();
+        assert_eq!(answers[0].recv().ok(), Some(0));
+        // Job 1 panicked: its caller's channel closes, and by then the worker is marked
+        // broken, so the caller can say why.
+        assert!(answers[1].recv().is_err());
+        assert_eq!(worker.lost(), QueueError::Broken("test"));
+        // Job 2, queued behind it, never runs, and nothing new is taken.
+        assert!(answers[2].recv().is_err());
+        let (reply, _) = channel();
+        let refused = worker.submit(Replied {
+            number: 3,
+            reply: Some(reply),
+        });
+        assert_eq!(refused.err(), Some(QueueError::Broken("test")));
     }
 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::{EmbedError, Embedder};
-use crate::worker::{QueueError, Worker};
+use crate::worker::Worker;
 
 struct EmbedJob {
     texts: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
+    /// Taken out to answer; left in place while the work runs (see [`Worker::spawn`]).
+    reply: Option<oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>>,
 }
 
 /// A cloneable handle on the embedder worker thread.
@@ -31,9 +32,12 @@ impl EmbedderHandle {
             "exemplar-embed",
             capacity,
             embedder,
-            |embedder, job: EmbedJob| {
-                if !job.reply.is_closed() {
-                    let _ = job.reply.send(embedder.embed(&job.texts));
+            |embedder, job: &mut EmbedJob| {
+                if job.reply.as_ref().is_some_and(|reply| !reply.is_closed()) {
+                    let embeddings = embedder.embed(&job.texts);
+                    if let Some(reply) = job.reply.take() {
+                        let _ = reply.send(embeddings);
+                    }
                 }
             },
         )?;
@@ -70,9 +74,10 @@ impl EmbedderHandle {
     /// [`EmbedError::Queue`] when the queue is full, or the model's own error.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (reply, answer) = oneshot::channel();
+        let reply = Some(reply);
         self.worker.submit(EmbedJob { texts, reply })?;
         answer
             .await
-            .map_err(|_| EmbedError::Queue(QueueError::Stopped))?
+            .map_err(|_| EmbedError::Queue(self.worker.lost()))?
     }
 }

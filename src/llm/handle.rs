@@ -10,7 +10,7 @@ use super::{
     ChatTemplate, Delta, Generation, GenerationParams, Llm, LlmError, LlmTokenizer, NoChatTemplate,
     PrefixCache, ScoreRequest,
 };
-use crate::worker::{QueueError, Worker};
+use crate::worker::Worker;
 
 /// A cloneable handle on the LLM worker thread.
 #[derive(Clone)]
@@ -88,7 +88,7 @@ impl LlmHandle {
     ) -> Result<Generation, LlmError> {
         self.start_generate(prompt, params, deltas)?
             .await
-            .map_err(|_| LlmError::Queue(QueueError::Stopped))?
+            .map_err(|_| LlmError::Queue(self.worker.lost()))?
     }
 
     /// Scores continuations after queries that share a prefix.
@@ -100,7 +100,7 @@ impl LlmHandle {
         self.worker.submit(Box::new(Scoring::new(request, reply)))?;
         answer
             .await
-            .map_err(|_| LlmError::Queue(QueueError::Stopped))?
+            .map_err(|_| LlmError::Queue(self.worker.lost()))?
     }
 
     /// Queues a generation and returns where its result will arrive.
