@@ -330,7 +330,11 @@ pub async fn serve(
             );
             async move {
                 runner.forget_ended().await.map_err(|e| e.to_string())?;
-                selector.resume_lapsed().await.map_err(|e| e.to_string())?;
+                selector
+                    .stage_two()
+                    .resume_lapsed()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 evaluations
                     .resume_lapsed()
                     .await

@@ -172,8 +172,7 @@ impl ApiError {
             Self::Task(error) => task_status_and_code(error),
             Self::Predict(error) => predict_status_and_code(error),
             Self::Selection(error) => match error {
-                SelectionError::Task(error) => task_status_and_code(error),
-                SelectionError::Predict(error) => predict_status_and_code(error),
+                SelectionError::Run(error) => run_status_and_code(error),
                 SelectionError::Select(SelectError::InvalidParameter { .. }) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
                 }
@@ -184,12 +183,10 @@ impl ApiError {
                     (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value")
                 }
                 SelectionError::NotFound { .. } => (StatusCode::NOT_FOUND, "selection_not_found"),
-                SelectionError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-                SelectionError::LeaseLost => (StatusCode::CONFLICT, "conflict"),
+                SelectionError::StageOneUnannotated { .. } => (StatusCode::CONFLICT, "conflict"),
                 SelectionError::UnknownState { .. } => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }
-                SelectionError::Store(store) => store_status_and_code(store),
                 SelectionError::Select(SelectError::Graph(_) | SelectError::Cancelled)
                 | SelectionError::Aborted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
@@ -317,6 +314,7 @@ fn job_status_and_code(error: &JobError) -> (StatusCode, &'static str) {
 fn job_not_found_code(kind: &str) -> &'static str {
     match kind {
         "tuning" => "tuning_not_found",
+        "stage_two" => "selection_not_found",
         _ => "evaluation_not_found",
     }
 }

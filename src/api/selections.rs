@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 
+use super::fairness::Requester;
 use super::limits;
 use super::{ApiError, ApiJson, AppState, Route};
 use crate::auth::Scope;
@@ -79,6 +80,7 @@ fn answer(view: SelectionView) -> (StatusCode, Json<SelectionView>) {
 async fn create(
     State(state): State<AppState>,
     Path(task): Path<String>,
+    Extension(requester): Extension<Requester>,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<SelectionView>), ApiError> {
     let request = body.validate()?;
@@ -86,7 +88,7 @@ async fn create(
     let view = state
         .services()?
         .selector
-        .select(&task, request, progress)
+        .select(&task, &requester.0, request, progress)
         .await?;
     Ok(answer(view))
 }
@@ -101,12 +103,13 @@ async fn show(
 async fn resume(
     State(state): State<AppState>,
     Path((task, id)): Path<(String, String)>,
+    Extension(requester): Extension<Requester>,
 ) -> Result<(StatusCode, Json<SelectionView>), ApiError> {
     let progress = log_progress(task.clone());
     let view = state
         .services()?
         .selector
-        .continue_selection(&task, &id, progress)
+        .continue_selection(&task, &id, &requester.0, progress)
         .await?;
     Ok(answer(view))
 }

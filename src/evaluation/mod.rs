@@ -252,7 +252,12 @@ impl JobKind for Evaluator {
     }
 
     /// An evaluation changes nothing but its own row.
-    async fn completed(&self, _: &str, _: &SavedRows) -> Result<(), EvaluationError> {
+    async fn completed(
+        &self,
+        _: &str,
+        _: &EvaluationRequest,
+        _: &SavedRows,
+    ) -> Result<(), EvaluationError> {
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! Jobs of one kind (evaluations, tunings): stored with their request, started, polled,
+//! Jobs of one kind (evaluations, tunings, vote-k's stage 2): stored with their request, started, polled,
 //! listed, cancelled, run under a lease batch by batch, and resumed after a crash.
 //!
 //! A kind says what it is asked, what it saves as it goes and how it works
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Interruption, JobRunner, JobState};
 
 use crate::predict::{PredictError, PredictOptions, Prediction, Predictor, QueryInput};
-use crate::store::{JobRow, Leased, Store, StoreError};
+use crate::store::{JobRow, Store, StoreError};
 use crate::tasks::{Catalog, TaskError};
 
 /// A job's first pause when the model's queue is full.
@@ -131,11 +131,12 @@ pub trait JobKind: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'a;
 
     /// What the job changes outside its own row once it is complete (a tuning's task
-    /// defaults): run only after the final save, which the lease guards, so that a job
-    /// cancelled or taken over meanwhile changes nothing.
+    /// defaults, a selection's chosen items): run only after the final save, which the
+    /// lease guards, so that a job cancelled or taken over meanwhile changes nothing.
     fn completed<'a>(
         &'a self,
         task: &'a str,
+        request: &'a Self::Request,
         saved: &'a Self::Saved,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'a;
 
@@ -174,6 +175,11 @@ pub struct StoredJob<K: JobKind> {
 }
 
 impl<K: JobKind> StoredJob<K> {
+    /// Whether some replica runs it, or will resume it within half a lease.
+    pub fn running(&self) -> bool {
+        self.state == JobState::Running
+    }
+
     /// `done` units of work per second of work, once some was timed.
     pub fn per_second(&self, done: usize) -> Option<f64> {
         (self.seconds > 0.0).then(|| done as f64 / self.seconds)
@@ -217,6 +223,11 @@ impl<K: JobKind> Progress<K> {
         } else {
             Err(JobError::LeaseLost(K::KIND))
         }
+    }
+
+    /// Seconds of work over every run of the job so far, as of its last save.
+    pub fn seconds(&self) -> f64 {
+        self.seconds
     }
 
     /// The saved state as stored.
@@ -333,6 +344,22 @@ impl<K: JobKind> Jobs<K> {
         requester: &str,
         request: K::Request,
     ) -> Result<K::View, K::Error> {
+        let id = format!("{}-{:016x}", K::ID_PREFIX, rand::random::<u64>());
+        self.start_as(task, requester, &id, request).await
+    }
+
+    /// [`Jobs::start`] under the id `id`, once: while a job with that id is stored,
+    /// whoever asks again (a retry, a racing replica) is answered that job instead.
+    ///
+    /// # Errors
+    /// As [`Jobs::start`].
+    pub async fn start_as(
+        self: &Arc<Self>,
+        task: &str,
+        requester: &str,
+        id: &str,
+        request: K::Request,
+    ) -> Result<K::View, K::Error> {
         self.catalog.definition(task).await?;
         self.kind.check(task, &request).await?;
         let limits = self.runner.limits();
@@ -345,7 +372,7 @@ impl<K: JobKind> Jobs<K> {
             .into());
         }
         let row = JobRow {
-            id: format!("{}-{:016x}", K::ID_PREFIX, rand::random::<u64>()),
+            id: id.to_owned(),
             kind: K::KIND.to_owned(),
             state: JobState::Running.as_str().to_owned(),
             request: serde_json::to_string(&request).map_err(corrupt)?,
@@ -364,6 +391,9 @@ impl<K: JobKind> Jobs<K> {
             .await
             .map_err(JobError::from)?;
         if !inserted {
+            if self.stored(task, id).await?.is_some() {
+                return self.get(task, id).await;
+            }
             let task_full = caps.per_task > 0
                 && store
                     .running_jobs_of_task(task)
@@ -388,6 +418,17 @@ impl<K: JobKind> Jobs<K> {
     pub async fn get(&self, task: &str, id: &str) -> Result<K::View, K::Error> {
         let (_, job) = self.load(task, id).await?;
         Ok(K::view(&job))
+    }
+
+    /// A job by id as stored, if there is one.
+    ///
+    /// # Errors
+    /// When the task does not exist, the database fails or the job cannot be read.
+    pub async fn stored(&self, task: &str, id: &str) -> Result<Option<StoredJob<K>>, K::Error> {
+        match self.find_row(task, id).await? {
+            Some(row) => Ok(Some(stored(&row)?)),
+            None => Ok(None),
+        }
     }
 
     /// The task's most recent jobs of this kind, newest first.
@@ -451,10 +492,7 @@ impl<K: JobKind> Jobs<K> {
     pub async fn resume_lapsed(self: &Arc<Self>) -> Result<usize, K::Error> {
         let store = self.catalog.store();
         let mut resumed = 0;
-        let lapsed = store
-            .lapsed_leases(Leased::Jobs)
-            .await
-            .map_err(JobError::from)?;
+        let lapsed = store.lapsed_leases().await.map_err(JobError::from)?;
         for lapsed in lapsed {
             // A replica at its limit leaves lapsed jobs to the others.
             if self.runner.stopping() || self.runner.at_capacity() {
@@ -468,7 +506,7 @@ impl<K: JobKind> Jobs<K> {
             if !ours
                 || !self
                     .runner
-                    .take(Leased::Jobs, &lapsed.task, &lapsed.id)
+                    .take(&lapsed.task, &lapsed.id)
                     .await
                     .map_err(JobError::from)?
             {
@@ -494,20 +532,27 @@ impl<K: JobKind> Jobs<K> {
 
     /// A job's stored row, before it is read.
     async fn row(&self, task: &str, id: &str) -> Result<JobRow, K::Error> {
-        self.catalog.definition(task).await?;
         let row = self
-            .catalog
-            .store()
-            .job(task, id)
-            .await
-            .map_err(JobError::from)?
-            .filter(|row| row.kind == K::KIND)
+            .find_row(task, id)
+            .await?
             .ok_or_else(|| JobError::NotFound {
                 kind: K::KIND,
                 task: task.to_owned(),
                 id: id.to_owned(),
             })?;
         Ok(row)
+    }
+
+    /// A job's stored row, if there is one of this kind.
+    async fn find_row(&self, task: &str, id: &str) -> Result<Option<JobRow>, K::Error> {
+        self.catalog.definition(task).await?;
+        Ok(self
+            .catalog
+            .store()
+            .job(task, id)
+            .await
+            .map_err(JobError::from)?
+            .filter(|row| row.kind == K::KIND))
     }
 
     /// Runs the job `id`, whose lease this process holds, in the background.
@@ -517,8 +562,9 @@ impl<K: JobKind> Jobs<K> {
         let this = Arc::clone(self);
         let (task, id) = (task.to_owned(), id.to_owned());
         self.runner.spawn(async move {
+            tracing::info!(task, job = id, kind = K::KIND, "running a job");
             let work = this.run_through_full_queues(&task, &id, &cancel);
-            let result = this.runner.run_leased(Leased::Jobs, &task, &id, work).await;
+            let result = this.runner.run_leased(&task, &id, work).await;
             this.local().remove(&id);
             match result {
                 Ok(()) => {}
@@ -627,7 +673,9 @@ impl<K: JobKind> Jobs<K> {
             return Err(JobError::LeaseLost(K::KIND).into());
         }
         if complete {
-            self.kind.completed(task, &progress.saved).await?;
+            self.kind
+                .completed(task, &job.request, &progress.saved)
+                .await?;
         }
         Ok(())
     }

@@ -1,9 +1,9 @@
 //! The job runner: work that outlives a request, run in the background on one replica
 //! at a time under a lease in the database, and resumed after a crash.
 //!
-//! Vote-k's stage 2 (`select::selections`) and the jobs of [`Jobs`] (evaluations,
-//! tunings) run here. Each keeps its own progress in its own row and saves it batch by batch under
-//! the lease; the runner takes the lease, renews it every third of its length while the
+//! Every kind of [`Jobs`] (evaluations, tunings, vote-k's stage 2) runs here. Each
+//! keeps its progress in its row of the job table and saves it batch by batch under the
+//! lease; the runner takes the lease, renews it every third of its length while the
 //! work runs, lets it go when the work stops short (expired at once when another run
 //! should take the work up, cleared when nobody should), and at shutdown tells every
 //! run to stop after the input it is on and waits for them. It bounds long work as the
@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{Leased, RunningJobCaps, Store, StoreError};
+use crate::store::{RunningJobCaps, Store, StoreError};
 
 pub use kind::{JobError, JobKind, Jobs, Progress, RunError, StoredJob};
 pub use state::JobState;
@@ -220,9 +220,9 @@ impl JobRunner {
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn take(&self, leased: Leased, task: &str, id: &str) -> Result<bool, StoreError> {
+    pub async fn take(&self, task: &str, id: &str) -> Result<bool, StoreError> {
         self.store
-            .take_lease(leased, task, id, &self.owner, self.lease_seconds())
+            .take_lease(task, id, &self.owner, self.lease_seconds())
             .await
     }
 
@@ -240,14 +240,13 @@ impl JobRunner {
     /// renewed.
     pub async fn run_leased<E: Interruption>(
         &self,
-        leased: Leased,
         task: &str,
         id: &str,
         work: impl Future<Output = Result<(), E>>,
     ) -> Result<(), E> {
         let result = tokio::select! {
             result = work => result,
-            lost = self.keep_lease(leased, task, id) => Err(lost),
+            lost = self.keep_lease(task, id) => Err(lost),
         };
         let resumable = match &result {
             // The final save ended the lease, or it is another replica's now.
@@ -257,7 +256,7 @@ impl JobRunner {
         };
         if let Err(e) = self
             .store
-            .release_lease(leased, task, id, &self.owner, resumable)
+            .release_lease(task, id, &self.owner, resumable)
             .await
         {
             // It lapses by itself.
@@ -267,12 +266,12 @@ impl JobRunner {
     }
 
     /// Renews the lease every third of its length; returns only when it cannot.
-    async fn keep_lease<E: Interruption>(&self, leased: Leased, task: &str, id: &str) -> E {
+    async fn keep_lease<E: Interruption>(&self, task: &str, id: &str) -> E {
         loop {
             tokio::time::sleep(self.lease / 3).await;
             match self
                 .store
-                .renew_lease(leased, task, id, &self.owner, self.lease_seconds())
+                .renew_lease(task, id, &self.owner, self.lease_seconds())
                 .await
             {
                 Ok(true) => {}

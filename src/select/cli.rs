@@ -89,7 +89,9 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
             ..ParamOverrides::default()
         },
     };
-    let view = selector.select(&args.task, request, progress).await?;
+    let view = selector
+        .select(&args.task, "cli", request, progress)
+        .await?;
     bar.finish_and_clear();
     catalog.close().await;
     eprintln!(
@@ -99,6 +101,9 @@ pub async fn run(args: &SelectArgs) -> anyhow::Result<()> {
         view.items.len(),
         view.timings
     );
+    if let Some(error) = &view.error {
+        anyhow::bail!("vote-k's stage 2 failed: {error}");
+    }
     if let Some(next) = &view.next {
         eprintln!("next: {next}");
     }

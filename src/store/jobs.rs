@@ -77,8 +77,9 @@ fn cap(limit: usize) -> i64 {
 impl Store {
     /// Stores a new job under `owner`'s lease for `seconds` (so that no other replica
     /// resumes it before its first save), unless the task or the row's requester
-    /// already has as many running jobs as `caps` allow; answers
-    /// whether it was stored. The count and the insert are one statement.
+    /// already has as many running jobs as `caps` allow, or a job with its id is
+    /// stored; answers whether it was stored. The count and the insert are one
+    /// statement.
     ///
     /// # Errors
     /// When the database fails.
@@ -95,7 +96,8 @@ impl Store {
              lease_expires, created_at, updated_at, requester) \
              SELECT $1, $2, $3, $4, $5, $6, NULL, $7, {clock} + $8, $9, $9, $10 \
              WHERE (SELECT COUNT(*) FROM jobs WHERE task = $1 AND state = 'running') < $11 \
-             AND (SELECT COUNT(*) FROM jobs WHERE requester = $10 AND state = 'running') < $12",
+             AND (SELECT COUNT(*) FROM jobs WHERE requester = $10 AND state = 'running') < $12 \
+             ON CONFLICT (task, id) DO NOTHING",
             clock = self.clock(),
         ))
         .bind(task)
@@ -142,6 +144,23 @@ impl Store {
             .await?
             .rows_affected();
         Ok(deleted)
+    }
+
+    /// Deletes a job that ended in failure or was cancelled, so that its id can be
+    /// run again; answers whether it was deleted (not when it runs or completed).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn delete_stopped_job(&self, task: &str, id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM jobs WHERE task = $1 AND id = $2 AND state IN ('failed', 'cancelled')",
+        )
+        .bind(task)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted == 1)
     }
 
     /// One job by id.

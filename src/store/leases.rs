@@ -1,7 +1,7 @@
 //! Leases on background work: which replica runs a row's job, and until when.
 //!
-//! Vote-k's stage 2 (on its selection row) and evaluation jobs (on their job row) run on
-//! one replica at a time: the one whose lease has not expired. The runner extends it
+//! Background jobs (evaluations, tunings, vote-k's stage 2) run on one replica at a
+//! time: the one whose lease on the job's row has not expired. The runner extends it
 //! while it works; a lease left to expire (its replica died) is taken over by another
 //! replica, or by the same one restarted. Every statement here is a single `UPDATE` or
 //! `SELECT`, so that replicas racing for a lease never both win, and reads the time
@@ -11,25 +11,6 @@
 use sqlx::Row;
 
 use super::{Store, StoreError};
-
-/// The tables whose rows carry a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leased {
-    /// Selections: vote-k's stage 2.
-    Selections,
-    /// Background jobs: evaluations.
-    Jobs,
-}
-
-impl Leased {
-    /// The table's name (a constant, never user input).
-    fn table(self) -> &'static str {
-        match self {
-            Self::Selections => "selections",
-            Self::Jobs => "jobs",
-        }
-    }
-}
 
 /// A replica's claim to run a row's background work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +33,13 @@ pub struct LapsedLease {
 }
 
 impl Store {
-    /// Takes the lease of a row for `owner` for `seconds` of the database's clock,
+    /// Takes the lease of a job for `owner` for `seconds` of the database's clock,
     /// unless another owner's lease is live; answers whether `owner` holds it now.
     ///
     /// # Errors
     /// When the database fails.
     pub async fn take_lease(
         &self,
-        leased: Leased,
         task: &str,
         id: &str,
         owner: &str,
@@ -68,10 +48,9 @@ impl Store {
         // One statement: of replicas racing for an expired lease, one update wins and
         // the others find it live.
         let taken = sqlx::query(&format!(
-            "UPDATE {table} SET lease_owner = $1, lease_expires = {clock} + $2 \
+            "UPDATE jobs SET lease_owner = $1, lease_expires = {clock} + $2 \
              WHERE task = $3 AND id = $4 \
              AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires < {clock})",
-            table = leased.table(),
             clock = self.clock(),
         ))
         .bind(owner)
@@ -91,16 +70,14 @@ impl Store {
     /// When the database fails.
     pub async fn renew_lease(
         &self,
-        leased: Leased,
         task: &str,
         id: &str,
         owner: &str,
         seconds: i64,
     ) -> Result<bool, StoreError> {
         let renewed = sqlx::query(&format!(
-            "UPDATE {table} SET lease_expires = {clock} + $1 \
+            "UPDATE jobs SET lease_expires = {clock} + $1 \
              WHERE task = $2 AND id = $3 AND lease_owner = $4",
-            table = leased.table(),
             clock = self.clock(),
         ))
         .bind(seconds)
@@ -120,7 +97,6 @@ impl Store {
     /// When the database fails.
     pub async fn release_lease(
         &self,
-        leased: Leased,
         task: &str,
         id: &str,
         owner: &str,
@@ -132,8 +108,7 @@ impl Store {
             "lease_owner = NULL, lease_expires = NULL"
         };
         sqlx::query(&format!(
-            "UPDATE {} SET {set} WHERE task = $1 AND id = $2 AND lease_owner = $3",
-            leased.table()
+            "UPDATE jobs SET {set} WHERE task = $1 AND id = $2 AND lease_owner = $3"
         ))
         .bind(task)
         .bind(id)
@@ -143,16 +118,15 @@ impl Store {
         Ok(())
     }
 
-    /// Every row whose lease lapsed on the database's clock: work whose replica died
+    /// Every job whose lease lapsed on the database's clock: work whose replica died
     /// or stopped, with the task, id and the lapsed owner.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn lapsed_leases(&self, leased: Leased) -> Result<Vec<LapsedLease>, StoreError> {
+    pub async fn lapsed_leases(&self) -> Result<Vec<LapsedLease>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT task, id, lease_owner FROM {table} \
+            "SELECT task, id, lease_owner FROM jobs \
              WHERE lease_owner IS NOT NULL AND lease_expires < {clock} ORDER BY updated_at",
-            table = leased.table(),
             clock = self.clock(),
         ))
         .fetch_all(&self.pool)

@@ -22,7 +22,7 @@ use sqlx::{AnyPool, Executor};
 pub use items::{ExampleChange, ExamplesVersion, ItemKind, NewItem, StoredItem};
 pub use jobs::{JobRow, RunningJobCaps, MAX_LISTED_JOBS};
 pub use keys::KeyRow;
-pub use leases::{LapsedLease, Lease, Leased};
+pub use leases::{LapsedLease, Lease};
 pub use selections::SelectionRow;
 pub use tasks::TaskRow;
 

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{now, Lease, Store, StoreError};
+use super::{now, Store, StoreError};
 
 /// A stored selection.
 #[derive(Debug, Clone)]
@@ -18,26 +18,19 @@ pub struct SelectionRow {
     pub request: String,
     /// The result so far, as JSON.
     pub result: String,
-    /// Who runs its stage 2, and until when, if anyone took it on.
-    pub lease: Option<Lease>,
 }
 
-const SELECT_SELECTION: &str =
-    "SELECT id, method, state, request, result, lease_owner, lease_expires FROM selections";
+// The table's lease columns are left from the versions whose stage 2 ran on the
+// selection's row; it runs as a job now (`crate::select::selections`).
+const SELECT_SELECTION: &str = "SELECT id, method, state, request, result FROM selections";
 
 fn selection_row(row: &sqlx::any::AnyRow) -> Result<SelectionRow, sqlx::Error> {
-    let owner: Option<String> = row.try_get("lease_owner")?;
-    let expires: Option<i64> = row.try_get("lease_expires")?;
     Ok(SelectionRow {
         id: row.try_get("id")?,
         method: row.try_get("method")?,
         state: row.try_get("state")?,
         request: row.try_get("request")?,
         result: row.try_get("result")?,
-        lease: owner.map(|owner| Lease {
-            owner,
-            expires: expires.unwrap_or(0),
-        }),
     })
 }
 
@@ -102,40 +95,5 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(selection_row).collect::<Result<_, _>>()?)
-    }
-
-    /// Saves the state and result of a selection whose lease `owner` holds, extending
-    /// the lease to `lease` seconds from now on the database's clock, or ending it when
-    /// `lease` is `None`; answers false (and saves nothing) when `owner` no longer
-    /// holds it.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn save_leased(
-        &self,
-        task: &str,
-        row: &SelectionRow,
-        owner: &str,
-        lease: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        // NULL seconds leave NULL: the lease ends.
-        let saved = sqlx::query(&format!(
-            "UPDATE selections SET state = $1, result = $2, updated_at = $3, \
-             lease_owner = $4, lease_expires = {clock} + $5 \
-             WHERE task = $6 AND id = $7 AND lease_owner = $8",
-            clock = self.clock(),
-        ))
-        .bind(&row.state)
-        .bind(&row.result)
-        .bind(now())
-        .bind(lease.map(|_| owner))
-        .bind(lease)
-        .bind(task)
-        .bind(&row.id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(saved == 1)
     }
 }

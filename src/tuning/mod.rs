@@ -370,7 +370,12 @@ impl JobKind for Tuner {
 
     /// Writes the winner as the task's defaults (and its model as the task's, when the
     /// grid compared models).
-    async fn completed(&self, task: &str, saved: &SavedScores) -> Result<(), TuningError> {
+    async fn completed(
+        &self,
+        task: &str,
+        _: &TuneRequest,
+        saved: &SavedScores,
+    ) -> Result<(), TuningError> {
         match &saved.result {
             Some(result) => {
                 let model = result.best.configuration.model.as_deref();

@@ -304,6 +304,15 @@ async fn wait_progress(server: &TestServer, path: &str, done: u64) -> Value {
     }
 }
 
+/// Whether `server` logged resuming the stage-2 job of selection `id`.
+fn resumed_here(server: &TestServer, id: &str) -> bool {
+    let job = format!("stage2-{id}");
+    server
+        .log()
+        .lines()
+        .any(|line| line.contains("resuming a job whose lease lapsed") && line.contains(&job))
+}
+
 /// Stage 2 runs on one replica at a time and outlives it: a `continue` sent to a second
 /// replica starts no duplicate; when the runner is killed the second replica resumes
 /// from the saved batches, and when that one is killed too it resumes by itself once
@@ -331,13 +340,7 @@ async fn a_stage_two_outlives_killed_replicas_and_chooses_the_same_items() {
     first.kill();
     // The second replica resumes once the lease lapses, from the saved batches.
     let resumed = wait_progress(&second, &path, 32).await;
-    assert!(
-        second
-            .log()
-            .contains("resumed a vote-k stage 2 whose lease lapsed"),
-        "{}",
-        second.log()
-    );
+    assert!(resumed_here(&second, &id), "{}", second.log());
     assert!(resumed["progress"]["done"].as_u64() >= killed_at["progress"]["done"].as_u64());
     drop(first);
 
@@ -357,7 +360,61 @@ async fn a_stage_two_outlives_killed_replicas_and_chooses_the_same_items() {
     }
     let done = wait_complete(&server, &id).await;
     assert_eq!(ids(&done), whole);
-    assert!(server
-        .log()
-        .contains("resumed a vote-k stage 2 whose lease lapsed"));
+    assert!(resumed_here(&server, &id), "{}", server.log());
+}
+
+/// Stage 2 is a background job like an evaluation: it counts against the client's cap
+/// of running jobs, and a client at its cap is refused 429 until a job of its ends.
+#[tokio::test]
+async fn a_stage_two_counts_against_the_clients_running_jobs() {
+    let server = TestServer::start(&["--max-jobs-per-client", "1"]).await;
+    let request =
+        json!({"method": "vote-k", "budget": 8, "seed": 0, "params": {"k": 10, "stage_one": 2}});
+    let rows = sst2_task(&server, 40).await;
+    let (_, stage_one) = server
+        .post("/v1/tasks/sst2/selections", request.clone())
+        .await;
+    annotate(&server, &rows, &ids(&stage_one)).await;
+    let id = stage_one["id"].as_str().expect("id");
+
+    // The client's one job: a long evaluation in the background.
+    let rows: Vec<Value> = (0..200)
+        .map(|i| json!({"text": format!("a film, take {i}"), "label": "positive"}))
+        .collect();
+    let (status, evaluation) = server
+        .post(
+            "/v1/tasks/sst2/evaluate",
+            json!({"examples": rows, "k": 2, "background": true}),
+        )
+        .await;
+    assert_eq!(status, 202, "{evaluation}");
+    let continued = format!("/v1/tasks/sst2/selections/{id}/continue");
+    let (status, body) = server.post(&continued, json!({})).await;
+    assert_eq!((status, code(&body)), (429, "too_many_jobs"), "{body}");
+    let (_, waiting) = server.get(&format!("/v1/tasks/sst2/selections/{id}")).await;
+    assert_eq!(waiting["state"], "awaiting_annotation", "{waiting}");
+
+    let evaluation = format!(
+        "/v1/tasks/sst2/evaluations/{}",
+        evaluation["id"].as_str().expect("id")
+    );
+    let (status, body) = server.call(Method::DELETE, &evaluation, None).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("cancelled")));
+    let (status, started) = server.post(&continued, json!({})).await;
+    assert_eq!(
+        (status, started["state"].as_str()),
+        (202, Some("predicting"))
+    );
+    // Asked again while it runs: the same job, not a second one.
+    let (status, again) = server.post(&continued, json!({})).await;
+    assert!(
+        status == 202 || again["complete"] == true,
+        "{status} {again}"
+    );
+    assert_eq!(
+        wait_complete(&server, id).await["items"]
+            .as_array()
+            .map(Vec::len),
+        Some(8)
+    );
 }

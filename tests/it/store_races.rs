@@ -1,13 +1,14 @@
 //! Replicas writing the same row at once: creating one task, or saving one selection,
 //! from many connections together never fails on the key, and exactly one writer
 //! reports the task as created. On PostgreSQL, where update-then-insert raced. And one
-//! stage-2 lease: of replicas racing for it one wins, the others' saves are refused
+//! job's lease: of replicas racing for it one wins, the others' saves are refused
 //! until it lapses, and a lapsed runner cannot overwrite its successor's result. And a
 //! job cancelled while it runs: its runner's next save is refused and no replica
-//! resumes it.
+//! resumes it. And one job id started by racing replicas (vote-k's stage 2): one insert
+//! wins, and only a stopped job gives its id up.
 
 use crate::common::TestDatabase;
-use exemplar::store::{JobRow, Leased, RunningJobCaps, SelectionRow, Store};
+use exemplar::store::{JobRow, RunningJobCaps, SelectionRow, Store};
 
 /// Writers racing on each row.
 const WRITERS: usize = 8;
@@ -38,7 +39,6 @@ async fn race(url: &str) {
                 state: "complete".into(),
                 request: "{}".into(),
                 result: format!("{{\"w\":{w}}}"),
-                lease: None,
             };
             tokio::spawn(async move { store.put_selection("task0", &saved).await })
         });
@@ -48,28 +48,60 @@ async fn race(url: &str) {
     }
 }
 
-/// Replicas racing for one selection's stage-2 lease.
+/// A running job as stored.
+fn job_row(id: &str, result: &str) -> JobRow {
+    JobRow {
+        id: id.into(),
+        kind: "stage_two".into(),
+        state: "running".into(),
+        request: "{}".into(),
+        result: result.into(),
+        error: None,
+        lease: None,
+        created_at: 0,
+        updated_at: 0,
+        requester: Some("a client".into()),
+    }
+}
+
+/// No caps on running jobs.
+const UNCAPPED: RunningJobCaps = RunningJobCaps {
+    per_task: 0,
+    per_requester: 0,
+};
+
+/// Replicas racing to start one job id, then for its lease.
 async fn lease(url: &str) {
     let store = Store::connect(url).await.expect("store");
     store.put_task("task0", "{}").await.expect("task");
-    let row = |result: &str| SelectionRow {
-        id: "sel".into(),
-        method: "vote-k".into(),
-        state: "awaiting_annotation".into(),
-        request: "{}".into(),
-        result: result.into(),
-        lease: None,
-    };
-    store
-        .put_selection("task0", &row("{}"))
-        .await
-        .expect("saved");
+    let row = |result: &str| job_row("job", result);
+    // Every replica starts it at once, its lease already lapsed so that they race for
+    // it next.
+    let starters = (0..WRITERS).map(|w| {
+        let (store, job) = (store.clone(), row("{}"));
+        tokio::spawn(async move {
+            store
+                .insert_job("task0", &job, UNCAPPED, &format!("starter{w}"), -1)
+                .await
+                .expect("no starter fails")
+        })
+    });
+    let started = futures::future::join_all(starters).await;
+    assert_eq!(
+        started.into_iter().filter(|s| *s.as_ref().unwrap()).count(),
+        1,
+        "one insert of an id wins"
+    );
+    assert!(
+        !store.delete_stopped_job("task0", "job").await.unwrap(),
+        "a running job keeps its id"
+    );
     let takers = (0..WRITERS).map(|w| {
         let store = store.clone();
         tokio::spawn(async move {
             let owner = format!("replica{w}");
             let taken = store
-                .take_lease(Leased::Selections, "task0", "sel", &owner, 60)
+                .take_lease("task0", "job", &owner, 60)
                 .await
                 .expect("no taker fails");
             (owner, taken)
@@ -94,63 +126,70 @@ async fn lease(url: &str) {
         .0
         .clone();
     assert!(!store
-        .save_leased("task0", &row("{\"by\":\"loser\"}"), &loser, Some(60))
+        .save_leased_job("task0", &row("{\"by\":\"loser\"}"), &loser, Some(60))
         .await
         .unwrap());
     assert!(store
-        .renew_lease(Leased::Selections, "task0", "sel", &winner, 60)
+        .renew_lease("task0", "job", &winner, 60)
         .await
         .unwrap());
     // Live on the database's clock: nobody else takes it.
-    assert!(!store
-        .take_lease(Leased::Selections, "task0", "sel", &loser, 60)
-        .await
-        .unwrap());
-    assert!(store
-        .lapsed_leases(Leased::Selections)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(!store.take_lease("task0", "job", &loser, 60).await.unwrap());
+    assert!(store.lapsed_leases().await.unwrap().is_empty());
 
     // The winner stalls past its lease (renewed into the past on the database's
     // clock); the lease shows as lapsed, and the loser takes over and completes.
     assert!(store
-        .renew_lease(Leased::Selections, "task0", "sel", &winner, -1)
+        .renew_lease("task0", "job", &winner, -1)
         .await
         .unwrap());
-    let lapsed = store.lapsed_leases(Leased::Selections).await.unwrap();
+    let lapsed = store.lapsed_leases().await.unwrap();
     assert_eq!(
         lapsed.iter().map(|l| l.owner.as_str()).collect::<Vec<_>>(),
         [winner.as_str()]
     );
-    assert!(store
-        .take_lease(Leased::Selections, "task0", "sel", &loser, 60)
-        .await
-        .unwrap());
-    let complete = SelectionRow {
+    assert!(store.take_lease("task0", "job", &loser, 60).await.unwrap());
+    let complete = JobRow {
         state: "complete".into(),
         ..row("{\"by\":\"successor\"}")
     };
     assert!(store
-        .save_leased("task0", &complete, &loser, None)
+        .save_leased_job("task0", &complete, &loser, None)
         .await
         .unwrap());
     // The stalled runner wakes: its save is refused, the result stays.
     assert!(!store
-        .save_leased("task0", &row("{\"by\":\"stalled\"}"), &winner, None)
+        .save_leased_job("task0", &row("{\"by\":\"stalled\"}"), &winner, None)
         .await
         .unwrap());
-    let stored = store.selection("task0", "sel").await.unwrap().expect("row");
+    let stored = store.job("task0", "job").await.unwrap().expect("row");
     assert_eq!(
         (stored.state.as_str(), stored.result.as_str()),
         ("complete", "{\"by\":\"successor\"}")
     );
     assert_eq!(stored.lease, None, "a finished run ends its lease");
+    assert!(store.lapsed_leases().await.unwrap().is_empty());
+    assert!(
+        !store.delete_stopped_job("task0", "job").await.unwrap(),
+        "a complete job keeps its id"
+    );
+    let failed = JobRow {
+        state: "failed".into(),
+        ..row("{}")
+    };
+    store.put_task("task1", "{}").await.expect("task");
     assert!(store
-        .lapsed_leases(Leased::Selections)
+        .insert_job("task1", &failed, UNCAPPED, "runner", 60)
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap());
+    assert!(
+        store.delete_stopped_job("task1", "job").await.unwrap(),
+        "a failed job gives its id up"
+    );
+    assert!(store
+        .insert_job("task1", &row("{}"), UNCAPPED, "runner", 60)
+        .await
+        .unwrap());
 }
 
 /// A job cancelled under its runner.
@@ -212,9 +251,9 @@ async fn cancelled_job(url: &str) {
         (stored.state.as_str(), stored.result.as_str(), stored.lease),
         ("cancelled", "{\"done\":16}", None)
     );
-    assert!(store.lapsed_leases(Leased::Jobs).await.unwrap().is_empty());
+    assert!(store.lapsed_leases().await.unwrap().is_empty());
     assert!(!store
-        .take_lease(Leased::Jobs, "task0", "missing", "runner", 60)
+        .take_lease("task0", "missing", "runner", 60)
         .await
         .unwrap());
     assert_eq!(store.jobs("task0", "evaluation").await.unwrap().len(), 1);
@@ -234,13 +273,13 @@ async fn concurrent_upserts_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_stage_two_lease_holder_on_sqlite() {
+async fn one_job_starter_and_lease_holder_on_sqlite() {
     lease(&TestDatabase::sqlite().url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs PostgreSQL: scripts/test.sh starts one and runs this"]
-async fn one_stage_two_lease_holder_on_postgres() {
+async fn one_job_starter_and_lease_holder_on_postgres() {
     lease(&TestDatabase::postgres().await.url).await;
 }
 

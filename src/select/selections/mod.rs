@@ -7,52 +7,44 @@
 //! demonstrations retrieved from the annotated examples only, and the least confident
 //! are chosen bucket by bucket.
 //!
-//! Stage 2 predicts the whole pool (an hour for 3000 items on two cores), so the
-//! server runs it in the background (`stage_two.rs`): the call answers at once with
-//! state `predicting` and progress, and the selection is polled. One replica at a time
-//! runs it, the holder of a lease in the database; every batch of predictions is saved
-//! with the selection, so a stage 2 cut short by a crash is resumed where it stopped by
-//! whichever replica finds its lease lapsed.
+//! Stage 2 predicts the whole pool (an hour for 3000 items on two cores), so it is a
+//! background job like an evaluation (`stage_two.rs`, run by `crate::jobs`): the call
+//! answers at once with state `predicting` and progress, and the selection is polled.
+//! The job has one id per selection, so a repeated call answers the running job; its
+//! saved batches survive a crash, and any replica resumes it where it stopped.
 
-mod jobs;
 mod stage_two;
 mod state;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{first_pass, Method, ParamOverrides, Params, SelectError};
-use crate::jobs::{Interruption, JobRunner};
-use crate::predict::{PredictError, Predictor};
-use crate::store::{ItemKind, SelectionRow, StoreError};
-use crate::tasks::{Catalog, TaskError};
+use crate::jobs::{JobRunner, JobState, Jobs, RunError};
+use crate::predict::Predictor;
+use crate::store::{ItemKind, SelectionRow, StoreError, StoredItem};
+use crate::tasks::Catalog;
 
-pub use jobs::StageTwoProgress;
-pub use stage_two::stage_two_confidences;
+pub use stage_two::{stage_two_confidences, StageTwo, StageTwoProgress};
 pub use state::SelectionState;
 
-use jobs::{Job, Jobs};
+/// How often a stage 2 run inside the call is looked at for its progress.
+const IN_CALL_POLL: Duration = Duration::from_millis(500);
 
 /// What can go wrong with a selection.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectionError {
-    /// The task is unknown or a task operation failed.
+    /// The task, stage 2's predictions, its job or the database failed.
     #[error(transparent)]
-    Task(#[from] TaskError),
+    Run(RunError),
     /// A parameter is invalid or the pool too small.
     #[error(transparent)]
     Select(#[from] SelectError),
-    /// Stage 2's predictions failed.
-    #[error(transparent)]
-    Predict(#[from] PredictError),
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// No selection with that id.
     #[error("selection `{id}` does not exist in task `{task}`")]
     NotFound {
@@ -64,17 +56,15 @@ pub enum SelectionError {
     /// Vote-k's stage 2 scores labels, which the task lacks.
     #[error("vote-k's stage 2 ranks items by label confidence, and task `{0}` has no labels: use fast-vote-k or ideal")]
     NeedsLabels(String),
-    /// The server is shutting down; stage 2 stopped after saving its last batch.
-    #[error(
-        "stage 2 stopped because the server is shutting down; continue the selection to resume it"
-    )]
-    ShuttingDown,
+    /// Stage-1 items were annotated and their examples deleted since.
+    #[error("{missing} stage-1 items are no longer annotated: annotate them again, then continue the selection")]
+    StageOneUnannotated {
+        /// How many.
+        missing: usize,
+    },
     /// Work handed to a blocking thread died (it panicked).
     #[error("{0} was aborted")]
     Aborted(&'static str),
-    /// Another replica took over this stage 2 (this one's lease lapsed).
-    #[error("another replica took over this selection's stage 2")]
-    LeaseLost,
     /// A stored selection has a state this version does not know.
     #[error("selection `{id}` has the unknown state `{state}`")]
     UnknownState {
@@ -85,23 +75,7 @@ pub enum SelectionError {
     },
 }
 
-impl Interruption for SelectionError {
-    fn lease_lost() -> Self {
-        Self::LeaseLost
-    }
-
-    fn is_lease_lost(&self) -> bool {
-        matches!(self, Self::LeaseLost)
-    }
-
-    fn is_resumable(&self) -> bool {
-        match self {
-            Self::ShuttingDown | Self::Store(_) => true,
-            Self::Predict(error) => error.is_overloaded(),
-            _ => false,
-        }
-    }
-}
+crate::jobs::job_error!(SelectionError, <StageTwo as crate::jobs::JobKind>::KIND);
 
 /// A selection request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,7 +105,9 @@ struct Outcome {
     stage_one: Vec<String>,
     items: Vec<String>,
     timings: BTreeMap<String, f64>,
-    /// Stage 2's confidence per pool item so far; emptied once the stage is done.
+    /// Stage 2's confidences saved by runs that stopped (a failed job, or a version
+    /// whose stage 2 ran on the selection's row): the next job starts from them, and
+    /// empties this once complete.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     stage_two: BTreeMap<String, f64>,
 }
@@ -192,21 +168,18 @@ pub type Progress = Arc<dyn Fn(&str, usize, usize) + Send + Sync>;
 /// Where vote-k's stage 2 runs once a call starts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageTwoRun {
-    /// Inside the call, which answers the finished selection (the CLI).
+    /// The call waits for it and answers the finished selection (the CLI).
     InCall,
-    /// In a background task; the call answers at once (the server).
+    /// The call answers at once; the selection is polled (the server).
     Background,
 }
 
 /// Runs and stores selections.
 pub struct Selector {
     catalog: Arc<Catalog>,
-    predictor: Arc<Predictor>,
     stage_two_run: StageTwoRun,
-    /// Leases, background runs and shutdown for stage 2.
-    runner: Arc<JobRunner>,
-    /// Stage-2 runs of this process, by selection id.
-    jobs: Jobs,
+    /// Vote-k's stage-2 jobs.
+    stage_two: Arc<Jobs<StageTwo>>,
 }
 
 fn new_id() -> String {
@@ -214,36 +187,80 @@ fn new_id() -> String {
 }
 
 fn corrupt(e: serde_json::Error) -> SelectionError {
-    SelectionError::Store(StoreError::Corrupt(format!("selection: {e}")))
+    StoreError::Corrupt(format!("selection: {e}")).into()
+}
+
+/// A stored selection: its row, its request and what it chose so far.
+async fn load_selection(
+    catalog: &Catalog,
+    task: &str,
+    id: &str,
+) -> Result<(SelectionRow, Recorded, Outcome), SelectionError> {
+    catalog.definition(task).await?;
+    let row =
+        catalog
+            .store()
+            .selection(task, id)
+            .await?
+            .ok_or_else(|| SelectionError::NotFound {
+                task: task.to_owned(),
+                id: id.to_owned(),
+            })?;
+    let recorded = serde_json::from_str(&row.request).map_err(corrupt)?;
+    let outcome = serde_json::from_str(&row.result).map_err(corrupt)?;
+    Ok((row, recorded, outcome))
+}
+
+/// The stage-1 items already annotated, by id.
+async fn annotated_stage_one(
+    catalog: &Catalog,
+    task: &str,
+    outcome: &Outcome,
+) -> Result<HashMap<String, StoredItem>, SelectionError> {
+    let store = catalog.store();
+    let mut annotated = HashMap::new();
+    for item_id in &outcome.stage_one {
+        if let Some(item) = store.item(task, ItemKind::Example, item_id).await? {
+            annotated.insert(item_id.clone(), item);
+        }
+    }
+    Ok(annotated)
 }
 
 impl Selector {
     /// A selector over the catalog's tasks, predicting with `predictor` for vote-k, whose
-    /// stage 2 runs on `runner`.
+    /// stage-2 jobs run on `runner`.
     pub fn new(
         catalog: Arc<Catalog>,
         predictor: Arc<Predictor>,
         stage_two_run: StageTwoRun,
         runner: Arc<JobRunner>,
     ) -> Self {
+        let stage_two = StageTwo::new(Arc::clone(&catalog), predictor);
         Self {
+            stage_two: Arc::new(Jobs::new(stage_two, Arc::clone(&catalog), runner)),
             catalog,
-            predictor,
             stage_two_run,
-            runner,
-            jobs: Jobs::default(),
         }
     }
 
+    /// Vote-k's stage-2 jobs, resumed with the other kinds.
+    pub fn stage_two(&self) -> &Arc<Jobs<StageTwo>> {
+        &self.stage_two
+    }
+
     /// Makes a selection, answers a stored one for the same request and pool, or runs
-    /// vote-k's stage 2 once stage 1 is annotated.
+    /// vote-k's stage 2 once stage 1 is annotated, as a job of `requester` (an API key's
+    /// id or a client address).
     ///
     /// # Errors
-    /// On an unknown task, invalid parameters, a pool too small for the graph, or a
-    /// failing model or database.
+    /// On an unknown task, invalid parameters, a pool too small for the graph, a
+    /// requester, task or replica running as many jobs as it may, or a failing model or
+    /// database.
     pub async fn select(
-        self: &Arc<Self>,
+        &self,
         task: &str,
+        requester: &str,
         request: SelectionRequest,
         progress: Progress,
     ) -> Result<SelectionView, SelectionError> {
@@ -279,7 +296,9 @@ impl Selector {
                     .difference(&current)
                     .all(|id| stage_one.contains(id));
             if state_of(&row)? == SelectionState::AwaitingAnnotation && only_stage_one_left {
-                return self.continue_selection(task, &row.id, progress).await;
+                return self
+                    .continue_selection(task, &row.id, requester, progress)
+                    .await;
             }
         }
 
@@ -334,7 +353,6 @@ impl Selector {
             .to_owned(),
             request: serde_json::to_string(&recorded).map_err(corrupt)?,
             result: serde_json::to_string(&outcome).map_err(corrupt)?,
-            lease: None,
         };
         store.put_selection(task, &row).await?;
         self.view(task, &row, &recorded, &outcome).await
@@ -345,28 +363,86 @@ impl Selector {
     /// # Errors
     /// When the task or the selection does not exist.
     pub async fn get(&self, task: &str, id: &str) -> Result<SelectionView, SelectionError> {
-        let (row, recorded, outcome) = self.load(task, id).await?;
+        let (row, recorded, outcome) = load_selection(&self.catalog, task, id).await?;
         self.view(task, &row, &recorded, &outcome).await
     }
 
-    async fn load(
+    /// Starts vote-k's stage 2 of a stored selection once its stage-1 items are
+    /// annotated, as a job of `requester`, resuming from what its last run saved; inside
+    /// the call or in the background as the selector was made. Answers the selection as
+    /// it is then; while its job runs (on any replica), it answers that job's progress.
+    ///
+    /// # Errors
+    /// When the selection does not exist, the requester, the task or this replica runs
+    /// as many jobs as it may, or the model or the database fails.
+    pub async fn continue_selection(
         &self,
         task: &str,
         id: &str,
-    ) -> Result<(SelectionRow, Recorded, Outcome), SelectionError> {
-        self.catalog.definition(task).await?;
-        let row = self
-            .catalog
-            .store()
-            .selection(task, id)
-            .await?
-            .ok_or_else(|| SelectionError::NotFound {
-                task: task.to_owned(),
-                id: id.to_owned(),
-            })?;
-        let recorded = serde_json::from_str(&row.request).map_err(corrupt)?;
-        let outcome = serde_json::from_str(&row.result).map_err(corrupt)?;
-        Ok((row, recorded, outcome))
+        requester: &str,
+        progress: Progress,
+    ) -> Result<SelectionView, SelectionError> {
+        let (row, recorded, outcome) = load_selection(&self.catalog, task, id).await?;
+        if state_of(&row)? != SelectionState::AwaitingAnnotation
+            || annotated_stage_one(&self.catalog, task, &outcome)
+                .await?
+                .len()
+                < outcome.stage_one.len()
+        {
+            return self.view(task, &row, &recorded, &outcome).await;
+        }
+        let job_id = StageTwo::job_id(id);
+        match self.stage_two.stored(task, &job_id).await? {
+            Some(job) if job.running() => return self.get(task, id).await,
+            Some(job) if job.state == JobState::Complete => {
+                // It completed but its selection was not written (the replica died
+                // in between): write it now.
+                self.stage_two.kind().finish(task, id, &job.saved).await?;
+                return self.get(task, id).await;
+            }
+            // A run that failed gives way to a new one, which starts from the
+            // confidences it saved: they are kept on the selection meanwhile.
+            Some(job) => {
+                let mut kept = outcome;
+                kept.stage_two.extend(job.saved.confidences);
+                let row = SelectionRow {
+                    result: serde_json::to_string(&kept).map_err(corrupt)?,
+                    ..row
+                };
+                let store = self.catalog.store();
+                store.put_selection(task, &row).await?;
+                store.delete_stopped_job(task, &job_id).await?;
+            }
+            None => {}
+        }
+        let request = stage_two::StageTwoRequest {
+            selection: id.to_owned(),
+        };
+        self.stage_two
+            .start_as(task, requester, &job_id, request)
+            .await?;
+        if self.stage_two_run == StageTwoRun::InCall {
+            self.wait_for_stage_two(task, &job_id, &progress).await?;
+        }
+        self.get(task, id).await
+    }
+
+    /// Waits for a stage-2 job to end, reporting its saved progress.
+    async fn wait_for_stage_two(
+        &self,
+        task: &str,
+        job_id: &str,
+        progress: &Progress,
+    ) -> Result<(), SelectionError> {
+        while let Some(job) = self.stage_two.stored(task, job_id).await? {
+            let done = job.saved.progress();
+            progress("predicting the pool", done.done, done.of);
+            if !job.running() {
+                break;
+            }
+            tokio::time::sleep(IN_CALL_POLL).await;
+        }
+        Ok(())
     }
 
     async fn view(
@@ -397,24 +473,34 @@ impl Selector {
             });
         }
         let complete = state_of(row)? == SelectionState::Complete;
-        let job = self.jobs.get(&row.id);
-        let saved = saved_progress(recorded, outcome);
-        // A lapsed lease still names its runner: some replica resumes it within half a
-        // lease (this one, if no other), so it is still predicting.
-        let leased = row.lease.is_some();
+        let job = if complete || recorded.request.method != Method::VoteK {
+            None
+        } else {
+            self.stage_two
+                .stored(task, &StageTwo::job_id(&row.id))
+                .await?
+        };
         let (state, progress, error) = match job {
             _ if complete => (SelectionState::Complete, None, None),
-            // This process runs it: its progress is newer than the last saved batch.
-            Some(Job {
-                progress,
-                error: None,
-            }) => (SelectionState::Predicting, Some(progress), None),
-            _ if leased => (SelectionState::Predicting, Some(saved), None),
-            // Not running: with the reason the last run here failed, if it did.
-            job => (
+            Some(job) if job.running() => {
+                (SelectionState::Predicting, Some(job.saved.progress()), None)
+            }
+            // Not running: how far the last run got, and why it stopped if it failed.
+            Some(job) => {
+                let progress = job.saved.progress();
+                (
+                    SelectionState::AwaitingAnnotation,
+                    (progress.done > 0).then_some(progress),
+                    job.error,
+                )
+            }
+            None => (
                 SelectionState::AwaitingAnnotation,
-                (saved.done > 0).then_some(saved),
-                job.and_then(|job| job.error),
+                (!outcome.stage_two.is_empty()).then(|| StageTwoProgress {
+                    done: outcome.stage_two.len(),
+                    of: recorded.pool.len().saturating_sub(outcome.stage_one.len()),
+                }),
+                None,
             ),
         };
         let selection = format!("/v1/tasks/{task}/selections/{}", row.id);
@@ -456,14 +542,6 @@ fn state_of(row: &SelectionRow) -> Result<SelectionState, SelectionError> {
         id: row.id.clone(),
         state: row.state.clone(),
     })
-}
-
-/// Stage 2's progress as saved with the selection.
-fn saved_progress(recorded: &Recorded, outcome: &Outcome) -> StageTwoProgress {
-    StageTwoProgress {
-        done: outcome.stage_two.len(),
-        of: recorded.pool.len().saturating_sub(outcome.stage_one.len()),
-    }
 }
 
 fn method_name(method: Method) -> String {
