@@ -16,7 +16,7 @@ use crate::common::{free_port, metric_sample, repo_dir};
 use serde_json::{json, Value};
 
 /// The replicas' services in the compose file.
-const REPLICAS: [&str; 3] = ["exemplar-1", "exemplar-2", "exemplar-3"];
+pub(super) const REPLICAS: [&str; 3] = ["exemplar-1", "exemplar-2", "exemplar-3"];
 /// Examples imported through the balancer.
 const EXAMPLES: usize = 1000;
 /// Predictions of one task whose replicas are counted.
@@ -24,14 +24,16 @@ const AFFINITY_PREDICTIONS: usize = 8;
 /// Requests at least in each stream under which replicas are killed or restarted.
 const KILL_STREAM: usize = 200;
 /// A compose project of `docker/compose.yaml`, taken down with its volumes when dropped.
-struct Stack {
+pub(super) struct Stack {
     compose: Vec<String>,
     port: u16,
+    /// Settings of the compose file's own variables.
+    settings: Vec<(&'static str, String)>,
 }
 
 impl Stack {
     /// `docker compose` (v2) or `docker-compose` (v1), whichever this machine has.
-    fn new(project: &str, port: u16) -> Self {
+    pub(super) fn new(project: &str, port: u16) -> Self {
         let v2 = Command::new("docker")
             .args(["compose", "version"])
             .output()
@@ -48,28 +50,55 @@ impl Stack {
             "-p".into(),
             project.into(),
         ]);
-        Self { compose, port }
+        Self {
+            compose,
+            port,
+            settings: Vec::new(),
+        }
+    }
+
+    /// The stack with the compose file's variable `name` set to `value`.
+    pub(super) fn with(mut self, name: &'static str, value: &str) -> Self {
+        self.settings.push((name, value.to_owned()));
+        self
+    }
+
+    /// Starts the stack and waits until every replica is ready.
+    pub(super) fn up(&self) {
+        self.must(&["up", "-d", "--no-build"]);
+        for replica in REPLICAS {
+            self.wait_replica_ready(replica);
+        }
+    }
+
+    /// Makes compose commands on this project, from any thread.
+    pub(super) fn commands(&self) -> impl Fn(&[&str]) -> Command + Send + 'static {
+        let (compose, port, settings) = (self.compose.clone(), self.port, self.settings.clone());
+        move |args| {
+            let mut command = Command::new(&compose[0]);
+            command
+                .args(&compose[1..])
+                .args(args)
+                .env("EXEMPLAR_PORT", port.to_string())
+                .env("EXEMPLAR_IMAGE", IMAGE)
+                .env("EXEMPLAR_BOOTSTRAP_KEY", ADMIN_KEY)
+                .envs(settings.iter().map(|(name, value)| (name, value)));
+            command
+        }
     }
 
     /// A compose command on this project.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.compose[0]);
-        command
-            .args(&self.compose[1..])
-            .args(args)
-            .env("EXEMPLAR_PORT", self.port.to_string())
-            .env("EXEMPLAR_IMAGE", IMAGE)
-            .env("EXEMPLAR_BOOTSTRAP_KEY", ADMIN_KEY);
-        command
+    pub(super) fn command(&self, args: &[&str]) -> Command {
+        self.commands()(args)
     }
 
     /// Runs a compose command and returns its output.
-    fn run(&self, args: &[&str]) -> Output {
+    pub(super) fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("compose runs")
     }
 
     /// Runs a compose command that must succeed.
-    fn must(&self, args: &[&str]) {
+    pub(super) fn must(&self, args: &[&str]) {
         must(&mut self.command(args));
     }
 
@@ -117,7 +146,7 @@ impl Stack {
     }
 
     /// Waits until `replica` answers `/ready` with 200.
-    fn wait_replica_ready(&self, replica: &str) {
+    pub(super) fn wait_replica_ready(&self, replica: &str) {
         let deadline = Instant::now() + Duration::from_secs(180);
         while self
             .curl_on(replica, &["http://127.0.0.1:8080/ready"])
@@ -135,12 +164,18 @@ impl Stack {
     }
 
     /// The last lines the stack logged.
-    fn logs(&self) -> String {
+    pub(super) fn logs(&self) -> String {
         let output = self.run(&["logs", "--no-color", "--tail", "40"]);
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    fn url(&self, path: &str) -> String {
+    /// Everything `replica` logged.
+    pub(super) fn replica_log(&self, replica: &str) -> String {
+        let output = self.run(&["logs", "--no-color", replica]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub(super) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 }
@@ -176,10 +211,7 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
         &format!("exemplar-deploy-{}", std::process::id()),
         free_port(),
     );
-    stack.must(&["up", "-d", "--no-build"]);
-    for replica in REPLICAS {
-        stack.wait_replica_ready(replica);
-    }
+    stack.up();
     let client = Client::new();
     eprintln!(
         "stack up and ready at {:.0} s",
@@ -292,10 +324,7 @@ async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
 
     // (d) The database outlives `compose down` and `up`.
     stack.must(&["down", "-t", "30"]);
-    stack.must(&["up", "-d", "--no-build"]);
-    for replica in REPLICAS {
-        stack.wait_replica_ready(replica);
-    }
+    stack.up();
     assert_eq!(example_count(&stack, &client).await, expected);
     eprintln!(
         "data kept across down/up; whole deployment test {:.0} s",

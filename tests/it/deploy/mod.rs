@@ -1,17 +1,20 @@
 //! The Docker deployments as users run them, each spoken to through its one published
-//! port: `compose` (PostgreSQL, three replicas and nginx on one machine) and `swarm`
+//! port: `compose` (PostgreSQL, three replicas and nginx on one machine), `faults` (the
+//! same stack's database restarted and a job's replica killed under work) and `swarm`
 //! (`docker/stack.yaml` on a single-node swarm). Both build the image from the binary
 //! these tests were built with, and run one at a time.
 //!
 //! Skipped, with a message, only where no Docker daemon answers.
 
 mod compose;
+mod faults;
 mod swarm;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use crate::common::{read_jsonl, repo_dir, shared_dir};
@@ -84,6 +87,8 @@ fn build_image_now() {
 struct Client {
     http: reqwest::Client,
     retried: Arc<AtomicUsize>,
+    /// How many times each status was answered, retried ones included (0: no answer).
+    answered: Arc<Mutex<BTreeMap<u16, usize>>>,
 }
 
 impl Client {
@@ -98,7 +103,22 @@ impl Client {
                 .build()
                 .expect("HTTP client"),
             retried: Arc::new(AtomicUsize::new(0)),
+            answered: Arc::default(),
         }
+    }
+
+    /// The statuses answered since the last call, with how many times each was.
+    fn take_answered(&self) -> BTreeMap<u16, usize> {
+        std::mem::take(&mut *self.answered.lock().expect("statuses"))
+    }
+
+    fn count(&self, status: u16) {
+        *self
+            .answered
+            .lock()
+            .expect("statuses")
+            .entry(status)
+            .or_default() += 1;
     }
 
     /// The final status and answer of `method url body` after the retries.
@@ -116,13 +136,17 @@ impl Client {
             match request.send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
+                    self.count(status);
                     let value = response.json().await.unwrap_or(Value::Null);
                     if ![429, 502, 503].contains(&status) {
                         return (status, value);
                     }
                     last = (status, value);
                 }
-                Err(e) => last = (0, json!(e.to_string())),
+                Err(e) => {
+                    self.count(0);
+                    last = (0, json!(e.to_string()));
+                }
             }
         }
         last
