@@ -13,8 +13,8 @@ PostgreSQL under load, and soaks a server with mixed traffic.
                                                  retrievals and predictions: only 2xx/429,
                                                  peak RSS per quarter of the run
     scripts/faults.py kv-memory  [--trials 8]    that many completions at once of a 2700-token
-                                                 prompt and 512 new tokens, --kv-cache-mb 256:
-                                                 peak RSS against RSS at rest plus the budget
+                  [--prompt-tokens 2700]         prompt and 512 new tokens, --kv-cache-mb 256:
+                  [--new-tokens 512]             peak RSS against RSS at rest plus the budget
 
 Uses target/release/exemplar (build it first), the models under models/ and the SST-2
 rows of ../shared/data. Standard library only. Prints one summary line per scenario.
@@ -394,7 +394,7 @@ def scenario_soak(minutes):
     return not bad
 
 
-def scenario_kv_memory(clients):
+def scenario_kv_memory(clients, prompt_tokens, new_tokens):
     budget_mb = 256
     work = tempfile.mkdtemp()
     server = Server(f"sqlite://{work}/exemplar.db", "--kv-cache-mb", str(budget_mb))
@@ -402,21 +402,21 @@ def scenario_kv_memory(clients):
     call(server, "POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 2})
     rest = server.rss_mb()
     words = " ".join(r["text"] for r in rows(400)).split()
-    count = 2000
+    count = prompt_tokens * 3 // 4
     while True:
-        # Words until the prompt is 2700 tokens, give or take the last word.
+        # Words until the prompt is as long as asked, give or take the last word.
         prompt = " ".join(words[:count])
         status, tokens = call(server, "POST", "/v1/tokenize", {"text": prompt})
         assert status == 200, tokens
-        if len(tokens["ids"]) >= 2690:
+        if len(tokens["ids"]) >= prompt_tokens - 10:
             break
-        count += max(1, (2700 - len(tokens["ids"])) * count // len(tokens["ids"]) // 2)
+        count += max(1, (prompt_tokens - len(tokens["ids"])) * count // len(tokens["ids"]) // 2)
     answers, lock = [], threading.Lock()
 
     def client(c):
         # A different first word each, so that no two share a cached prefix.
         status, body = call(server, "POST", "/v1/completions",
-                            {"prompt": f"Client {c}. {prompt}", "max_tokens": 512,
+                            {"prompt": f"Client {c}. {prompt}", "max_tokens": new_tokens,
                              "temperature": 0.0}, timeout=3600)
         with lock:
             answers.append((status, (body or {}).get("usage", {})))
@@ -433,9 +433,9 @@ def scenario_kv_memory(clients):
     server.kill()
     statuses = sorted(status for status, _ in answers)
     prompt_tokens = max((u.get("prompt_tokens", 0) for _, u in answers), default=0)
-    new_tokens = sum(u.get("completion_tokens", 0) for _, u in answers)
-    print(f"kv-memory: {clients} completions at once of {prompt_tokens} prompt tokens and up to 512 "
-          f"new ({new_tokens} generated in all) with --kv-cache-mb {budget_mb}, in "
+    generated = sum(u.get("completion_tokens", 0) for _, u in answers)
+    print(f"kv-memory: {clients} completions at once of {prompt_tokens} prompt tokens and up to "
+          f"{new_tokens} new ({generated} generated in all) with --kv-cache-mb {budget_mb}, in "
           f"{time.time() - started:.0f} s; answers {statuses}; RSS at rest {rest:.0f} MB, peak "
           f"{peak:.0f} MB: {peak - rest:.0f} MB above rest against a budget of {budget_mb} MB")
     return all(status == 200 for status in statuses)
@@ -448,6 +448,8 @@ def main():
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--prompt-tokens", type=int, default=2700)
+    parser.add_argument("--new-tokens", type=int, default=512)
     args = parser.parse_args()
     if not os.access(BINARY, os.X_OK):
         sys.exit(f"no binary at {BINARY}: cargo build --release first")
@@ -457,7 +459,8 @@ def main():
         "evaluation": lambda: scenario_evaluation(args.trials),
         "postgres": lambda: scenario_postgres(args.seconds),
         "soak": lambda: scenario_soak(args.minutes),
-        "kv-memory": lambda: scenario_kv_memory(args.trials if args.trials != 20 else 8),
+        "kv-memory": lambda: scenario_kv_memory(args.trials if args.trials != 20 else 8,
+                                                args.prompt_tokens, args.new_tokens),
     }[args.scenario]()
     sys.exit(0 if ok else 1)
 
