@@ -123,7 +123,7 @@ impl Store {
         &self,
         task: &str,
         kind: ItemKind,
-        items: &[NewItem],
+        items: &[&NewItem],
         embedder: &str,
     ) -> Result<Vec<i64>, StoreError> {
         let now = now();

@@ -254,7 +254,8 @@ impl BatchWrite {
         if self.items.is_empty() {
             return Ok(Vec::new());
         }
-        let batch: Vec<NewItem> = self.items.iter().map(|(_, item)| item.clone()).collect();
+        // The rows themselves, not copies: a retry stores them again.
+        let batch: Vec<&NewItem> = self.items.iter().map(|(_, item)| item).collect();
         match self
             .store
             .insert_items(&self.task, self.kind, &batch, &self.embedder_id)
