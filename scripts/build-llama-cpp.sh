@@ -5,11 +5,19 @@
 # server sits beside the bench binary). Prints llama-bench's path on its last line; a
 # second run only prints it.
 #   LLAMA_CPP_PYTHON_VERSION  the package version (default below)
-#   LLAMA_CPP_DIR             where to build (default target/llama.cpp)
+#   LLAMA_CPP_ISA             native (default: every x86 extension this CPU lists) or
+#                             avx2 (AVX-512 off: the yardstick of `--cpu-features avx2`)
+#   LLAMA_CPP_DIR             where to build (default target/llama.cpp, or
+#                             target/llama.cpp-avx2 for the avx2 build)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-dest="${LLAMA_CPP_DIR:-$root/target/llama.cpp}"
+isa="${LLAMA_CPP_ISA:-native}"
+case "$isa" in
+  native) dest="${LLAMA_CPP_DIR:-$root/target/llama.cpp}" ;;
+  avx2) dest="${LLAMA_CPP_DIR:-$root/target/llama.cpp-avx2}" ;;
+  *) echo "build-llama-cpp: LLAMA_CPP_ISA is native or avx2, not $isa" >&2; exit 1 ;;
+esac
 bin="$dest/build/bin/llama-bench"
 server="$dest/build/bin/llama-server"
 fail() { echo "build-llama-cpp: $*" >&2; exit 1; }
@@ -36,11 +44,14 @@ cp -r "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$dest"
 # an invalid opcode), each only where this CPU lists it: on an AMD EPYC without
 # avx_vnni, naming them all made llama-bench die the same way.
 has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+# The avx2 build names no extension past AVX2 (AVX-512, AVX-VNNI), whatever the CPU
+# has: what a CPU of that tier (Zen 3, say) runs.
+wide() { [ "$isa" = native ] && has "$1" || echo OFF; }
 cmake -S "$dest" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
   -DGGML_AVX="$(has avx)" -DGGML_AVX2="$(has avx2)" -DGGML_FMA="$(has fma)" \
-  -DGGML_F16C="$(has f16c)" -DGGML_BMI2="$(has bmi2)" -DGGML_AVX512="$(has avx512f)" \
-  -DGGML_AVX512_VBMI="$(has avx512vbmi)" -DGGML_AVX512_VNNI="$(has avx512_vnni)" \
-  -DGGML_AVX_VNNI="$(has avx_vnni)" \
+  -DGGML_F16C="$(has f16c)" -DGGML_BMI2="$(has bmi2)" -DGGML_AVX512="$(wide avx512f)" \
+  -DGGML_AVX512_VBMI="$(wide avx512vbmi)" -DGGML_AVX512_VNNI="$(wide avx512_vnni)" \
+  -DGGML_AVX_VNNI="$(wide avx_vnni)" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
 cmake --build "$dest/build" --target llama-bench llama-server -j "$(nproc)" >&2
 [ -x "$bin" ] || fail "no llama-bench after the build"

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use crate::jobs::JobLimits;
+use crate::simd::CpuFeatures;
 
 /// Address the server listens on when none is given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -377,6 +378,11 @@ pub struct ModelConfig {
     /// is left, prompt prefixes and cached demonstrations kept for later requests.
     #[arg(long, env = "EXEMPLAR_KV_CACHE_MB", default_value_t = DEFAULT_KV_CACHE_MB)]
     pub kv_cache_mb: usize,
+
+    /// The widest instructions the kernels use: `native` (all this CPU has), or `avx2`
+    /// or `portable` to run as on a smaller CPU (the AVX2 tier measured on any machine).
+    #[arg(long, env = "EXEMPLAR_CPU_FEATURES", value_enum, default_value_t = CpuFeatures::Native)]
+    pub cpu_features: CpuFeatures,
 }
 
 /// One LLM to load: the name it is served as and where it is.
@@ -500,16 +506,18 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Sizes candle's two thread pools (rayon and its own) before either starts.
+    /// Sizes candle's two thread pools (rayon and its own) before either starts, and
+    /// caps the kernels' instructions at `--cpu-features` before any model loads.
     ///
     /// On small machines the pools compete for the same cores, so both get the same
     /// deliberate count rather than their own guesses.
-    pub fn apply_thread_count(&self) {
+    pub fn apply_to_process(&self) {
         if let Some(threads) = self.threads.filter(|&t| t > 0) {
             // Safe to set here: called from main before any other thread exists.
             std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
             std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
         }
+        crate::simd::limit(self.cpu_features);
     }
 }
 
@@ -526,6 +534,7 @@ mod tests {
             weights: WeightFormat::Q8_0,
             threads: None,
             kv_cache_mb: DEFAULT_KV_CACHE_MB,
+            cpu_features: CpuFeatures::Native,
         }
     }
 

@@ -145,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(mut config) => {
             config.read_secret_files()?;
             config.check()?;
-            config.models.apply_thread_count();
+            config.models.apply_to_process();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let listener = TcpListener::bind(config.addr)
@@ -160,30 +160,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => exemplar::client::predict::run(&args),
         Command::Tune(args) => exemplar::client::tune::run(&args),
         Command::Select(args) => {
-            args.models.apply_thread_count();
+            args.models.apply_to_process();
             tokio::runtime::Runtime::new()?.block_on(exemplar::select::cli::run(&args))
         }
         Command::Keys(args) => {
             tokio::runtime::Runtime::new()?.block_on(exemplar::auth::cli::run(&args))
         }
         Command::Experiment(Experiment::Icl(args)) => {
-            args.common.models.apply_thread_count();
+            args.common.models.apply_to_process();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::icl::run(&args))
         }
         Command::Experiment(Experiment::Selection(args)) => {
-            args.common.models.apply_thread_count();
+            args.common.models.apply_to_process();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::selection::run(&args))
         }
         Command::Experiment(Experiment::Vote(args)) => {
-            args.common.models.apply_thread_count();
+            args.common.models.apply_to_process();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::vote::run(&args))
         }
         Command::Experiment(Experiment::Order(args)) => {
-            args.common.models.apply_thread_count();
+            args.common.models.apply_to_process();
             tokio::runtime::Runtime::new()?.block_on(exemplar::experiments::order::run(&args))
         }
         Command::Bench(args) => {
-            args.models.apply_thread_count();
+            args.models.apply_to_process();
             exemplar::bench::run(&args)
         }
     }

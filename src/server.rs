@@ -112,6 +112,7 @@ pub fn load_models(
             architecture = llm.architecture(),
             path = %model_path.display(),
             weights = ?config.weights,
+            kernels = crate::quant::Isa::detect().name(),
             seconds = started.elapsed().as_secs_f32(),
             "LLM loaded"
         );

@@ -13,11 +13,47 @@
 //! nor fuses a multiply and an add unless the code says so, so the wider copy only does
 //! the same operations more at a time (the tests of each use pin it).
 
-/// Whether this CPU has AVX2 and FMA (detected once; the standard library caches it).
+use std::sync::OnceLock;
+
+/// The widest instructions the kernels may use: whatever the CPU has, or a lower tier
+/// forced (`--cpu-features`), to serve and measure on a large CPU as on a smaller one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum CpuFeatures {
+    /// Baseline x86-64 only: the portable kernels.
+    Portable,
+    /// Up to AVX2 and FMA, as on a CPU without AVX-512.
+    Avx2,
+    /// Everything this CPU has.
+    #[default]
+    Native,
+}
+
+static CEILING: OnceLock<CpuFeatures> = OnceLock::new();
+
+/// Caps the kernels at `features` for the rest of the process. Call it before any model
+/// loads (the weights are laid out for the kernels then); only the first call counts.
+pub fn limit(features: CpuFeatures) {
+    let _ = CEILING.set(features);
+}
+
+/// The cap [`limit`] set ([`CpuFeatures::Native`] when none).
+pub fn ceiling() -> CpuFeatures {
+    CEILING.get().copied().unwrap_or_default()
+}
+
+/// Whether the kernels may use AVX-512 where the CPU has it.
+pub fn allows_avx512() -> bool {
+    ceiling() == CpuFeatures::Native
+}
+
+/// Whether this CPU has AVX2 and FMA, and the kernels may use them (detected once; the
+/// standard library caches it).
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        ceiling() >= CpuFeatures::Avx2
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -16,11 +16,12 @@ use super::nibble::NibbleRow;
 use super::q6::Q6Row;
 use super::{Q8Rows, WeightRow, BLOCK};
 
-/// Whether this CPU has AVX-512 (F, BW, VL) with VNNI.
+/// Whether this CPU has AVX-512 (F, BW, VL) with VNNI, and the kernels may use it.
 pub(super) fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        crate::simd::allows_avx512()
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni")

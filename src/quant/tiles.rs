@@ -45,11 +45,13 @@ pub struct Q8Tiles {
 }
 
 impl Q8Tiles {
-    /// Whether this CPU runs the tiled kernel (AVX-512 F and BW with VNNI).
+    /// Whether this CPU runs the tiled kernel (AVX-512 F and BW with VNNI), and the
+    /// kernels may use it.
     pub fn supported() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx512f")
+            crate::simd::allows_avx512()
+                && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vnni")
         }

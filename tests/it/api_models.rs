@@ -531,3 +531,33 @@ async fn several_models_serve_their_own_tasks() {
         "the queue gauge names each model"
     );
 }
+
+/// `--cpu-features` caps the kernels' instructions, so that a large CPU serves (and is
+/// measured) as a smaller one: the log names the kernels, and a lower tier completes a
+/// prompt with the same tokens as the CPU's best.
+#[tokio::test]
+async fn a_lower_cpu_tier_serves_the_same_completion() {
+    let request =
+        json!({"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0.0});
+    let native = TestServer::start(&[]).await;
+    let (status, expected) = native.post("/v1/completions", request.clone()).await;
+    assert_eq!(status, 200, "{expected}");
+    drop(native);
+    for tier in ["avx2", "portable"] {
+        let server = TestServer::start(&["--cpu-features", tier]).await;
+        // Every machine this runs on has AVX2, so the tier asked for is the one used.
+        let log = server.log();
+        let kernels = format!("kernels=\"{tier}\"");
+        assert!(
+            log.lines()
+                .any(|line| line.contains("LLM loaded") && line.contains(&kernels)),
+            "{tier}: {log}"
+        );
+        let (status, answer) = server.post("/v1/completions", request.clone()).await;
+        assert_eq!(status, 200, "{tier}: {answer}");
+        assert_eq!(
+            answer["choices"][0]["text"], expected["choices"][0]["text"],
+            "{tier}"
+        );
+    }
+}
