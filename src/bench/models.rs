@@ -76,8 +76,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         vec![args.models.weights]
     };
     let threads = candle_core::utils::get_num_threads();
-    println!("threads: {threads}, device: {:?}", args.models.device);
-    kernels(args)?;
+    println!(
+        "threads: {threads}, device: {:?}, kernels: {}",
+        args.models.device,
+        Isa::detect().name()
+    );
+    kernels(args, threads)?;
     println!(
         "| weights | load s | prompt tok/s ({} tokens) | generation tok/s |",
         args.prompt_tokens
@@ -298,15 +302,52 @@ fn plot_against_llama_cpp(
     )
 }
 
+/// The clock `/proc/cpuinfo` reports, in GHz (a VM's is often the base clock).
+fn reported_ghz() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some(mhz / 1000.0)
+}
+
+/// The most int8 operations a second an instruction set's kernel can do on `threads`
+/// cores at `ghz`: two an int8 multiply-add, and per core and cycle 128 multiply-adds
+/// with VNNI (two 512-bit `vpdpbusd`), 64 with AVX2 (two 256-bit `vpmaddubsw`).
+fn peak_gops(isa: Isa, ghz: f64, threads: usize) -> Option<f64> {
+    let per_cycle = match isa {
+        Isa::Avx512Vnni => 128.0,
+        Isa::Avx2 => 64.0,
+        Isa::Portable => return None,
+    };
+    Some(2.0 * per_cycle * ghz * threads as f64)
+}
+
 /// Q8_0 matrix products of the model's shapes: candle's kernel against ours on each
-/// instruction set this CPU has, same threads, same run.
-fn kernels(args: &BenchArgs) -> anyhow::Result<()> {
+/// instruction set this CPU has, same threads, same run, with each one's share of its
+/// instruction set's peak.
+fn kernels(args: &BenchArgs, threads: usize) -> anyhow::Result<()> {
     let paths = Isa::available();
+    let ghz = reported_ghz();
     println!("\nQ8_0 matmul GOPS (2 x rows x cols x tokens / s), SmolLM2-135M shapes:");
+    if let Some(ghz) = ghz {
+        let peaks: Vec<String> = paths
+            .iter()
+            .filter_map(|&isa| {
+                peak_gops(isa, ghz, threads).map(|p| format!("{} {p:.0}", isa.name()))
+            })
+            .collect();
+        println!(
+            "peak int8 GOPS at the reported {ghz:.2} GHz x {threads} threads: {}; each \
+             cell: GOPS (x candle, share of its peak)",
+            peaks.join(", ")
+        );
+    }
     let mut names: Vec<&str> = paths.iter().map(|isa| isa.name()).collect();
     let tiled = Q8Tiles::supported();
+    let mut isas = paths.clone();
     if tiled {
         names.insert(0, "avx512-vnni, tiles of 16 rows");
+        isas.insert(0, Isa::Avx512Vnni);
     }
     println!("| rows x cols | tokens | candle | {} |", names.join(" | "));
     println!("|---|---|---|{}", "---|".repeat(names.len()));
@@ -344,9 +385,14 @@ fn kernels(args: &BenchArgs) -> anyhow::Result<()> {
                     Ok(ours.matmul_with(isa, &x, tokens))
                 })?);
             }
-            for time in times {
+            for (time, &isa) in times.into_iter().zip(&isas) {
+                let share = ghz
+                    .and_then(|ghz| peak_gops(isa, ghz, threads))
+                    .map_or(String::new(), |peak| {
+                        format!(", {:.0}%", 100.0 * gops(time) / peak)
+                    });
                 line.push_str(&format!(
-                    " {:.1} ({:.2}x) |",
+                    " {:.1} ({:.2}x{share}) |",
                     gops(time),
                     gops(time) / candle
                 ));

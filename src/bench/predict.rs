@@ -184,6 +184,31 @@ async fn start_peers(
     Ok(peers)
 }
 
+/// The ratios to llama.cpp's server, one client, exact prompts: the headline against
+/// the weights we run (the same arithmetic), the shipped file's beside it.
+fn print_against_peers(ratios: &[(&str, &str, f64)]) {
+    if ratios.is_empty() {
+        return;
+    }
+    let on = |weights: &str| {
+        ratios
+            .iter()
+            .filter(|(_, w, _)| *w == weights)
+            .map(|(title, _, ratio)| format!("{title} {ratio:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (same, shipped) = (on("our weights"), on("the shipped GGUF"));
+    if same.is_empty() {
+        println!("ours / llama.cpp's server on the same file (we serve it as shipped): {shipped}");
+    } else {
+        println!(
+            "ours / llama.cpp's server on the same file (our weights): {same}; \
+             on the shipped GGUF: {shipped}"
+        );
+    }
+}
+
 /// Predictions/s per data set: ours with 1 and 8 clients, and the peer pipelines'.
 fn plot_rates(path: &std::path::Path, rates: &[(&str, Vec<f64>)]) -> anyhow::Result<()> {
     let names = [
@@ -230,6 +255,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let data = super::data_root(args);
     let mut trec_prompt = String::new();
     let mut rates = Vec::new();
+    let mut against_peers = Vec::new();
     println!("| task, k = 8 | clients | predictions/s | p50 ms | p99 ms |\n|---|---|---|---|---|");
     for dataset in [&DATASETS[0], &DATASETS[1]] {
         let task = format!("{base}/v1/tasks/{}", dataset.name);
@@ -279,6 +305,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 rate / peer_rate
             );
             row_rates.push(peer_rate);
+            against_peers.push((dataset.title, *weights, rate / peer_rate));
         }
         if dataset.name == "trec" {
             trec_prompt = answers
@@ -380,6 +407,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rates.push((dataset.title, row_rates));
     }
     drop(peers);
+    print_against_peers(&against_peers);
     embedder_and_llm_at_once(&client, &base, &data).await?;
     if let Some(folder) = &args.plots {
         let picture = folder.join("predictions-per-second.svg");
