@@ -166,6 +166,13 @@ async fn restarts_reuse_embeddings_and_a_new_embedder_re_embeds() {
     let file = write_file(&sst2_lines(40));
     let output = import(&server, &file, 40).output().expect("import runs");
     assert!(output.status.success());
+    let pool: Vec<Value> = (0..12)
+        .map(|i| json!({"id": format!("pool{i}"), "text": format!("a film, take {i}")}))
+        .collect();
+    let (status, body) = server
+        .post("/v1/tasks/sst2/pool", json!({ "items": pool }))
+        .await;
+    assert_eq!(status, 201, "{body}");
     let query = json!({"text": text_of(&sst2_lines(1)[0]), "k": 3});
     let (_, before) = server.post("/v1/tasks/sst2/retrieve", query.clone()).await;
 
@@ -193,6 +200,29 @@ async fn restarts_reuse_embeddings_and_a_new_embedder_re_embeds() {
         before["demonstrations"][0]["id"], again["demonstrations"][0]["id"],
         "the same weights give the same neighbours"
     );
+    // The pool is re-embedded where a selection reads it, in the database too.
+    let (status, body) = server
+        .post(
+            "/v1/tasks/sst2/selections",
+            json!({"method": "ideal", "budget": 3, "params": {"k": 4}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let database = sqlx::SqlitePool::connect(&server.database_url)
+        .await
+        .expect("the test database opens");
+    let embedders = |table: &'static str| {
+        let database = database.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!("SELECT DISTINCT embedder FROM {table}"))
+                .fetch_all(&database)
+                .await
+                .expect("embedders")
+        }
+    };
+    let examples = embedders("examples").await;
+    assert_eq!(examples.len(), 1, "{examples:?}");
+    assert_eq!(embedders("pool_items").await, examples);
     let restarted = server.restart().await;
     let (status, _) = restarted.post("/v1/tasks/sst2/retrieve", query).await;
     assert_eq!(status, 200);
