@@ -202,11 +202,15 @@ def scenario_stage_two(trials):
         server = Server(f"sqlite://{work}/trial{trial}.db", "--job-lease-seconds", "2")
         path = start_stage_two(server, pool, request)
         target = random.randint(16, 48)
-        wait_selection(server, path, lambda s: (s.get("progress") or {}).get("done", 0) >= target
-                       or s["complete"])
+        at_kill = wait_selection(server, path,
+                                 lambda s: (s.get("progress") or {}).get("done", 0) >= target
+                                 or s["complete"])
+        done_at_kill = (at_kill.get("progress") or {}).get("done", 0)
         killed = time.time()
         server.restart()
-        wait_selection(server, path, lambda s: s["state"] != "awaiting_annotation")
+        # Resumed: a batch saved past what was saved before the kill.
+        wait_selection(server, path, lambda s: s["complete"]
+                       or (s.get("progress") or {}).get("done", 0) > done_at_kill)
         resume_seconds.append(time.time() - killed)
         done = wait_selection(server, path, lambda s: s["complete"])
         same += [i["id"] for i in done["items"]] == reference

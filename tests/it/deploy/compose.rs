@@ -9,9 +9,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{
-    build_image, docker_answers, import_and_predict, must, stream, Client, ADMIN_KEY, IMAGE, STACKS,
-};
+use super::{begin, import_and_predict, must, stream, Client, ADMIN_KEY, IMAGE};
 use crate::common::{free_port, metric_sample, repo_dir};
 use serde_json::{json, Value};
 
@@ -198,14 +196,9 @@ async fn example_count(stack: &Stack, client: &Client) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "builds Docker images and runs the compose stack (minutes); run with --include-ignored"]
 async fn the_compose_stack_serves_through_replica_loss_restarts_and_down_up() {
-    if !docker_answers() {
-        eprintln!("skipped: no Docker daemon answers `docker info`");
+    let Some((_turn, started)) = begin().await else {
         return;
-    }
-    let _one_stack = STACKS.lock().await;
-    let started = Instant::now();
-    build_image();
-    eprintln!("images built in {:.0} s", started.elapsed().as_secs_f64());
+    };
 
     let stack = Stack::new(
         &format!("exemplar-deploy-{}", std::process::id()),

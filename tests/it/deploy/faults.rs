@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::compose::{Stack, REPLICAS};
-use super::{build_image, docker_answers, import_and_predict, Client, STACKS};
+use super::{begin, import_and_predict, Client};
 use crate::common::{free_port, read_jsonl, shared_dir};
 
 /// Examples imported before the faults.
@@ -147,13 +147,9 @@ fn resumer_of(stack: &Stack, id: &str) -> Option<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "builds Docker images and runs the compose stack (minutes); run with --include-ignored"]
 async fn the_compose_stack_rides_out_a_database_restart_and_a_dead_job_runner() {
-    if !docker_answers() {
-        eprintln!("skipped: no Docker daemon answers `docker info`");
+    let Some((_turn, started)) = begin().await else {
         return;
-    }
-    let _one_stack = STACKS.lock().await;
-    let started = Instant::now();
-    build_image();
+    };
     let stack = Stack::new(
         &format!("exemplar-faults-{}", std::process::id()),
         free_port(),

@@ -273,3 +273,18 @@ async fn import_and_predict(
 /// Held by a test while its stack runs: two stacks at once would share two cores and
 /// the published ports' range, and slow each other past their timeouts.
 static STACKS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What every deployment test does first: nothing where no Docker daemon answers (the
+/// test is skipped, with a message), else wait for its turn to run a stack and build
+/// the image. Answers the turn, held while the test runs, and when the test began.
+async fn begin() -> Option<(tokio::sync::MutexGuard<'static, ()>, std::time::Instant)> {
+    if !docker_answers() {
+        eprintln!("skipped: no Docker daemon answers `docker info`");
+        return None;
+    }
+    let turn = STACKS.lock().await;
+    let started = std::time::Instant::now();
+    build_image();
+    eprintln!("images built in {:.0} s", started.elapsed().as_secs_f64());
+    Some((turn, started))
+}

@@ -11,9 +11,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{
-    build_image, docker_answers, import_and_predict, must, stream, Client, ADMIN_KEY, IMAGE, STACKS,
-};
+use super::{begin, import_and_predict, must, stream, Client, ADMIN_KEY, IMAGE};
 use crate::common::{free_port, repo_dir};
 
 /// The stack's name; its services are `{STACK}_postgres` and `{STACK}_exemplar`.
@@ -175,13 +173,9 @@ impl Drop for Swarm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "builds Docker images and runs a swarm stack (minutes); run with --include-ignored"]
 async fn the_swarm_stack_deploys_serves_and_updates_replicas_one_at_a_time_under_load() {
-    if !docker_answers() {
-        eprintln!("skipped: no Docker daemon answers `docker info`");
+    let Some((_turn, started)) = begin().await else {
         return;
-    }
-    let _one_stack = STACKS.lock().await;
-    let started = Instant::now();
-    build_image();
+    };
     let Some(swarm) = Swarm::deploy(free_port()) else {
         eprintln!("skipped: this machine is in a swarm already, which the test leaves alone");
         return;
