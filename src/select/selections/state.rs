@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// Where a selection stands, as stored (`awaiting_annotation` or `complete`) and as
-/// answered (also `predicting`, while some replica holds its stage-2 lease).
+/// answered (also `predicting`, while its stage-2 job runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SelectionState {
