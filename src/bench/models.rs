@@ -342,12 +342,12 @@ fn kernels(args: &BenchArgs, threads: usize) -> anyhow::Result<()> {
             peaks.join(", ")
         );
     }
-    let mut names: Vec<&str> = paths.iter().map(|isa| isa.name()).collect();
-    let tiled = Q8Tiles::supported();
+    let mut names: Vec<String> = paths.iter().map(|isa| isa.name().to_owned()).collect();
+    let tiled = Q8Tiles::isa();
     let mut isas = paths.clone();
-    if tiled {
-        names.insert(0, "avx512-vnni, tiles of 16 rows");
-        isas.insert(0, Isa::Avx512Vnni);
+    if let Some(isa) = tiled {
+        names.insert(0, format!("{}, tiles of 16 rows", isa.name()));
+        isas.insert(0, isa);
     }
     println!("| rows x cols | tokens | candle | {} |", names.join(" | "));
     println!("|---|---|---|{}", "---|".repeat(names.len()));
@@ -356,7 +356,7 @@ fn kernels(args: &BenchArgs, threads: usize) -> anyhow::Result<()> {
             .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
             .collect();
         let ours = Q8Matrix::quantize(&weights, rows, cols)?;
-        let ours_tiled = tiled.then(|| Q8Tiles::from_rows(&ours));
+        let ours_tiled = tiled.map(|_| Q8Tiles::from_rows(&ours));
         let theirs = QMatMul::from_qtensor(QTensor::quantize(
             &Tensor::from_vec(weights, (rows, cols), &Device::Cpu)?,
             GgmlDType::Q8_0,

@@ -11,8 +11,8 @@
 //! on the widest instructions this CPU has, found at run time ([`Isa::detect`]): AVX-512
 //! VNNI, AVX2, or portable Rust. Every path computes the same integer sums bit for bit
 //! (the property tests in [`scalar`] pin it); only the order of the float accumulation
-//! differs. Where the CPU has AVX-512 VNNI, the LLM's Q8_0 matrices are repacked in
-//! tiles of 16 rows ([`Q8Tiles`]), whose kernel needs no horizontal sums.
+//! differs. Where the CPU has AVX-512 VNNI or AVX2, the LLM's Q8_0 matrices are
+//! repacked in tiles of 16 rows ([`Q8Tiles`]), whose kernels need no horizontal sums.
 //!
 //! The files: [`q8`], [`nibble`] and [`q6`] hold the formats, [`activations`] the
 //! quantized activations, [`product`] the driver every format's product runs through

@@ -113,7 +113,7 @@ impl Q8Matrix {
 }
 
 /// Q8_0 weights laid out for the best kernel this CPU has: tiles of rows where it has
-/// AVX-512 VNNI ([`Q8Tiles`]), rows elsewhere. Both give the same integer sums.
+/// AVX-512 VNNI or AVX2 ([`Q8Tiles`]), rows elsewhere. Both give the same integer sums.
 pub enum Q8Weights {
     /// Row by row.
     Rows(Q8Matrix),

@@ -1,4 +1,4 @@
-//! Q8_0 weights repacked in tiles of 16 rows, for AVX-512 VNNI: a register-tiled product.
+//! Q8_0 weights repacked in tiles of 16 rows, for AVX-512 VNNI (and AVX2): a register-tiled product.
 //!
 //! The row kernels ([`super::Q8Matrix`]) multiply one weight row by a few tokens and
 //! end each dot product with a horizontal sum; half their instructions move signs and
@@ -12,17 +12,29 @@
 //! `vpdpbusd` takes unsigned weight bytes, so each weight is stored plus 128 (0 to
 //! 255, -128 included) and the block's sum corrected by 128 times the activations'
 //! sum. The integer sums are exact, equal to [`super::scalar::block_dot`].
+//!
+//! Where the kernels may use AVX2 but not AVX-512 (`--cpu-features avx2`, or a CPU
+//! without it), the same tiles run eight rows to a 256-bit register: the stored byte's
+//! top bit flipped gives the signed weight back, and llama.cpp's `vpmaddubsw` trick
+//! ([`super::avx2`]: `|w|` times `x` with `w`'s sign) multiplies without saturating.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{Q8Matrix, Q8Rows, SharedOut, BLOCK};
+use super::{Isa, Q8Matrix, Q8Rows, SharedOut, BLOCK};
 
 /// Rows in a tile: one 512-bit register of 32-bit sums.
 pub const ROWS: usize = 16;
 
 /// Tokens computed together, each weight register loaded once for all of them.
 const TOKENS: usize = 8;
+
+/// Tokens computed together by the AVX2 kernel: its sixteen registers hold four
+/// tokens' sums and accumulators beside the weights.
+const AVX2_TOKENS: usize = 4;
+
+/// Rows in one 256-bit register of 32-bit sums: half a tile.
+const HALF: usize = ROWS / 2;
 
 /// Groups of four values in a block: one `vpdpbusd` each.
 const GROUPS: usize = BLOCK / 4;
@@ -44,21 +56,37 @@ pub struct Q8Tiles {
     tiles: Vec<Tile>,
 }
 
+/// Whether the kernels may use AVX-512 F and BW with VNNI here.
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::simd::allows_avx512()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl Q8Tiles {
-    /// Whether this CPU runs the tiled kernel (AVX-512 F and BW with VNNI), and the
-    /// kernels may use it.
+    /// The instructions the tiled kernel runs on here: AVX-512 VNNI, else AVX2 (with
+    /// FMA), else none (the rows are kept as rows).
+    pub fn isa() -> Option<Isa> {
+        if vnni() {
+            Some(Isa::Avx512Vnni)
+        } else if crate::simd::has_avx2_fma() {
+            Some(Isa::Avx2)
+        } else {
+            None
+        }
+    }
+
+    /// Whether this CPU runs a tiled kernel, and the kernels may use it.
     pub fn supported() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            crate::simd::allows_avx512()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        Self::isa().is_some()
     }
 
     /// The same matrix, repacked.
@@ -126,8 +154,25 @@ impl Q8Tiles {
     /// When `x` is not `tokens * cols` long, or the CPU lacks the kernel's
     /// instructions ([`Q8Tiles::supported`]).
     pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        let isa = Self::isa().expect("the tiled kernels need AVX-512 VNNI or AVX2");
+        self.matmul_with(isa, x, tokens)
+    }
+
+    /// Like [`Q8Tiles::matmul`] on a chosen kernel, [`Isa::Avx512Vnni`] or [`Isa::Avx2`]
+    /// (benchmarks and tests compare them).
+    ///
+    /// # Panics
+    /// As [`Q8Tiles::matmul`], and when the CPU lacks the chosen kernel's instructions
+    /// or it is the portable one.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "activations of the wrong size");
-        assert!(Self::supported(), "the tiled kernel needs AVX-512 VNNI");
+        let runs_here = match isa {
+            Isa::Avx512Vnni => vnni(),
+            Isa::Avx2 => crate::simd::has_avx2_fma(),
+            Isa::Portable => false,
+        };
+        assert!(runs_here, "no {} tiled kernel runs here", isa.name());
+        let vnni_kernel = isa == Isa::Avx512Vnni;
         let acts = Q8Rows::quantize(x, tokens, self.cols);
         let sums = block_sums(&acts);
         let mut out = vec![0f32; tokens * self.rows];
@@ -137,25 +182,25 @@ impl Q8Tiles {
             for t in tiles {
                 let tile_blocks = &self.tiles[t * blocks..(t + 1) * blocks];
                 let valid = ROWS.min(self.rows - t * ROWS);
+                let write = |token: usize, row: usize, value: f32| {
+                    if row < valid {
+                        // SAFETY: each (token, row) of this tile is written by this
+                        // work item only.
+                        unsafe { shared.write(token * self.rows + t * ROWS + row, value) };
+                    }
+                };
                 let mut first = 0;
                 while first < tokens {
-                    let width = TOKENS.min(tokens - first);
+                    let width = if vnni_kernel { TOKENS } else { AVX2_TOKENS }.min(tokens - first);
                     // SAFETY: the CPU has the instructions (asserted above), the tokens
                     // are inside `acts`, and each (token, row) of this tile is written
                     // by this work item only.
                     unsafe {
-                        tile_product(
-                            tile_blocks,
-                            &acts,
-                            &sums,
-                            first,
-                            width,
-                            |token, row, value| {
-                                if row < valid {
-                                    shared.write(token * self.rows + t * ROWS + row, value);
-                                }
-                            },
-                        );
+                        if vnni_kernel {
+                            tile_product(tile_blocks, &acts, &sums, first, width, write);
+                        } else {
+                            tile_product_avx2(tile_blocks, &acts, first, width, write);
+                        }
                     }
                     first += width;
                 }
@@ -287,6 +332,133 @@ unsafe fn tile_dots<const N: usize>(
     out
 }
 
+/// [`tile_product`] on the AVX2 kernel ([`tile_dots_avx2`]), `width` 1 to
+/// [`AVX2_TOKENS`].
+///
+/// # Safety
+/// As [`tile_dots_avx2`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_product_avx2(
+    tiles: &[Tile],
+    acts: &Q8Rows,
+    first: usize,
+    width: usize,
+    mut write: impl FnMut(usize, usize, f32),
+) {
+    let mut emit = |dots: &[[f32; ROWS]]| {
+        for (j, rows) in dots.iter().enumerate() {
+            for (r, &v) in rows.iter().enumerate() {
+                write(first + j, r, v);
+            }
+        }
+    };
+    // SAFETY (each call): the caller's promise.
+    unsafe {
+        match width {
+            4 => emit(&tile_dots_avx2::<4>(tiles, acts, first)),
+            3 => emit(&tile_dots_avx2::<3>(tiles, acts, first)),
+            2 => emit(&tile_dots_avx2::<2>(tiles, acts, first)),
+            _ => emit(&tile_dots_avx2::<1>(tiles, acts, first)),
+        }
+    }
+}
+
+/// Never called off x86-64: [`Q8Tiles::supported`] is false there.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_product_avx2(
+    _: &[Tile],
+    _: &Q8Rows,
+    _: usize,
+    _: usize,
+    _: impl FnMut(usize, usize, f32),
+) {
+    unreachable!("the tiled kernel runs on x86-64 only")
+}
+
+/// Eight 32-bit sums, one per row of a half tile, of a group of four weights of each
+/// row (`stored`, as the tile keeps them) times four activation bytes `x` broadcast.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn group_sums(signed_w: __m256i, abs_w: __m256i, x: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(x, signed_w));
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+}
+
+/// A half tile's weights of group `g` as signed bytes and their magnitudes.
+///
+/// # Safety
+/// `g < GROUPS` and `half < 2`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn half_group(tile: &Tile, g: usize, half: usize) -> (__m256i, __m256i) {
+    // SAFETY: the 32 bytes lie inside the tile's quants, 32-byte aligned (the tile is
+    // 64-byte aligned and each group is 64 bytes).
+    let stored = unsafe {
+        _mm256_load_si256(
+            tile.quants
+                .as_ptr()
+                .add((g * ROWS + half * HALF) * 4)
+                .cast(),
+        )
+    };
+    // The stored byte is the weight plus 128: its top bit flipped is the weight.
+    let w = _mm256_xor_si256(stored, _mm256_set1_epi8(i8::MIN));
+    (w, _mm256_sign_epi8(w, w))
+}
+
+/// The products of one row tile (its blocks in order) with tokens `first..first + N`,
+/// eight rows at a time on AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; tokens `first..first + N` must be rows of `acts`,
+/// whose rows are as long as the tiles' blocks cover.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_dots_avx2<const N: usize>(
+    tiles: &[Tile],
+    acts: &Q8Rows,
+    first: usize,
+) -> [[f32; ROWS]; N] {
+    let cols = acts.cols;
+    let blocks = acts.blocks_per_row();
+    debug_assert!(tiles.len() == blocks && first + N <= acts.rows);
+    let xq = acts.quants.as_ptr();
+    let mut out = [[0f32; ROWS]; N];
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, tile) in tiles.iter().enumerate() {
+            let mut sums = [_mm256_setzero_si256(); N];
+            for g in 0..GROUPS {
+                // SAFETY: `g` and `half` are in range.
+                let (w, abs_w) = unsafe { half_group(tile, g, half) };
+                for (j, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: token `first + j`'s block `b` is inside `acts` (the
+                    // caller's promise); four bytes read unaligned.
+                    let x = unsafe {
+                        let at = xq.add((first + j) * cols + b * BLOCK + g * 4);
+                        _mm256_set1_epi32(at.cast::<i32>().read_unaligned())
+                    };
+                    *sum = _mm256_add_epi32(*sum, group_sums(w, abs_w, x));
+                }
+            }
+            // SAFETY: the half's eight scales lie inside the tile's sixteen.
+            let dw = unsafe { _mm256_loadu_ps(tile.scales.as_ptr().add(half * HALF)) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let scale =
+                    _mm256_mul_ps(dw, _mm256_set1_ps(acts.scales[(first + j) * blocks + b]));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[j]), scale, *acc);
+            }
+        }
+        for (row, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: the half's eight f32 lie inside the row's sixteen.
+            unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(half * HALF), acc) };
+        }
+    }
+    out
+}
+
 /// The exact integer sums of one token's blocks with each of the 16 rows of a row
 /// tile, by the same instructions as the kernel: `[block][row]`.
 ///
@@ -362,7 +534,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn tiled_integer_sums_equal_the_scalar_ones_bit_for_bit() {
-        if !Q8Tiles::supported() {
+        if !vnni() {
             return;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -397,11 +569,61 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_tiled_product_equals_the_row_kernels() {
-        if !Q8Tiles::supported() {
+    fn the_avx2_tiles_integer_sums_equal_the_scalar_ones_bit_for_bit() {
+        if !crate::simd::has_avx2_fma() {
             return;
         }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for trial in 0..200 {
+            let (rows, blocks) = (1 + trial % 20, 1 + trial % 5);
+            let cols = blocks * BLOCK;
+            let matrix = Q8Matrix {
+                rows,
+                cols,
+                scales: vec![1.0; rows * blocks],
+                quants: weights_with_extremes(&mut rng, rows * cols),
+            };
+            let tiles = Q8Tiles::from_rows(&matrix);
+            // One token, block by block with unit scales: each output is one block's
+            // integer sum, exact in f32 (at most 32 x 128 x 127).
+            for b in 0..blocks {
+                let mut x = vec![0i8; cols];
+                for q in &mut x[b * BLOCK..(b + 1) * BLOCK] {
+                    *q = rng.gen_range(-127..=127);
+                }
+                let acts = Q8Rows {
+                    rows: 1,
+                    cols,
+                    scales: vec![1.0; blocks],
+                    quants: x.clone(),
+                    sums: Vec::new(),
+                    scales_x8: Vec::new(),
+                };
+                for t in 0..rows.div_ceil(ROWS) {
+                    // SAFETY: checked above that the CPU has the instructions; the
+                    // token is the one row of `acts`.
+                    let [got] = unsafe {
+                        tile_dots_avx2::<1>(&tiles.tiles[t * blocks..(t + 1) * blocks], &acts, 0)
+                    };
+                    for (r, &sum) in got.iter().enumerate() {
+                        let row = t * ROWS + r;
+                        let want = if row < rows {
+                            let range = row * cols + b * BLOCK..row * cols + (b + 1) * BLOCK;
+                            scalar::block_dot(&matrix.quants[range], &x[b * BLOCK..][..BLOCK])
+                        } else {
+                            0
+                        };
+                        assert_eq!(sum, want as f32, "trial {trial}, row {row}, block {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_tiled_product_equals_the_row_kernels() {
         // Rows that do not fill the last tile, token counts that do not fill the
         // last group of eight, one token (decoding).
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -411,11 +633,18 @@ mod tests {
                 .map(|_| rng.gen_range(-1.0..1.0))
                 .collect();
             let matrix = Q8Matrix::quantize(&values, rows, cols).expect("quantizes");
-            let want = matrix.matmul_with(super::super::Isa::Portable, &x, tokens);
-            let got = Q8Tiles::from_rows(&matrix).matmul(&x, tokens);
-            assert_eq!(got.len(), want.len());
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-4, "{rows}x{cols}x{tokens}: {g} vs {w}");
+            let want = matrix.matmul_with(Isa::Portable, &x, tokens);
+            let tiles = Q8Tiles::from_rows(&matrix);
+            for isa in [Isa::Avx512Vnni, Isa::Avx2] {
+                if isa == Isa::Avx512Vnni && !vnni() || !crate::simd::has_avx2_fma() {
+                    continue;
+                }
+                let got = tiles.matmul_with(isa, &x, tokens);
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    let shape = format!("{rows}x{cols}x{tokens} on {}", isa.name());
+                    assert!((g - w).abs() < 1e-4, "{shape}: {g} vs {w}");
+                }
             }
         }
     }
