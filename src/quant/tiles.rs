@@ -174,7 +174,12 @@ impl Q8Tiles {
         assert!(runs_here, "no {} tiled kernel runs here", isa.name());
         let vnni_kernel = isa == Isa::Avx512Vnni;
         let acts = Q8Rows::quantize(x, tokens, self.cols);
-        let sums = block_sums(&acts);
+        // The +128 correction is the VNNI kernel's only.
+        let sums = if vnni_kernel {
+            block_sums(&acts)
+        } else {
+            Vec::new()
+        };
         let mut out = vec![0f32; tokens * self.rows];
         let shared = SharedOut::new(&mut out);
         let blocks = self.cols / BLOCK;
@@ -196,11 +201,7 @@ impl Q8Tiles {
                     // are inside `acts`, and each (token, row) of this tile is written
                     // by this work item only.
                     unsafe {
-                        if vnni_kernel {
-                            tile_product(tile_blocks, &acts, &sums, first, width, write);
-                        } else {
-                            tile_product_avx2(tile_blocks, &acts, first, width, write);
-                        }
+                        tile_product(vnni_kernel, tile_blocks, &acts, &sums, first, width, write);
                     }
                     first += width;
                 }
@@ -218,13 +219,15 @@ fn block_sums(acts: &Q8Rows) -> Vec<i32> {
         .collect()
 }
 
-/// Runs [`tile_dots`] for `width` (1 to [`TOKENS`]) tokens from `first`, each width its
-/// own unrolled kernel, and hands every (token, row, value) to `write`.
+/// Runs [`tile_dots`] (`vnni`) or [`tile_dots_avx2`] for `width` tokens from `first`
+/// (1 to [`TOKENS`], or to [`AVX2_TOKENS`]), each width its own unrolled kernel, and
+/// hands every (token, row, value) to `write`.
 ///
 /// # Safety
-/// As [`tile_dots`].
+/// As the kernel's.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_product(
+    vnni: bool,
     tiles: &[Tile],
     acts: &Q8Rows,
     sums: &[i32],
@@ -241,15 +244,24 @@ unsafe fn tile_product(
     };
     // SAFETY (each call): the caller's promise.
     unsafe {
-        match width {
-            8 => emit(&tile_dots::<8>(tiles, acts, sums, first)),
-            7 => emit(&tile_dots::<7>(tiles, acts, sums, first)),
-            6 => emit(&tile_dots::<6>(tiles, acts, sums, first)),
-            5 => emit(&tile_dots::<5>(tiles, acts, sums, first)),
-            4 => emit(&tile_dots::<4>(tiles, acts, sums, first)),
-            3 => emit(&tile_dots::<3>(tiles, acts, sums, first)),
-            2 => emit(&tile_dots::<2>(tiles, acts, sums, first)),
-            _ => emit(&tile_dots::<1>(tiles, acts, sums, first)),
+        if vnni {
+            match width {
+                8 => emit(&tile_dots::<8>(tiles, acts, sums, first)),
+                7 => emit(&tile_dots::<7>(tiles, acts, sums, first)),
+                6 => emit(&tile_dots::<6>(tiles, acts, sums, first)),
+                5 => emit(&tile_dots::<5>(tiles, acts, sums, first)),
+                4 => emit(&tile_dots::<4>(tiles, acts, sums, first)),
+                3 => emit(&tile_dots::<3>(tiles, acts, sums, first)),
+                2 => emit(&tile_dots::<2>(tiles, acts, sums, first)),
+                _ => emit(&tile_dots::<1>(tiles, acts, sums, first)),
+            }
+        } else {
+            match width {
+                4 => emit(&tile_dots_avx2::<4>(tiles, acts, first)),
+                3 => emit(&tile_dots_avx2::<3>(tiles, acts, first)),
+                2 => emit(&tile_dots_avx2::<2>(tiles, acts, first)),
+                _ => emit(&tile_dots_avx2::<1>(tiles, acts, first)),
+            }
         }
     }
 }
@@ -257,6 +269,7 @@ unsafe fn tile_product(
 /// Never called off x86-64: [`Q8Tiles::supported`] is false there.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile_product(
+    _: bool,
     _: &[Tile],
     _: &Q8Rows,
     _: &[i32],
@@ -330,49 +343,6 @@ unsafe fn tile_dots<const N: usize>(
         unsafe { _mm512_storeu_ps(row.as_mut_ptr(), sum) };
     }
     out
-}
-
-/// [`tile_product`] on the AVX2 kernel ([`tile_dots_avx2`]), `width` 1 to
-/// [`AVX2_TOKENS`].
-///
-/// # Safety
-/// As [`tile_dots_avx2`].
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile_product_avx2(
-    tiles: &[Tile],
-    acts: &Q8Rows,
-    first: usize,
-    width: usize,
-    mut write: impl FnMut(usize, usize, f32),
-) {
-    let mut emit = |dots: &[[f32; ROWS]]| {
-        for (j, rows) in dots.iter().enumerate() {
-            for (r, &v) in rows.iter().enumerate() {
-                write(first + j, r, v);
-            }
-        }
-    };
-    // SAFETY (each call): the caller's promise.
-    unsafe {
-        match width {
-            4 => emit(&tile_dots_avx2::<4>(tiles, acts, first)),
-            3 => emit(&tile_dots_avx2::<3>(tiles, acts, first)),
-            2 => emit(&tile_dots_avx2::<2>(tiles, acts, first)),
-            _ => emit(&tile_dots_avx2::<1>(tiles, acts, first)),
-        }
-    }
-}
-
-/// Never called off x86-64: [`Q8Tiles::supported`] is false there.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_product_avx2(
-    _: &[Tile],
-    _: &Q8Rows,
-    _: usize,
-    _: usize,
-    _: impl FnMut(usize, usize, f32),
-) {
-    unreachable!("the tiled kernel runs on x86-64 only")
 }
 
 /// Eight 32-bit sums, one per row of a half tile, of a group of four weights of each
