@@ -391,8 +391,8 @@ impl<K: JobKind> Jobs<K> {
             .await
             .map_err(JobError::from)?;
         if !inserted {
-            if self.stored(task, id).await?.is_some() {
-                return self.get(task, id).await;
+            if let Some(row) = self.find_row(task, id).await? {
+                return Ok(K::view(&stored(&row)?));
             }
             let task_full = caps.per_task > 0
                 && store

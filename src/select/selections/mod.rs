@@ -391,6 +391,7 @@ impl Selector {
         {
             return self.view(task, &row, &recorded, &outcome).await;
         }
+        let of = to_predict(&recorded, &outcome);
         let job_id = StageTwo::job_id(id);
         match self.stage_two.stored(task, &job_id).await? {
             Some(job) if job.running() => return self.get(task, id).await,
@@ -422,21 +423,22 @@ impl Selector {
             .start_as(task, requester, &job_id, request)
             .await?;
         if self.stage_two_run == StageTwoRun::InCall {
-            self.wait_for_stage_two(task, &job_id, &progress).await?;
+            self.wait_for_stage_two(task, &job_id, of, &progress)
+                .await?;
         }
         self.get(task, id).await
     }
 
-    /// Waits for a stage-2 job to end, reporting its saved progress.
+    /// Waits for a stage-2 job to end, reporting its saved progress of `of` items.
     async fn wait_for_stage_two(
         &self,
         task: &str,
         job_id: &str,
+        of: usize,
         progress: &Progress,
     ) -> Result<(), SelectionError> {
         while let Some(job) = self.stage_two.stored(task, job_id).await? {
-            let done = job.saved.progress();
-            progress("predicting the pool", done.done, done.of);
+            progress("predicting the pool", job.saved.done(), of);
             if !job.running() {
                 break;
             }
@@ -480,26 +482,26 @@ impl Selector {
                 .stored(task, &StageTwo::job_id(&row.id))
                 .await?
         };
+        let progress = |done: usize| StageTwoProgress {
+            done,
+            of: to_predict(recorded, outcome),
+        };
         let (state, progress, error) = match job {
             _ if complete => (SelectionState::Complete, None, None),
-            Some(job) if job.running() => {
-                (SelectionState::Predicting, Some(job.saved.progress()), None)
-            }
+            Some(job) if job.running() => (
+                SelectionState::Predicting,
+                Some(progress(job.saved.done())),
+                None,
+            ),
             // Not running: how far the last run got, and why it stopped if it failed.
-            Some(job) => {
-                let progress = job.saved.progress();
-                (
-                    SelectionState::AwaitingAnnotation,
-                    (progress.done > 0).then_some(progress),
-                    job.error,
-                )
-            }
+            Some(job) => (
+                SelectionState::AwaitingAnnotation,
+                (job.saved.done() > 0).then(|| progress(job.saved.done())),
+                job.error,
+            ),
             None => (
                 SelectionState::AwaitingAnnotation,
-                (!outcome.stage_two.is_empty()).then(|| StageTwoProgress {
-                    done: outcome.stage_two.len(),
-                    of: recorded.pool.len().saturating_sub(outcome.stage_one.len()),
-                }),
+                (!outcome.stage_two.is_empty()).then(|| progress(outcome.stage_two.len())),
                 None,
             ),
         };
@@ -534,6 +536,11 @@ impl Selector {
             next,
         })
     }
+}
+
+/// Pool items stage 2 predicts: the pool as the selection recorded it, less stage 1's.
+fn to_predict(recorded: &Recorded, outcome: &Outcome) -> usize {
+    recorded.pool.len().saturating_sub(outcome.stage_one.len())
 }
 
 /// The state stored with `row`.

@@ -90,8 +90,6 @@ pub struct StageTwoRequest {
 pub struct StageTwoSaved {
     /// The confidence in each pool item predicted so far, by id.
     pub(super) confidences: BTreeMap<String, f64>,
-    /// Pool items to predict in all, once the first run counted them.
-    of: usize,
     /// Seconds spent predicting, over every run, once done.
     #[serde(default)]
     predict_seconds: f64,
@@ -104,12 +102,9 @@ pub struct StageTwoSaved {
 }
 
 impl StageTwoSaved {
-    /// How far the job got.
-    pub fn progress(&self) -> StageTwoProgress {
-        StageTwoProgress {
-            done: self.confidences.len(),
-            of: self.of,
-        }
+    /// Pool items predicted so far.
+    pub fn done(&self) -> usize {
+        self.confidences.len()
     }
 }
 
@@ -122,8 +117,8 @@ pub struct StageTwoJob {
     pub selection: String,
     /// Where it stands.
     pub state: JobState,
-    /// How far it got.
-    pub progress: StageTwoProgress,
+    /// Pool items predicted so far.
+    pub done: usize,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -233,7 +228,6 @@ impl JobKind for StageTwo {
             // What earlier runs saved on the selection.
             progress.saved.confidences.clone_from(&outcome.stage_two);
         }
-        progress.saved.of = items.len() - selected.len();
         let remaining: Vec<usize> = (0..items.len())
             .filter(|i| {
                 !selected.contains(i) && !progress.saved.confidences.contains_key(&items[*i].id)
@@ -303,7 +297,7 @@ impl JobKind for StageTwo {
             id: job.id.clone(),
             selection: job.request.selection.clone(),
             state: job.state,
-            progress: job.saved.progress(),
+            done: job.saved.done(),
             error: job.error.clone(),
         }
     }
