@@ -163,6 +163,11 @@ async fn embedder_and_llm_at_once(
     Ok(())
 }
 
+/// The llama.cpp server on the published file.
+const SHIPPED_PEER: &str = "the shipped GGUF";
+/// The llama.cpp server on our conversion of it, the weights we run.
+const SAME_FILE_PEER: &str = "our weights";
+
 /// llama.cpp's server on the shipped GGUF, as a practitioner runs it, and, where we
 /// serve other weights, on our conversion of it, so that both do the same arithmetic.
 async fn start_peers(
@@ -172,12 +177,12 @@ async fn start_peers(
     let model = model_source::resolve_gguf(&args.models.model_ref()?)?;
     let threads = candle_core::utils::get_num_threads();
     let mut peers = vec![(
-        "the shipped GGUF",
+        SHIPPED_PEER,
         LlamaServer::start(binary, &model, WeightFormat::AsShipped, threads).await?,
     )];
     if args.models.weights != WeightFormat::AsShipped {
         peers.push((
-            "our weights",
+            SAME_FILE_PEER,
             LlamaServer::start(binary, &model, args.models.weights, threads).await?,
         ));
     }
@@ -198,7 +203,7 @@ fn print_against_peers(ratios: &[(&str, &str, f64)]) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (same, shipped) = (on("our weights"), on("the shipped GGUF"));
+    let (same, shipped) = (on(SAME_FILE_PEER), on(SHIPPED_PEER));
     if same.is_empty() {
         println!("ours / llama.cpp's server on the same file (we serve it as shipped): {shipped}");
     } else {
